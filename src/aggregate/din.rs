@@ -1,0 +1,133 @@
+//! DIN's local activation unit (Zhou et al., KDD'18).
+//!
+//! For target `t` and behavior `e_j`: `a_j = MLP([t, e_j, t − e_j, t ⊙ e_j])` (scalar), interest
+//! `u = Σ_j a_j e_j` over real behaviors (optionally `a = softmax(a)` per history).
+//!
+//! The first layer uses `W·[t, e, t−e, t⊙e] = (W1+W3)·t + (W2−W3)·e + W4·(t⊙e)`: the `t` term is
+//! computed once per sample (`[B, h]`), not once per behavior, which halves the first layer's
+//! work and never materialises the `[n, 4d]` concatenation. The parameter is still the paper's
+//! `W [h, 4d]`, so checkpoints read the same with or without the trick.
+//!
+//! | tensor | shape |
+//! |---|---|
+//! | target | `[B, d]` |
+//! | seq (packed) | `[n, d]`, n = real behaviors in the batch |
+//! | output | `[B, d]` |
+
+use super::Packed;
+use crate::config::Activation;
+use crate::nn::{masked_softmax, Act, Linear, ParamStore};
+use crate::Result;
+use candle_core::{Tensor, Var};
+
+/// The activation unit: first layer (with the trick), further hidden layers, a scalar output.
+#[derive(Debug, Clone)]
+pub struct ActivationUnit {
+    w0: Var,
+    b0: Var,
+    act0: Act,
+    rest: Vec<(Linear, Act)>,
+    out: Linear,
+    softmax: bool,
+    dim: usize,
+}
+
+impl ActivationUnit {
+    /// Creates the unit for behaviors of width `dim` under `prefix`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ps: &mut ParamStore,
+        prefix: &str,
+        dim: usize,
+        hidden: &[usize],
+        act: Activation,
+        softmax: bool,
+        eps: f32,
+        momentum: f32,
+    ) -> Result<Self> {
+        let h0 = hidden[0];
+        let bound = 1.0 / ((4 * dim) as f32).sqrt();
+        let w0 = ps.uniform(&format!("{prefix}.0.weight"), &[h0, 4 * dim], bound)?;
+        let b0 = ps.uniform(&format!("{prefix}.0.bias"), &[h0], bound)?;
+        let act0 = Act::new(ps, &format!("{prefix}.0.act"), act, h0, eps, momentum)?;
+        let mut rest = Vec::new();
+        let mut d = h0;
+        for (i, &h) in hidden.iter().enumerate().skip(1) {
+            let lin = Linear::new(ps, &format!("{prefix}.{i}"), d, h)?;
+            rest.push((lin, Act::new(ps, &format!("{prefix}.{i}.act"), act, h, eps, momentum)?));
+            d = h;
+        }
+        let out = Linear::new(ps, &format!("{prefix}.out"), d, 1)?;
+        Ok(Self { w0, b0, act0, rest, out, softmax, dim })
+    }
+
+    /// Attention scores `a_j` of every packed behavior (before any softmax).
+    ///
+    /// # Shapes
+    /// target `[B, d]`, seq `[n, d]`, seg `[n]` → `[n]`
+    pub fn scores(&self, target: &Tensor, seq: &Tensor, seg: &Tensor, train: bool) -> Result<Tensor> {
+        let d = self.dim;
+        let w = self.w0.as_tensor();
+        let (w1, w2) = (w.narrow(1, 0, d)?, w.narrow(1, d, d)?);
+        let (w3, w4) = (w.narrow(1, 2 * d, d)?, w.narrow(1, 3 * d, d)?);
+        let wt = (w1 + &w3)?; // [h, d]
+        let we = (w2 - &w3)?; // [h, d]
+        // t-term once per sample: [B, h]
+        let t_term = target.matmul(&wt.t()?)?.broadcast_add(self.b0.as_tensor())?;
+        let t_rows = target.index_select(seg, 0)?; // [n, d]
+        let prod = (&t_rows * seq)?; // [n, d]
+        let h = ((seq.matmul(&we.t()?)? + prod.matmul(&w4.t()?)?)? + t_term.index_select(seg, 0)?)?;
+        let mut h = self.act0.forward_t(&h, train)?;
+        for (lin, act) in &self.rest {
+            h = act.forward_t(&lin.forward(&h)?, train)?;
+        }
+        Ok(self.out.forward(&h)?.squeeze(1)?)
+    }
+
+    /// The interest vector `u = Σ_j a_j e_j` per sample.
+    ///
+    /// # Shapes
+    /// target `[B, d]`, seq `[n, d]` (packed, see [`Packed`]) → `[B, d]`
+    pub fn forward_t(&self, target: &Tensor, seq: &Tensor, packed: &Packed, train: bool) -> Result<Tensor> {
+        let (b, d) = target.dims2()?;
+        let n = seq.dim(0)?;
+        if n == 0 {
+            // No sample has any history: the interest is zero.
+            return Ok(target.zeros_like()?);
+        }
+        let mut a = self.scores(target, seq, &packed.seg, train)?; // [n]
+        if self.softmax {
+            let padded = Tensor::zeros(b * packed.len, a.dtype(), a.device())?.index_add(&packed.pos, &a, 0)?;
+            let p = masked_softmax(&padded.reshape((b, packed.len))?, &packed.mask)?;
+            a = p.flatten_all()?.index_select(&packed.pos, 0)?;
+        }
+        let weighted = seq.broadcast_mul(&a.unsqueeze(1)?)?; // [n, d]
+        Ok(Tensor::zeros((b, d), seq.dtype(), seq.device())?.index_add(&packed.seg, &weighted, 0)?)
+    }
+
+    /// Reference implementation without the trick or packing: the paper's formula on padded
+    /// `[B, L, d]` histories with a `[B, L]` mask, op by op. Used by tests. Dice statistics are
+    /// taken over the real positions only, as in [`ActivationUnit::forward_t`].
+    pub fn forward_padded_reference(&self, target: &Tensor, seq: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, l, d) = seq.dims3()?;
+        let t = target.unsqueeze(1)?.broadcast_as((b, l, d))?;
+        let x = Tensor::cat(&[&t, seq, &(&t - seq)?, &(&t * seq)?], 2)?.reshape((b * l, 4 * d))?;
+        // Keep only real positions for the MLP (Dice statistics), then scatter back.
+        let flat_mask = mask.flatten_all()?.to_vec1::<f32>()?;
+        let idx: Vec<u32> = flat_mask.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(i, _)| i as u32).collect();
+        let idx = Tensor::new(idx.as_slice(), target.device())?;
+        let xr = x.index_select(&idx, 0)?;
+        let h = xr.matmul(&self.w0.as_tensor().t()?)?.broadcast_add(self.b0.as_tensor())?;
+        let mut h = self.act0.forward_t(&h, train)?;
+        for (lin, act) in &self.rest {
+            h = act.forward_t(&lin.forward(&h)?, train)?;
+        }
+        let a_real = self.out.forward(&h)?.squeeze(1)?;
+        let mut a = Tensor::zeros(b * l, a_real.dtype(), a_real.device())?.index_add(&idx, &a_real, 0)?.reshape((b, l))?;
+        if self.softmax {
+            a = masked_softmax(&a, mask)?;
+        }
+        let a = (a * mask)?;
+        Ok(seq.broadcast_mul(&a.unsqueeze(2)?)?.sum(1)?)
+    }
+}

@@ -1,0 +1,252 @@
+//! The `lifelong` command line: a thin layer over the library.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use lifelong::config::Config;
+use lifelong::data::{self, ColumnNames, Dataset, PrepareConfig, Split, SynthConfig};
+use lifelong::train::{self, Trainer};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Lifelong user-behavior sequence models for CTR prediction.
+#[derive(Parser, Debug)]
+#[command(name = "lifelong", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a synthetic event log with a planted, learnable signal (DIR/events.parquet).
+    Synth {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of users.
+        #[arg(long, default_value_t = SynthConfig::default().users)]
+        users: usize,
+        /// Number of items.
+        #[arg(long, default_value_t = SynthConfig::default().items)]
+        items: usize,
+        /// Number of categories.
+        #[arg(long, default_value_t = SynthConfig::default().cates)]
+        cates: usize,
+        /// Maximum history length per user (lengths are uniform in [len/2, len]).
+        #[arg(long, default_value_t = SynthConfig::default().len)]
+        len: usize,
+        /// Seed.
+        #[arg(long, default_value_t = SynthConfig::default().seed)]
+        seed: u64,
+    },
+    /// Turn an event log (parquet file or directory) into a prepared dataset.
+    Prepare {
+        /// Event log: a parquet file, or a directory (every *.parquet under it).
+        #[arg(long)]
+        events: PathBuf,
+        /// Output directory of the prepared dataset.
+        #[arg(long)]
+        out: PathBuf,
+        /// Sampled negatives per positive (default: 1 without a label column, 0 with one).
+        #[arg(long)]
+        negatives: Option<usize>,
+        /// Seed of the negative sampler.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// A positive needs at least this many earlier behaviors to become an impression.
+        #[arg(long, default_value_t = 1)]
+        min_history: usize,
+        /// Every n-th earlier behavior becomes a training positive.
+        #[arg(long, default_value_t = 1)]
+        stride: usize,
+        /// User id column.
+        #[arg(long, default_value = "user_id")]
+        user_col: String,
+        /// Item id column.
+        #[arg(long, default_value = "item_id")]
+        item_col: String,
+        /// Category id column.
+        #[arg(long, default_value = "cate_id")]
+        cate_col: String,
+        /// Timestamp column.
+        #[arg(long, default_value = "ts")]
+        ts_col: String,
+        /// Label column (optional in the file; 0 = shown and not clicked).
+        #[arg(long, default_value = "label")]
+        label_col: String,
+    },
+    /// Train a model.
+    Train {
+        /// TOML config (see examples/din.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Prepared dataset directory (overrides the config's data.dir).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Run directory for checkpoints and metrics (overrides the config's train.out).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from RUN_DIR/last.safetensors (mid-epoch included).
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Score a split with a checkpoint and report AUC, GAUC and logloss.
+    Eval {
+        /// Run directory (its best checkpoint) or a checkpoint file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Prepared dataset directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Split to score.
+        #[arg(long, value_enum, default_value_t = Split::Test)]
+        split: Split,
+        /// Print one JSON object on the last line: auc, gauc, logloss, n.
+        #[arg(long)]
+        json: bool,
+        /// Write per-row predictions to this parquet file.
+        #[arg(long)]
+        predictions: Option<PathBuf>,
+    },
+    /// The whole pipeline on the bundled sample: prepare data/sample, train examples/din.toml,
+    /// evaluate on the test split.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Synth { out, users, items, cates, len, seed } => {
+            let cfg = SynthConfig { users, items, cates, len, seed };
+            let path = data::write_synth(&cfg, &out).with_context(|| format!("writing a synthetic log into {}", out.display()))?;
+            println!("wrote {}", path.display());
+        }
+        Command::Prepare { events, out, negatives, seed, min_history, stride, user_col, item_col, cate_col, ts_col, label_col } => {
+            let cfg = PrepareConfig {
+                columns: ColumnNames { user: user_col, item: item_col, cate: cate_col, ts: ts_col, label: label_col },
+                negatives,
+                seed,
+                min_history,
+                stride,
+            };
+            prepare(&events, &out, &cfg)?;
+        }
+        Command::Train { config, data, out, resume } => {
+            let mut cfg = Config::load(&config)?;
+            if let Some(d) = data {
+                cfg.data.dir = d;
+            }
+            if let Some(o) = out {
+                cfg.train.out = o;
+            }
+            train_cmd(cfg, resume)?;
+        }
+        Command::Eval { checkpoint, data, split, json, predictions } => {
+            eval_cmd(&checkpoint, &data, split, json, predictions.as_deref())?;
+        }
+        Command::Demo => demo()?,
+    }
+    Ok(())
+}
+
+fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<()> {
+    let s = data::prepare(events, out, cfg).with_context(|| format!("preparing {}", events.display()))?;
+    let m = &s.meta;
+    println!(
+        "prepared {}: {} users, {} items, {} categories, {} behaviors; train {} / valid {} / test {} rows",
+        out.display(),
+        m.n_users - 2,
+        m.n_items - 2,
+        m.n_cates - 2,
+        m.n_behaviors,
+        m.n_train,
+        m.n_valid,
+        m.n_test
+    );
+    Ok(())
+}
+
+fn train_cmd(cfg: Config, resume: bool) -> Result<()> {
+    let dev = candle_core::Device::Cpu;
+    let ds = Dataset::open(&cfg.data.dir).with_context(|| format!("opening {}", cfg.data.dir.display()))?;
+    let train_split = Arc::new(ds.load_split(Split::Train)?);
+    let valid = Arc::new(ds.load_split(Split::Valid)?);
+    let run_dir = cfg.train.out.clone();
+    let mut trainer = if resume {
+        let t = Trainer::resume(&ds, &run_dir, &dev).with_context(|| format!("resuming from {}", run_dir.display()))?;
+        tracing::info!("resuming at epoch {}, batch {}, step {}", t.state().epoch + 1, t.state().batch, t.state().step);
+        t
+    } else {
+        Trainer::new(cfg, &ds, &run_dir, &dev)?
+    };
+    let hist = Arc::new(ds.histories.clone());
+    tracing::info!("training on {} rows ({} valid) from {}", train_split.len(), valid.len(), ds.dir.display());
+    let s = trainer.fit(hist, train_split, valid).context("training")?;
+    println!(
+        "trained {} steps ({} samples in {:.1}s, {:.0} samples/s); best valid AUC {} at step {}; checkpoints in {}",
+        s.state.step,
+        s.samples,
+        s.train_secs,
+        s.samples_per_sec(),
+        s.state.best_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
+        s.state.best_step,
+        run_dir.display()
+    );
+    Ok(())
+}
+
+fn eval_cmd(checkpoint: &Path, data_dir: &Path, split: Split, json: bool, predictions: Option<&Path>) -> Result<()> {
+    let dev = candle_core::Device::Cpu;
+    let (cfg, model, file) = train::load_model(checkpoint, &dev)?;
+    let ds = Dataset::open(data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
+    train::check_vocab(&model, &ds)?;
+    let imp = Arc::new(ds.load_split(split)?);
+    let hist = Arc::new(ds.histories.clone());
+    let (m, logits) = train::evaluate(&model, &hist, &imp, cfg.train.eval_batch_size)?;
+    if let Some(p) = predictions {
+        train::write_predictions(p, &imp, &logits)?;
+    }
+    let f = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    println!(
+        "{} {} ({} rows) with {}: AUC {}  GAUC {}  logloss {:.4}",
+        ds.dir.display(),
+        split.name(),
+        m.n,
+        file.display(),
+        f(m.auc),
+        f(m.gauc),
+        m.logloss
+    );
+    if json {
+        let obj = serde_json::json!({"auc": m.auc, "gauc": m.gauc, "logloss": m.logloss, "n": m.n, "ne": m.ne, "calibration": m.calibration});
+        println!("{obj}");
+    }
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let events = root.join("data/sample/events.parquet");
+    let prepared = root.join("data/prepared/sample");
+    let config = root.join("examples/din.toml");
+    anyhow::ensure!(events.exists(), "{} is missing: regenerate it with `lifelong synth --out data/sample`", events.display());
+    prepare(&events, &prepared, &PrepareConfig::default())?;
+    let mut cfg = Config::load(&config)?;
+    cfg.data.dir = prepared.clone();
+    cfg.train.out = root.join("runs/demo");
+    train_cmd(cfg.clone(), false)?;
+    eval_cmd(&cfg.train.out, &prepared, Split::Test, false, None)
+}

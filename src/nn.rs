@@ -1,0 +1,584 @@
+//! Building blocks: a parameter store with seeded initialisation, `Linear`, activations (Dice,
+//! PReLU, ReLU, sigmoid), `Mlp`, and a numerically stable BCE-with-logits.
+//!
+//! **Dice** (Zhou et al., KDD'18): `Dice(s) = p·s + (1 − p)·α·s`, `p = sigmoid((s − E[s]) /
+//! sqrt(Var[s] + ε))`, statistics per unit over the rows of the batch in training and running
+//! statistics in evaluation. Rows are only real (unpadded) positions: callers pass packed rows.
+//! The CPU path is one fused [`candle_core::CustomOp2`] with a hand-written backward (batch-norm
+//! style, since every row's output depends on the batch statistics); other devices use the
+//! op-by-op composite [`dice_reference`], which is also the tests' reference.
+
+use crate::config::Activation;
+use crate::{Error, Result};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor, Var, D};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Named trainable parameters and non-trainable buffers (Dice running statistics), created with
+/// a seeded RNG so a run is reproducible. Names mirror the module tree (`att.l0.weight`).
+#[derive(Debug)]
+pub struct ParamStore {
+    device: Device,
+    rng: ChaCha8Rng,
+    params: BTreeMap<String, Var>,
+    buffers: BTreeMap<String, Var>,
+}
+
+impl ParamStore {
+    /// An empty store whose initialisation draws from `rng`.
+    pub fn new(device: Device, rng: ChaCha8Rng) -> Self {
+        Self { device, rng, params: BTreeMap::new(), buffers: BTreeMap::new() }
+    }
+    /// The device parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// A new parameter with entries drawn from U(−bound, bound).
+    pub fn uniform(&mut self, name: &str, shape: &[usize], bound: f32) -> Result<Var> {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.rng.random_range(-bound..=bound)).collect();
+        self.insert_param(name, Tensor::from_vec(v, shape, &self.device)?)
+    }
+    /// A new parameter filled with `value`.
+    pub fn constant(&mut self, name: &str, shape: &[usize], value: f32) -> Result<Var> {
+        let t = Tensor::full(value, shape, &self.device)?;
+        self.insert_param(name, t)
+    }
+    fn insert_param(&mut self, name: &str, t: Tensor) -> Result<Var> {
+        let v = Var::from_tensor(&t)?;
+        if self.params.insert(name.to_string(), v.clone()).is_some() {
+            return Err(Error::InvalidArgument(format!("parameter `{name}` defined twice")));
+        }
+        Ok(v)
+    }
+    /// A new non-trainable buffer filled with `value`.
+    pub fn buffer(&mut self, name: &str, shape: &[usize], value: f32) -> Result<Var> {
+        let v = Var::from_tensor(&Tensor::full(value, shape, &self.device)?)?;
+        if self.buffers.insert(name.to_string(), v.clone()).is_some() {
+            return Err(Error::InvalidArgument(format!("buffer `{name}` defined twice")));
+        }
+        Ok(v)
+    }
+    /// Trainable parameters by name.
+    pub fn params(&self) -> &BTreeMap<String, Var> {
+        &self.params
+    }
+    /// Buffers by name.
+    pub fn buffers(&self) -> &BTreeMap<String, Var> {
+        &self.buffers
+    }
+    /// Overwrites every parameter and buffer from `tensors` (`param/<name>`, `buffer/<name>`).
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`]-style message (as `InvalidArgument`) naming a missing tensor or a
+    /// shape mismatch.
+    pub fn load(&self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        for (prefix, map) in [("param", &self.params), ("buffer", &self.buffers)] {
+            for (name, var) in map {
+                let key = format!("{prefix}/{name}");
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| Error::InvalidArgument(format!("tensor `{key}` is missing")))?;
+                if t.dims() != var.dims() {
+                    return Err(Error::InvalidArgument(format!(
+                        "tensor `{key}` has shape {:?}, the model expects {:?}",
+                        t.dims(),
+                        var.dims()
+                    )));
+                }
+                var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+            }
+        }
+        Ok(())
+    }
+    /// Every parameter and buffer as (`param/<name>` | `buffer/<name>`, tensor).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let p = self.params.iter().map(|(n, v)| (format!("param/{n}"), v.as_tensor().clone()));
+        let b = self.buffers.iter().map(|(n, v)| (format!("buffer/{n}"), v.as_tensor().clone()));
+        p.chain(b).collect()
+    }
+}
+
+/// `y = x·Wᵀ + b`, weight `[out, in]`, initialised U(±1/sqrt(in)) as PyTorch's.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: Var,
+    /// `[out]`.
+    pub bias: Var,
+}
+
+impl Linear {
+    /// Creates `prefix.weight` and `prefix.bias`.
+    pub fn new(ps: &mut ParamStore, prefix: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let bound = 1.0 / (in_dim.max(1) as f32).sqrt();
+        let weight = ps.uniform(&format!("{prefix}.weight"), &[out_dim, in_dim], bound)?;
+        let bias = ps.uniform(&format!("{prefix}.bias"), &[out_dim], bound)?;
+        Ok(Self { weight, bias })
+    }
+    /// # Shapes
+    /// `[n, in]` → `[n, out]`
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// An activation with its parameters and state.
+#[derive(Debug, Clone)]
+pub enum Act {
+    /// Dice.
+    Dice(Dice),
+    /// PReLU with a slope per unit.
+    Prelu(Var),
+    /// ReLU.
+    Relu,
+    /// Sigmoid.
+    Sigmoid,
+}
+
+impl Act {
+    /// Creates the activation for `dim` units under `prefix`.
+    pub fn new(
+        ps: &mut ParamStore,
+        prefix: &str,
+        kind: Activation,
+        dim: usize,
+        eps: f32,
+        momentum: f32,
+    ) -> Result<Self> {
+        Ok(match kind {
+            Activation::Dice => Act::Dice(Dice::new(ps, prefix, dim, eps, momentum)?),
+            Activation::Prelu => Act::Prelu(ps.constant(&format!("{prefix}.slope"), &[dim], 0.25)?),
+            Activation::Relu => Act::Relu,
+            Activation::Sigmoid => Act::Sigmoid,
+        })
+    }
+    /// # Shapes
+    /// `[n, dim]` → `[n, dim]`
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Act::Dice(d) => d.forward_t(xs, train),
+            Act::Prelu(a) => {
+                let pos = xs.relu()?;
+                let neg = xs.minimum(0f32)?;
+                Ok((pos + neg.broadcast_mul(a)?)?)
+            }
+            Act::Relu => Ok(xs.relu()?),
+            Act::Sigmoid => Ok(candle_nn::ops::sigmoid(xs)?),
+        }
+    }
+}
+
+/// Dice: learned `alpha [dim]`, running mean and variance (buffers saved with checkpoints).
+#[derive(Debug, Clone)]
+pub struct Dice {
+    /// `[dim]`, initialised to 0.
+    pub alpha: Var,
+    /// `[dim]` running mean.
+    pub running_mean: Var,
+    /// `[dim]` running (unbiased) variance.
+    pub running_var: Var,
+    eps: f32,
+    momentum: f32,
+}
+
+impl Dice {
+    /// Creates `prefix.alpha` (parameter) and `prefix.running_{mean,var}` (buffers).
+    pub fn new(ps: &mut ParamStore, prefix: &str, dim: usize, eps: f32, momentum: f32) -> Result<Self> {
+        Ok(Self {
+            alpha: ps.constant(&format!("{prefix}.alpha"), &[dim], 0.0)?,
+            running_mean: ps.buffer(&format!("{prefix}.running_mean"), &[dim], 0.0)?,
+            running_var: ps.buffer(&format!("{prefix}.running_var"), &[dim], 1.0)?,
+            eps,
+            momentum,
+        })
+    }
+
+    /// Applies Dice. In training, normalises with the batch's statistics over the rows of `xs`
+    /// and folds them into the running statistics; in evaluation, uses the running ones.
+    ///
+    /// # Shapes
+    /// `[n, dim]` → `[n, dim]`
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, _) = xs.dims2()?;
+        if !xs.device().is_cpu() {
+            // Composite path (CUDA until the fused kernel lands).
+            let fixed = if train {
+                None
+            } else {
+                Some((self.running_mean.as_tensor(), self.running_var.as_tensor()))
+            };
+            let (out, stats) = dice_reference(xs, self.alpha.as_tensor(), fixed, self.eps)?;
+            if let (true, Some((m, v))) = (train, stats) {
+                self.fold(&m, &v, n)?;
+            }
+            return Ok(out);
+        }
+        let fixed = if train {
+            None
+        } else {
+            Some((
+                Arc::new(self.running_mean.as_tensor().to_vec1::<f32>()?),
+                Arc::new(self.running_var.as_tensor().to_vec1::<f32>()?),
+            ))
+        };
+        let op = DiceOp { eps: self.eps, fixed, batch: Arc::new(Mutex::new(None)) };
+        let batch = op.batch.clone();
+        let out = xs.contiguous()?.apply_op2(self.alpha.as_tensor(), op)?;
+        if train && n > 0 {
+            let stats = batch.lock().map_err(|_| Error::InvalidArgument("dice stats lock".into()))?.clone();
+            if let Some(s) = stats {
+                let dim = s.mean.len();
+                let m = Tensor::from_vec(s.mean.iter().map(|&x| x as f32).collect::<Vec<_>>(), dim, xs.device())?;
+                let v = Tensor::from_vec(s.var.iter().map(|&x| x as f32).collect::<Vec<_>>(), dim, xs.device())?;
+                self.fold(&m, &v, n)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// running ← (1 − m)·running + m·batch, with the unbiased batch variance (as BatchNorm).
+    fn fold(&self, mean: &Tensor, var: &Tensor, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let m = self.momentum as f64;
+        let unbias = if n > 1 { n as f64 / (n as f64 - 1.0) } else { 1.0 };
+        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (var.detach() * (m * unbias))?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        Ok(())
+    }
+}
+
+/// Dice written with candle ops (differentiable through candle's autograd). `fixed` = running
+/// statistics for evaluation; `None` = batch statistics (biased variance), which are returned.
+///
+/// # Shapes
+/// xs `[n, dim]`, alpha `[dim]` → `[n, dim]` (and batch mean, variance `[dim]`)
+#[allow(clippy::type_complexity)]
+pub fn dice_reference(
+    xs: &Tensor,
+    alpha: &Tensor,
+    fixed: Option<(&Tensor, &Tensor)>,
+    eps: f32,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    let (mean, var, batch) = match fixed {
+        Some((m, v)) => (m.clone(), v.clone(), false),
+        None => {
+            let mean = xs.mean(0)?;
+            let var = xs.broadcast_sub(&mean)?.sqr()?.mean(0)?;
+            (mean, var, true)
+        }
+    };
+    let xhat = xs.broadcast_sub(&mean)?.broadcast_div(&(var.clone() + eps as f64)?.sqrt()?)?;
+    let p = candle_nn::ops::sigmoid(&xhat)?;
+    // y = x·(α + p·(1 − α))
+    let one_minus_alpha = alpha.affine(-1.0, 1.0)?;
+    let gate = p.broadcast_mul(&one_minus_alpha)?.broadcast_add(alpha)?;
+    let out = (xs * gate)?;
+    Ok((out, batch.then_some((mean, var))))
+}
+
+#[derive(Debug, Clone)]
+struct DiceStats {
+    mean: Vec<f64>,
+    var: Vec<f64>,
+}
+
+/// Rows per chunk for the parallel loops. Fixed (not derived from the thread count) so the
+/// summation order, and so every result, is the same on any machine.
+const CHUNK_ROWS: usize = 512;
+
+struct DiceOp {
+    eps: f32,
+    /// Running statistics (evaluation); `None` = batch statistics.
+    fixed: Option<(Arc<Vec<f32>>, Arc<Vec<f32>>)>,
+    /// Batch statistics computed by the forward pass, read by `bwd` and by the running update.
+    batch: Arc<Mutex<Option<DiceStats>>>,
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
+    }
+}
+
+/// Per-column mean and biased variance, accumulated in f64 over fixed-size row chunks.
+fn column_stats(x: &[f32], dim: usize) -> DiceStats {
+    let n = x.len() / dim;
+    let partial: Vec<Vec<f64>> = x
+        .par_chunks(CHUNK_ROWS * dim)
+        .map(|c| {
+            let mut s = vec![0f64; 2 * dim];
+            for row in c.chunks_exact(dim) {
+                for (j, &v) in row.iter().enumerate() {
+                    s[j] += v as f64;
+                    s[dim + j] += (v as f64) * (v as f64);
+                }
+            }
+            s
+        })
+        .collect();
+    let mut tot = vec![0f64; 2 * dim];
+    for p in &partial {
+        for (t, v) in tot.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    let nf = n.max(1) as f64;
+    let mean: Vec<f64> = tot[..dim].iter().map(|s| s / nf).collect();
+    let var = (0..dim).map(|j| (tot[dim + j] / nf - mean[j] * mean[j]).max(0.0)).collect();
+    DiceStats { mean, var }
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl DiceOp {
+    /// (mean, 1/sqrt(var + ε)) per column, from the fixed or the batch statistics.
+    fn norm(&self, x: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>, Option<DiceStats>) {
+        match &self.fixed {
+            Some((m, v)) => {
+                let inv = v.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect();
+                (m.to_vec(), inv, None)
+            }
+            None => {
+                let s = column_stats(x, dim);
+                let mean = s.mean.iter().map(|&m| m as f32).collect();
+                let inv = s.var.iter().map(|&v| (1.0 / (v + self.eps as f64).sqrt()) as f32).collect();
+                (mean, inv, Some(s))
+            }
+        }
+    }
+}
+
+impl CustomOp2 for DiceOp {
+    fn name(&self) -> &'static str {
+        "dice"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, dim) = l1.shape().dims2()?;
+        let x = f32_slice(s1, l1, "dice input")?;
+        let alpha = f32_slice(s2, l2, "dice alpha")?;
+        let (mean, inv, stats) = self.norm(x, dim);
+        if let Some(s) = stats {
+            *self.batch.lock().map_err(|_| candle_core::Error::Msg("dice lock".into()))? = Some(s);
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK_ROWS * dim).zip(x.par_chunks(CHUNK_ROWS * dim)).for_each(|(o, xc)| {
+            for (orow, xrow) in o.chunks_exact_mut(dim).zip(xc.chunks_exact(dim)) {
+                for j in 0..dim {
+                    let v = xrow[j];
+                    let p = sigmoid((v - mean[j]) * inv[j]);
+                    orow[j] = v * (alpha[j] + p * (1.0 - alpha[j]));
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        alpha: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let stats = match &self.fixed {
+            Some(_) => None,
+            None => self.batch.lock().map_err(|_| candle_core::Error::Msg("dice lock".into()))?.clone(),
+        };
+        let op = DiceBwdOp { eps: self.eps, fixed: self.fixed.clone(), stats };
+        let both = x.apply_op3_no_bwd(alpha, &grad.contiguous()?, &op)?;
+        let n = x.dim(0)?;
+        Ok((Some(both.narrow(0, 0, n)?), Some(both.get(n)?)))
+    }
+}
+
+/// Backward of [`DiceOp`]: returns `[n + 1, dim]`, rows `0..n` = ∂L/∂x, row `n` = ∂L/∂α.
+///
+/// With g = ∂L/∂y, x̂ = (x − μ)·r, r = 1/sqrt(σ² + ε), p = sigmoid(x̂):
+/// ∂L/∂α = Σ g·x·(1 − p); ∂L/∂x = g·(α + p(1 − α)) + r·(h − mean(h) − x̂·mean(h·x̂)) with
+/// h = g·x·(1 − α)·p·(1 − p) (batch statistics; with fixed statistics the last term is r·h).
+struct DiceBwdOp {
+    eps: f32,
+    fixed: Option<(Arc<Vec<f32>>, Arc<Vec<f32>>)>,
+    stats: Option<DiceStats>,
+}
+
+impl CustomOp3 for DiceBwdOp {
+    fn name(&self) -> &'static str {
+        "dice-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, dim) = l1.shape().dims2()?;
+        let x = f32_slice(s1, l1, "dice input")?;
+        let alpha = f32_slice(s2, l2, "dice alpha")?;
+        let g = f32_slice(s3, l3, "dice grad")?;
+        let (mean, inv): (Vec<f32>, Vec<f32>) = match (&self.fixed, &self.stats) {
+            (Some((m, v)), _) => (m.to_vec(), v.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect()),
+            (None, Some(s)) => (
+                s.mean.iter().map(|&m| m as f32).collect(),
+                s.var.iter().map(|&v| (1.0 / (v + self.eps as f64).sqrt()) as f32).collect(),
+            ),
+            (None, None) => candle_core::bail!("dice backward without forward statistics"),
+        };
+        let batch = self.fixed.is_none();
+        let mut out = vec![0f32; (n + 1) * dim];
+        let (gx, galpha_row) = out.split_at_mut(n * dim);
+        // Pass 1: direct term into gx, h into a scratch, and column sums of h, h·x̂, g·x·(1−p).
+        let mut h = vec![0f32; n * dim];
+        let partial: Vec<Vec<f64>> = gx
+            .par_chunks_mut(CHUNK_ROWS * dim)
+            .zip(h.par_chunks_mut(CHUNK_ROWS * dim))
+            .zip(x.par_chunks(CHUNK_ROWS * dim).zip(g.par_chunks(CHUNK_ROWS * dim)))
+            .map(|((gxc, hc), (xc, gc))| {
+                let mut s = vec![0f64; 3 * dim];
+                for i in 0..xc.len() / dim {
+                    for j in 0..dim {
+                        let k = i * dim + j;
+                        let v = xc[k];
+                        let xh = (v - mean[j]) * inv[j];
+                        let p = sigmoid(xh);
+                        let a = alpha[j];
+                        gxc[k] = gc[k] * (a + p * (1.0 - a));
+                        let hv = gc[k] * v * (1.0 - a) * p * (1.0 - p);
+                        hc[k] = hv;
+                        s[j] += hv as f64;
+                        s[dim + j] += (hv * xh) as f64;
+                        s[2 * dim + j] += (gc[k] * v * (1.0 - p)) as f64;
+                    }
+                }
+                s
+            })
+            .collect();
+        let mut tot = vec![0f64; 3 * dim];
+        for p in &partial {
+            for (t, v) in tot.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+        for j in 0..dim {
+            galpha_row[j] = tot[2 * dim + j] as f32;
+        }
+        let nf = n.max(1) as f64;
+        let mh: Vec<f32> = (0..dim).map(|j| (tot[j] / nf) as f32).collect();
+        let mhx: Vec<f32> = (0..dim).map(|j| (tot[dim + j] / nf) as f32).collect();
+        // Pass 2: the normalisation term.
+        gx.par_chunks_mut(CHUNK_ROWS * dim)
+            .zip(h.par_chunks(CHUNK_ROWS * dim))
+            .zip(x.par_chunks(CHUNK_ROWS * dim))
+            .for_each(|((gxc, hc), xc)| {
+                for i in 0..xc.len() / dim {
+                    for j in 0..dim {
+                        let k = i * dim + j;
+                        let t = if batch {
+                            let xh = (xc[k] - mean[j]) * inv[j];
+                            hc[k] - mh[j] - xh * mhx[j]
+                        } else {
+                            hc[k]
+                        };
+                        gxc[k] += inv[j] * t;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n + 1, dim))))
+    }
+}
+
+/// An MLP: `Linear → Act` per hidden size, optionally followed by a final `Linear` to `out`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    layers: Vec<(Linear, Act)>,
+    out: Option<Linear>,
+}
+
+impl Mlp {
+    /// Hidden layers `hidden`, then a linear output of `out` units (`None` = no output layer).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ps: &mut ParamStore,
+        prefix: &str,
+        in_dim: usize,
+        hidden: &[usize],
+        out: Option<usize>,
+        act: Activation,
+        eps: f32,
+        momentum: f32,
+    ) -> Result<Self> {
+        let mut layers = Vec::new();
+        let mut d = in_dim;
+        for (i, &h) in hidden.iter().enumerate() {
+            let lin = Linear::new(ps, &format!("{prefix}.{i}"), d, h)?;
+            let a = Act::new(ps, &format!("{prefix}.{i}.act"), act, h, eps, momentum)?;
+            layers.push((lin, a));
+            d = h;
+        }
+        let out = match out {
+            Some(o) => Some(Linear::new(ps, &format!("{prefix}.out"), d, o)?),
+            None => None,
+        };
+        Ok(Self { layers, out })
+    }
+    /// # Shapes
+    /// `[n, in]` → `[n, out]` (or `[n, last hidden]`)
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = xs.clone();
+        for (lin, act) in &self.layers {
+            h = act.forward_t(&lin.forward(&h)?, train)?;
+        }
+        match &self.out {
+            Some(o) => o.forward(&h),
+            None => Ok(h),
+        }
+    }
+}
+
+/// Mean binary cross-entropy on logits, in the stable form
+/// `max(x, 0) − x·y + log(1 + e^(−|x|))` (candle's own takes sigmoid then log and gives NaN on
+/// large logits).
+///
+/// # Shapes
+/// logits `[b]`, labels `[b]` → scalar
+pub fn bce_with_logits(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let softplus = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    let l = ((logits.relu()? - (logits * labels)?)? + softplus)?;
+    Ok(l.mean_all()?)
+}
+
+/// Softmax over the last dimension where `mask` is 1; masked positions get weight 0 and a row
+/// with no unmasked position gets all zeros (never NaN). Differentiable.
+///
+/// # Shapes
+/// scores `[b, l]`, mask `[b, l]` (1 = real) → `[b, l]`
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let fill = Tensor::full(-1e9f32, scores.shape(), scores.device())?;
+    let s = mask.ne(0f32)?.where_cond(scores, &fill)?;
+    let p = candle_nn::ops::softmax(&s, D::Minus1)?;
+    Ok((p * mask)?)
+}

@@ -1,0 +1,10 @@
+//! The one integration-test binary (one link step keeps CI short). One module per area.
+
+mod common;
+
+// Metrics against hand-computed values (ties included).
+mod metrics;
+// Checkpoints: round trip, corruption, atomic writes.
+mod checkpoint;
+// Event log → prepared dataset, readers and their named errors.
+mod data;
