@@ -47,7 +47,7 @@ struct Args {
 }
 
 /// Splits a `::`-separated line into exactly `N` fields.
-fn fields<const N: usize>(line: &str, path: &Path, lineno: usize) -> Result<[&str; N]> {
+fn fields<'a, const N: usize>(line: &'a str, path: &Path, lineno: usize) -> Result<[&'a str; N]> {
     let parts: Vec<&str> = line.split("::").collect();
     <[&str; N]>::try_from(parts).map_err(|parts| {
         anyhow::anyhow!(
@@ -186,8 +186,18 @@ fn to_parquet(ev: Events) -> Result<Vec<u8>> {
     Ok(writer.into_inner()?)
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Converts, writes and prints the counts.
+fn run(args: Args) -> Result<()> {
     let movies_path = args.input.join("movies.dat");
     let ratings_path = ["ratings.dat.gz", "ratings.dat"]
         .iter()

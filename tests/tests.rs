@@ -8,3 +8,7 @@ mod metrics;
 mod checkpoint;
 // Event log → prepared dataset, readers and their named errors.
 mod data;
+// Model pieces: Dice, DIN, BCE against references and gradient checks.
+mod models;
+// Sparse row-wise optimisers against dense Adam and hand-computed updates.
+mod optim;

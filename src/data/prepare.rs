@@ -430,7 +430,7 @@ fn process_user(u: u32, rows: &[u32], s: &Shared) -> UserOut {
             2
         } else if pos + 2 == n {
             1
-        } else if (n - 3 - pos) % s.stride == 0 {
+        } else if (n - 3 - pos).is_multiple_of(s.stride) {
             0
         } else {
             continue;
