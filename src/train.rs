@@ -162,6 +162,11 @@ impl Trainer {
     pub fn state(&self) -> &TrainerState {
         &self.state
     }
+    /// Changes the step limit (`0` = none), e.g. to finish a run resumed from a checkpoint that
+    /// was written with a limit.
+    pub fn set_max_steps(&mut self, max_steps: u64) {
+        self.cfg.train.max_steps = max_steps;
+    }
 
     /// One optimisation step on `batch`; returns the loss.
     ///

@@ -675,6 +675,7 @@ fn truncated_parquet_is_corrupt_not_a_panic() {
     std::fs::write(&p, &bad).unwrap();
     let err = prepare(&p, &tmp.path().join("o"), &PrepareConfig::default()).unwrap_err();
     assert!(err.to_string().contains("garbled.parquet"), "{err}");
+    eprintln!("garbled: {err}");
 }
 
 #[test]

@@ -12,3 +12,5 @@ mod data;
 mod models;
 // Sparse row-wise optimisers against dense Adam and hand-computed updates.
 mod optim;
+// Training end to end: planted-signal AUC floor, resume, NaN guard, corrupt checkpoints.
+mod train;

@@ -1,0 +1,185 @@
+//! Training end to end: DIN learns a planted signal that a history-blind model cannot, resuming
+//! reaches the weights of an uninterrupted run, a NaN loss and a corrupt checkpoint are named
+//! errors, and the best checkpoint scores what validation measured.
+
+use candle_core::Device;
+use lifelong::config::Config;
+use lifelong::data::{prepare, write_synth, Dataset, Impressions, PrepareConfig, Split, SynthConfig};
+use lifelong::train::{self, Trainer, LAST};
+use lifelong::Error;
+use std::path::Path;
+use std::sync::Arc;
+
+fn prepared(dir: &Path, users: usize, len: usize) -> Dataset {
+    let cfg = SynthConfig { users, items: 2000, cates: 40, len, seed: 11 };
+    let events = write_synth(&cfg, &dir.join("events")).unwrap();
+    prepare(&events, &dir.join("prepared"), &PrepareConfig::default()).unwrap();
+    Dataset::open(&dir.join("prepared")).unwrap()
+}
+
+fn config(data: &Path, out: &Path, extra: &str) -> Config {
+    let text = format!(
+        r#"
+[data]
+dir = "{}"
+max_len = 30
+[model]
+kind = "din"
+item_dim = 8
+cate_dim = 8
+user_dim = 4
+attention_hidden = [16]
+head_hidden = [32, 16]
+[train]
+batch_size = 256
+lr = 0.003
+sparse_lr = 0.01
+seed = 3
+out = "{}"
+{extra}
+"#,
+        data.display(),
+        out.display()
+    );
+    Config::from_toml(&text).unwrap()
+}
+
+fn splits(ds: &Dataset) -> (Arc<lifelong::data::Histories>, Arc<Impressions>, Arc<Impressions>, Arc<Impressions>) {
+    (
+        Arc::new(ds.histories.clone()),
+        Arc::new(ds.load_split(Split::Train).unwrap()),
+        Arc::new(ds.load_split(Split::Valid).unwrap()),
+        Arc::new(ds.load_split(Split::Test).unwrap()),
+    )
+}
+
+/// DIN on planted data vs the same model with every history removed (seq_len = 0), which can
+/// only use the target's own embedding. Negatives are popularity-sampled, so popularity alone
+/// separates little. Measured at this seed: DIN ≈ 0.85, blind ≈ 0.62 (test AUC).
+#[test]
+fn din_learns_planted_signal_that_history_blind_model_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared(dir.path(), 1500, 60);
+    let (hist, tr, va, te) = splits(&ds);
+    let auc_of = |tr: Arc<Impressions>, va: Arc<Impressions>, te: Arc<Impressions>, name: &str| -> f64 {
+        let cfg = config(&ds.dir, &dir.path().join(name), "epochs = 2\npatience = 0");
+        let mut t = Trainer::new(cfg, &ds, &dir.path().join(name), &Device::Cpu).unwrap();
+        t.progress = false;
+        t.fit(hist.clone(), tr, va).unwrap();
+        let (m, _) = train::evaluate(t.model(), &hist, &te, 4096).unwrap();
+        m.auc.unwrap()
+    };
+    let blind = |imp: &Arc<Impressions>| {
+        let mut i = (**imp).clone();
+        i.seq_len.iter_mut().for_each(|s| *s = 0);
+        Arc::new(i)
+    };
+    let din = auc_of(tr.clone(), va.clone(), te.clone(), "din");
+    let blind_auc = auc_of(blind(&tr), blind(&va), blind(&te), "blind");
+    eprintln!("test AUC: DIN {din:.4}, history-blind {blind_auc:.4}");
+    assert!(din > 0.78, "DIN test AUC {din}");
+    assert!(blind_auc < 0.72, "history-blind test AUC {blind_auc}");
+    assert!(din - blind_auc > 0.1);
+}
+
+fn weights(t: &Trainer) -> Vec<(String, Vec<f32>)> {
+    t.model()
+        .named_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|(n, x)| (n, x.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+/// Stop after 7 steps (mid-epoch, after a validation at step 5), resume from `last`, finish:
+/// the weights and the validation history equal an uninterrupted run's.
+#[test]
+fn resume_mid_epoch_matches_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared(dir.path(), 300, 40);
+    let (hist, tr, va, _) = splits(&ds);
+    let extra = "epochs = 2\neval_every = 5\npatience = 0\ncheckpoint_every = 3";
+    let full_dir = dir.path().join("full");
+    let mut full = Trainer::new(config(&ds.dir, &full_dir, extra), &ds, &full_dir, &Device::Cpu).unwrap();
+    full.progress = false;
+    full.fit(hist.clone(), tr.clone(), va.clone()).unwrap();
+    assert!(full.state().step > 10, "need a run longer than the interruption");
+
+    let part_dir = dir.path().join("part");
+    let mut cfg = config(&ds.dir, &part_dir, extra);
+    cfg.train.max_steps = 7;
+    let mut part = Trainer::new(cfg, &ds, &part_dir, &Device::Cpu).unwrap();
+    part.progress = false;
+    part.fit(hist.clone(), tr.clone(), va.clone()).unwrap();
+    assert_eq!(part.state().step, 7);
+    drop(part);
+    let mut resumed = Trainer::resume(&ds, &part_dir, &Device::Cpu).unwrap();
+    assert_eq!((resumed.state().epoch, resumed.state().step), (0, 7));
+    resumed.set_max_steps(0);
+    resumed.progress = false;
+    resumed.fit(hist, tr, va).unwrap();
+
+    assert_eq!(resumed.state().step, full.state().step);
+    for ((na, a), (nb, b)) in weights(&full).iter().zip(weights(&resumed).iter()) {
+        assert_eq!(na, nb);
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(d <= 1e-6, "{na} differs by {d}");
+    }
+    let aucs = |t: &Trainer| t.state().evals.iter().map(|e| (e.step, e.valid.auc.unwrap())).collect::<Vec<_>>();
+    let (fa, ra) = (aucs(&full), aucs(&resumed));
+    assert_eq!(fa.len(), ra.len());
+    for ((s1, a1), (s2, a2)) in fa.iter().zip(&ra) {
+        assert_eq!(s1, s2);
+        assert!((a1 - a2).abs() <= 1e-6, "{a1} vs {a2}");
+    }
+}
+
+#[test]
+fn non_finite_loss_stops_with_a_named_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared(dir.path(), 200, 30);
+    let (hist, tr, va, _) = splits(&ds);
+    // An absurd learning rate blows the weights up within a few steps.
+    let mut cfg = config(&ds.dir, &dir.path().join("run"), "epochs = 50");
+    cfg.train.lr = 1e30;
+    cfg.train.sparse_lr = 1e30;
+    let mut t = Trainer::new(cfg, &ds, &dir.path().join("run"), &Device::Cpu).unwrap();
+    t.progress = false;
+    match t.fit(hist, tr, va) {
+        Err(Error::NonFiniteLoss { value, .. }) => assert!(!value.is_finite()),
+        other => panic!("expected NonFiniteLoss, got {other:?}"),
+    }
+}
+
+#[test]
+fn corrupt_checkpoint_is_a_named_error_and_best_reproduces_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared(dir.path(), 200, 30);
+    let (hist, tr, va, _) = splits(&ds);
+    let run = dir.path().join("run");
+    let mut t = Trainer::new(config(&ds.dir, &run, "epochs = 1"), &ds, &run, &Device::Cpu).unwrap();
+    t.progress = false;
+    t.fit(hist.clone(), tr, va.clone()).unwrap();
+    // best.safetensors scores the validation split exactly as the trainer measured it.
+    let (_, model, file) = train::load_model(&run, &Device::Cpu).unwrap();
+    assert!(file.ends_with("best.safetensors"));
+    let (m, _) = train::evaluate(&model, &hist, &va, 1000).unwrap();
+    let rec = t.state().evals.last().unwrap().valid;
+    assert!((m.auc.unwrap() - rec.auc.unwrap()).abs() < 1e-9 && (m.logloss - rec.logloss).abs() < 1e-6);
+
+    // Truncate `last` and flip a byte in `best`: both are named checkpoint errors.
+    let last = run.join(LAST);
+    let bytes = std::fs::read(&last).unwrap();
+    std::fs::write(&last, &bytes[..bytes.len() / 2]).unwrap();
+    match Trainer::resume(&ds, &run, &Device::Cpu) {
+        Err(Error::Checkpoint { path, .. }) => assert_eq!(path, last),
+        other => panic!("expected a checkpoint error, got {other:?}"),
+    }
+    let best = run.join("best.safetensors");
+    let mut b = std::fs::read(&best).unwrap();
+    let n = b.len();
+    b[n - 5] ^= 0x55;
+    std::fs::write(&best, &b).unwrap();
+    let err = train::load_model(&best, &Device::Cpu).unwrap_err();
+    assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
+}
