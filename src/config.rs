@@ -236,7 +236,17 @@ impl Config {
     /// [`Error::Config`] with TOML's message (line, column, the offending key) or a validation
     /// message naming the field.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let cfg: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            // One line (toml's Display draws a multi-line snippet): "line N: message".
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().replace('\n', " ");
+            Error::Config(match line {
+                Some(l) => format!("line {l}: {msg}"),
+                None => msg,
+            })
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -15,11 +15,12 @@
 use crate::config::Init;
 use crate::data::PAD;
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Shape, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Ids of one table in one batch: the sorted unique rows and, for every lookup, its position in
 /// `unique`.
@@ -55,30 +56,54 @@ pub struct EmbeddingTable {
 
 impl EmbeddingTable {
     /// A table of `rows × dim` drawn from `init` (row 0, padding, is zero).
-    pub fn new(name: &str, rows: usize, dim: usize, init: Init, rng: &mut ChaCha8Rng) -> Result<Self> {
+    pub fn new(
+        name: &str,
+        rows: usize,
+        dim: usize,
+        init: Init,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
         let mut data = vec![0f32; rows * dim];
         match init {
             Init::Normal { std } => {
                 let d = Normal::new(0.0, std).map_err(|e| Error::Config(format!("init: {e}")))?;
-                data[dim.min(rows * dim)..].iter_mut().for_each(|x| *x = d.sample(rng));
+                data[dim.min(rows * dim)..]
+                    .iter_mut()
+                    .for_each(|x| *x = d.sample(rng));
             }
             Init::Uniform { bound } => {
-                data[dim.min(rows * dim)..].iter_mut().for_each(|x| *x = rng.random_range(-bound..=bound));
+                data[dim.min(rows * dim)..]
+                    .iter_mut()
+                    .for_each(|x| *x = rng.random_range(-bound..=bound));
             }
         }
-        Ok(Self { name: name.to_string(), rows, dim, data })
+        Ok(Self {
+            name: name.to_string(),
+            rows,
+            dim,
+            data,
+        })
     }
 
     /// The table from a `[rows, dim]` tensor (a checkpoint).
     pub fn from_tensor(name: &str, t: &Tensor) -> Result<Self> {
         let (rows, dim) = t.dims2()?;
         let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self { name: name.to_string(), rows, dim, data })
+        Ok(Self {
+            name: name.to_string(),
+            rows,
+            dim,
+            data,
+        })
     }
 
     /// The whole table as a `[rows, dim]` CPU tensor.
     pub fn to_tensor(&self) -> Result<Tensor> {
-        Ok(Tensor::from_slice(&self.data, (self.rows, self.dim), &Device::Cpu)?)
+        Ok(Tensor::from_slice(
+            &self.data,
+            (self.rows, self.dim),
+            &Device::Cpu,
+        )?)
     }
 
     /// Table name (`item`, `cate`, ...).
@@ -126,11 +151,13 @@ impl EmbeddingTable {
         self.check_ids(ids)?;
         let d = self.dim;
         let mut out = vec![0f32; ids.len() * d];
-        out.par_chunks_mut(d * 256).zip(ids.par_chunks(256)).for_each(|(o, idc)| {
-            for (orow, &i) in o.chunks_exact_mut(d).zip(idc) {
-                orow.copy_from_slice(&self.data[i as usize * d..(i as usize + 1) * d]);
-            }
-        });
+        out.par_chunks_mut(d * 256)
+            .zip(ids.par_chunks(256))
+            .for_each(|(o, idc)| {
+                for (orow, &i) in o.chunks_exact_mut(d).zip(idc) {
+                    orow.copy_from_slice(&self.data[i as usize * d..(i as usize + 1) * d]);
+                }
+            });
         let t = Tensor::from_vec(out, (ids.len(), d), device)?;
         Ok(Var::from_tensor(&t)?)
     }
@@ -144,5 +171,161 @@ impl EmbeddingTable {
     /// Whether `id` is the padding row, which is never updated.
     pub fn is_padding(id: u32) -> bool {
         id == PAD
+    }
+}
+
+/// Looks rows up in 2 or 3 leaves and concatenates them per lookup, as one op with a
+/// scatter-add backward (candle's `index_select` + `cat` + `narrow` chain allocates and copies
+/// several `[n, d]` gradients in its backward).
+///
+/// `ids[t][i]` is lookup `i`'s row in leaf `t`; lookups `range.0..range.1` are produced.
+///
+/// # Shapes
+/// leaves `[u_t, d_t]` → `[range.1 − range.0, Σ d_t]`
+pub fn lookup_concat(
+    leaves: &[&Tensor],
+    ids: &[Arc<Vec<u32>>],
+    range: (usize, usize),
+) -> Result<Tensor> {
+    let op = LookupConcat {
+        ids: ids.to_vec(),
+        range,
+    };
+    Ok(match leaves {
+        [a, b] => a.apply_op2(b, op)?,
+        [a, b, c] => a.apply_op3(b, c, op)?,
+        _ => {
+            return Err(Error::InvalidArgument(
+                "lookup_concat takes 2 or 3 tables".into(),
+            ))
+        }
+    })
+}
+
+struct LookupConcat {
+    ids: Vec<Arc<Vec<u32>>>,
+    range: (usize, usize),
+}
+
+impl LookupConcat {
+    fn fwd(&self, tables: &[(&[f32], usize, usize)]) -> candle_core::Result<(CpuStorage, Shape)> {
+        let width: usize = tables.iter().map(|t| t.2).sum();
+        let (s0, s1) = self.range;
+        for ((_, rows, _), ids) in tables.iter().zip(&self.ids) {
+            if ids.len() < s1 || ids[s0..s1].iter().any(|&i| i as usize >= *rows) {
+                candle_core::bail!("lookup-concat: index outside the leaf ({rows} rows)");
+            }
+        }
+        let mut out = vec![0f32; (s1 - s0) * width];
+        out.par_chunks_mut(width.max(1) * 256)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (k, row) in chunk.chunks_exact_mut(width).enumerate() {
+                    let i = s0 + c * 256 + k;
+                    let mut col = 0;
+                    for ((data, _, d), ids) in tables.iter().zip(&self.ids) {
+                        let r = ids[i] as usize;
+                        row[col..col + d].copy_from_slice(&data[r * d..(r + 1) * d]);
+                        col += d;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((s1 - s0, width))))
+    }
+
+    /// Gradient of leaf `t`: scatter-add of its columns of `grad`.
+    fn bwd_one(
+        &self,
+        t: usize,
+        leaf: &Tensor,
+        grad: &Tensor,
+        col: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, d) = leaf.dims2()?;
+        let (n, width) = grad.dims2()?;
+        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let ids = &self.ids[t][self.range.0..self.range.1];
+        let mut out = vec![0f32; rows * d];
+        for i in 0..n {
+            let r = ids[i] as usize;
+            let src = &g[i * width + col..i * width + col + d];
+            out[r * d..(r + 1) * d]
+                .iter_mut()
+                .zip(src)
+                .for_each(|(o, v)| *o += v);
+        }
+        Tensor::from_vec(out, (rows, d), leaf.device())
+    }
+}
+
+fn cpu_slice<'a>(
+    s: &'a CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<(&'a [f32], usize, usize)> {
+    let (rows, d) = l.shape().dims2()?;
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok((&data[a..b], rows, d)),
+        None => candle_core::bail!("lookup-concat: leaves must be contiguous"),
+    }
+}
+
+impl CustomOp2 for LookupConcat {
+    fn name(&self) -> &'static str {
+        "lookup-concat"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.fwd(&[cpu_slice(s1, l1)?, cpu_slice(s2, l2)?])
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let da = a.dim(1)?;
+        Ok((
+            Some(self.bwd_one(0, a, grad, 0)?),
+            Some(self.bwd_one(1, b, grad, da)?),
+        ))
+    }
+}
+
+impl CustomOp3 for LookupConcat {
+    fn name(&self) -> &'static str {
+        "lookup-concat"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.fwd(&[cpu_slice(s1, l1)?, cpu_slice(s2, l2)?, cpu_slice(s3, l3)?])
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (da, db) = (a.dim(1)?, b.dim(1)?);
+        Ok((
+            Some(self.bwd_one(0, a, grad, 0)?),
+            Some(self.bwd_one(1, b, grad, da)?),
+            Some(self.bwd_one(2, c, grad, da + db)?),
+        ))
     }
 }

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    // The I/O error is part of the message, not a `source`: `{:#}` chains would print it twice.
+    #[error("{path}: {err}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// A file is not readable as what it claims to be (truncated or corrupt parquet, bad JSON).
     #[error("{path}: {reason}")]
@@ -92,19 +93,34 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     /// An [`Error::Io`] for `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            err,
+        }
     }
     /// An [`Error::Corrupt`] for `path`.
     pub fn corrupt(path: impl Into<PathBuf>, reason: impl ToString) -> Self {
-        Error::Corrupt { path: path.into(), reason: reason.to_string() }
+        Error::Corrupt {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
     }
     /// An [`Error::Schema`] for `path` and `column`.
     pub fn schema(path: impl Into<PathBuf>, column: &str, reason: impl ToString) -> Self {
-        Error::Schema { path: path.into(), column: column.to_string(), reason: reason.to_string() }
+        Error::Schema {
+            path: path.into(),
+            column: column.to_string(),
+            reason: reason.to_string(),
+        }
     }
     /// An [`Error::Value`] for `path`, `row` and `column`.
-    pub fn value(path: impl Into<PathBuf>, row: usize, column: &str, reason: impl ToString) -> Self {
+    pub fn value(
+        path: impl Into<PathBuf>,
+        row: usize,
+        column: &str,
+        reason: impl ToString,
+    ) -> Self {
         Error::Value {
             path: path.into(),
             row,

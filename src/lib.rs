@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod atomic;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
 pub mod data;
 pub mod embedding;
 pub mod error;

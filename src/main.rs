@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+// Reuses freed large buffers instead of returning them to the OS each step (see Cargo.toml).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Lifelong user-behavior sequence models for CTR prediction.
 #[derive(Parser, Debug)]
 #[command(name = "lifelong", version, about)]
@@ -115,8 +119,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,14 +140,46 @@ fn main() -> ExitCode {
 
 fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Synth { out, users, items, cates, len, seed } => {
-            let cfg = SynthConfig { users, items, cates, len, seed };
-            let path = data::write_synth(&cfg, &out).with_context(|| format!("writing a synthetic log into {}", out.display()))?;
+        Command::Synth {
+            out,
+            users,
+            items,
+            cates,
+            len,
+            seed,
+        } => {
+            let cfg = SynthConfig {
+                users,
+                items,
+                cates,
+                len,
+                seed,
+            };
+            let path = data::write_synth(&cfg, &out)
+                .with_context(|| format!("writing a synthetic log into {}", out.display()))?;
             println!("wrote {}", path.display());
         }
-        Command::Prepare { events, out, negatives, seed, min_history, stride, user_col, item_col, cate_col, ts_col, label_col } => {
+        Command::Prepare {
+            events,
+            out,
+            negatives,
+            seed,
+            min_history,
+            stride,
+            user_col,
+            item_col,
+            cate_col,
+            ts_col,
+            label_col,
+        } => {
             let cfg = PrepareConfig {
-                columns: ColumnNames { user: user_col, item: item_col, cate: cate_col, ts: ts_col, label: label_col },
+                columns: ColumnNames {
+                    user: user_col,
+                    item: item_col,
+                    cate: cate_col,
+                    ts: ts_col,
+                    label: label_col,
+                },
                 negatives,
                 seed,
                 min_history,
@@ -144,7 +187,12 @@ fn run(cmd: Command) -> Result<()> {
             };
             prepare(&events, &out, &cfg)?;
         }
-        Command::Train { config, data, out, resume } => {
+        Command::Train {
+            config,
+            data,
+            out,
+            resume,
+        } => {
             let mut cfg = Config::load(&config)?;
             if let Some(d) = data {
                 cfg.data.dir = d;
@@ -154,7 +202,13 @@ fn run(cmd: Command) -> Result<()> {
             }
             train_cmd(cfg, resume)?;
         }
-        Command::Eval { checkpoint, data, split, json, predictions } => {
+        Command::Eval {
+            checkpoint,
+            data,
+            split,
+            json,
+            predictions,
+        } => {
             eval_cmd(&checkpoint, &data, split, json, predictions.as_deref())?;
         }
         Command::Demo => demo()?,
@@ -163,7 +217,8 @@ fn run(cmd: Command) -> Result<()> {
 }
 
 fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<()> {
-    let s = data::prepare(events, out, cfg).with_context(|| format!("preparing {}", events.display()))?;
+    let s = data::prepare(events, out, cfg)
+        .with_context(|| format!("preparing {}", events.display()))?;
     let m = &s.meta;
     println!(
         "prepared {}: {} users, {} items, {} categories, {} behaviors; train {} / valid {} / test {} rows",
@@ -181,19 +236,31 @@ fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<()> {
 
 fn train_cmd(cfg: Config, resume: bool) -> Result<()> {
     let dev = candle_core::Device::Cpu;
-    let ds = Dataset::open(&cfg.data.dir).with_context(|| format!("opening {}", cfg.data.dir.display()))?;
+    let ds = Dataset::open(&cfg.data.dir)
+        .with_context(|| format!("opening {}", cfg.data.dir.display()))?;
     let train_split = Arc::new(ds.load_split(Split::Train)?);
     let valid = Arc::new(ds.load_split(Split::Valid)?);
     let run_dir = cfg.train.out.clone();
     let mut trainer = if resume {
-        let t = Trainer::resume(&ds, &run_dir, &dev).with_context(|| format!("resuming from {}", run_dir.display()))?;
-        tracing::info!("resuming at epoch {}, batch {}, step {}", t.state().epoch + 1, t.state().batch, t.state().step);
+        let t = Trainer::resume(&ds, &run_dir, &dev)
+            .with_context(|| format!("resuming from {}", run_dir.display()))?;
+        tracing::info!(
+            "resuming at epoch {}, batch {}, step {}",
+            t.state().epoch + 1,
+            t.state().batch,
+            t.state().step
+        );
         t
     } else {
         Trainer::new(cfg, &ds, &run_dir, &dev)?
     };
     let hist = Arc::new(ds.histories.clone());
-    tracing::info!("training on {} rows ({} valid) from {}", train_split.len(), valid.len(), ds.dir.display());
+    tracing::info!(
+        "training on {} rows ({} valid) from {}",
+        train_split.len(),
+        valid.len(),
+        ds.dir.display()
+    );
     let s = trainer.fit(hist, train_split, valid).context("training")?;
     println!(
         "trained {} steps ({} samples in {:.1}s, {:.0} samples/s); best valid AUC {} at step {}; checkpoints in {}",
@@ -208,12 +275,24 @@ fn train_cmd(cfg: Config, resume: bool) -> Result<()> {
     Ok(())
 }
 
-fn eval_cmd(checkpoint: &Path, data_dir: &Path, split: Split, json: bool, predictions: Option<&Path>) -> Result<()> {
+fn eval_cmd(
+    checkpoint: &Path,
+    data_dir: &Path,
+    split: Split,
+    json: bool,
+    predictions: Option<&Path>,
+) -> Result<()> {
     let dev = candle_core::Device::Cpu;
     let (cfg, model, file) = train::load_model(checkpoint, &dev)?;
     let ds = Dataset::open(data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
     train::check_vocab(&model, &ds)?;
     let imp = Arc::new(ds.load_split(split)?);
+    anyhow::ensure!(
+        !imp.is_empty(),
+        "{}: the {} split has no rows",
+        ds.dir.display(),
+        split.name()
+    );
     let hist = Arc::new(ds.histories.clone());
     let (m, logits) = train::evaluate(&model, &hist, &imp, cfg.train.eval_batch_size)?;
     if let Some(p) = predictions {
@@ -242,7 +321,11 @@ fn demo() -> Result<()> {
     let events = root.join("data/sample/events.parquet");
     let prepared = root.join("data/prepared/sample");
     let config = root.join("examples/din.toml");
-    anyhow::ensure!(events.exists(), "{} is missing: regenerate it with `lifelong synth --out data/sample`", events.display());
+    anyhow::ensure!(
+        events.exists(),
+        "{} is missing: regenerate it with `lifelong synth --out data/sample`",
+        events.display()
+    );
     prepare(&events, &prepared, &PrepareConfig::default())?;
     let mut cfg = Config::load(&config)?;
     cfg.data.dir = prepared.clone();

@@ -19,7 +19,7 @@
 use crate::aggregate::{ActivationUnit, Packed};
 use crate::config::DinConfig;
 use crate::data::Batch;
-use crate::embedding::EmbeddingTable;
+use crate::embedding::{lookup_concat, EmbeddingTable};
 use crate::nn::{Mlp, ParamStore};
 use crate::optim::RowWise;
 use crate::{Error, Result};
@@ -28,6 +28,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Vocabulary sizes the tables are built for (padding and unknown included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +86,13 @@ pub struct Din {
 
 impl Din {
     /// Builds the model with tables for `vocab`, initialised from `seed`.
-    pub fn new(cfg: &DinConfig, max_len: usize, vocab: VocabSizes, seed: u64, device: &Device) -> Result<Self> {
+    pub fn new(
+        cfg: &DinConfig,
+        max_len: usize,
+        vocab: VocabSizes,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let item = EmbeddingTable::new("item", vocab.items, cfg.item_dim, cfg.init, &mut rng)?;
         let cate = EmbeddingTable::new("cate", vocab.cates, cfg.cate_dim, cfg.init, &mut rng)?;
@@ -95,13 +102,46 @@ impl Din {
         let pos = (cfg.pos_dim > 0)
             .then(|| EmbeddingTable::new("pos", max_len + 1, cfg.pos_dim, cfg.init, &mut rng))
             .transpose()?;
-        let mut ps = ParamStore::new(device.clone(), ChaCha8Rng::seed_from_u64(seed.wrapping_add(1)));
+        let mut ps = ParamStore::new(
+            device.clone(),
+            ChaCha8Rng::seed_from_u64(seed.wrapping_add(1)),
+        );
         let d = cfg.item_dim + cfg.cate_dim + cfg.pos_dim;
         let (eps, mom) = (cfg.dice_eps, cfg.dice_momentum);
-        let att = ActivationUnit::new(&mut ps, "att", d, &cfg.attention_hidden, cfg.attention_activation, cfg.softmax, eps, mom)?;
+        let att = ActivationUnit::new(
+            &mut ps,
+            "att",
+            d,
+            &cfg.attention_hidden,
+            cfg.attention_activation,
+            cfg.softmax,
+            eps,
+            mom,
+        )?;
         let head_in = 2 * d + cfg.user_dim;
-        let head = Mlp::new(&mut ps, "head", head_in, &cfg.head_hidden, Some(1), cfg.head_activation, eps, mom)?;
-        Ok(Self { cfg: cfg.clone(), max_len, vocab, device: device.clone(), params: ps, item, cate, user, pos, att, head })
+        let head = Mlp::new(
+            &mut ps,
+            "head",
+            head_in,
+            &cfg.head_hidden,
+            Some(1),
+            cfg.head_activation,
+            eps,
+            mom,
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            max_len,
+            vocab,
+            device: device.clone(),
+            params: ps,
+            item,
+            cate,
+            user,
+            pos,
+            att,
+            head,
+        })
     }
 
     /// The config.
@@ -170,25 +210,43 @@ impl Din {
         let dev = &self.device;
         let (b, n) = (batch.size(), batch.n_packed());
         if batch.len > self.max_len {
-            return Err(Error::InvalidArgument(format!("batch history length {} exceeds the model's max_len {}", batch.len, self.max_len)));
+            return Err(Error::InvalidArgument(format!(
+                "batch history length {} exceeds the model's max_len {}",
+                batch.len, self.max_len
+            )));
         }
-        let item_local = Tensor::from_slice(&batch.items.local, b + n, dev)?;
-        let cate_local = Tensor::from_slice(&batch.cates.local, b + n, dev)?;
-        let mut parts = vec![leaves.item.as_tensor().index_select(&item_local, 0)?, leaves.cate.as_tensor().index_select(&cate_local, 0)?];
+        // Lookups are [targets (B), packed history (n)] in every id list.
+        let mut ids = vec![
+            Arc::new(batch.items.local.clone()),
+            Arc::new(batch.cates.local.clone()),
+        ];
+        let mut tabs = vec![leaves.item.as_tensor(), leaves.cate.as_tensor()];
         if let Some(p) = &leaves.pos {
-            let mut ids = vec![0u32; b];
-            ids.extend_from_slice(&batch.rel_pos);
-            parts.push(p.as_tensor().index_select(&Tensor::from_vec(ids, b + n, dev)?, 0)?);
+            let mut pos_ids = vec![0u32; b];
+            pos_ids.extend_from_slice(&batch.rel_pos);
+            ids.push(Arc::new(pos_ids));
+            tabs.push(p.as_tensor());
         }
-        let tokens = Tensor::cat(&parts, 1)?; // [B + n, d]
-        let target = tokens.narrow(0, 0, b)?;
-        let seq = tokens.narrow(0, b, n)?;
+        let (target, seq) = if dev.is_cpu() {
+            (
+                lookup_concat(&tabs, &ids, (0, b))?,
+                lookup_concat(&tabs, &ids, (b, b + n))?,
+            )
+        } else {
+            let mut parts = Vec::new();
+            for (t, i) in tabs.iter().zip(&ids) {
+                parts.push(t.index_select(&Tensor::from_slice(i, b + n, dev)?, 0)?);
+            }
+            let tokens = Tensor::cat(&parts, 1)?; // [B + n, d]
+            (tokens.narrow(0, 0, b)?, tokens.narrow(0, b, n)?)
+        };
         let packed = Packed {
             seg: Tensor::from_slice(&batch.seg, n, dev)?,
             pos: Tensor::from_slice(&batch.pos, n, dev)?,
             mask: Tensor::from_slice(&batch.mask, (b, batch.len), dev)?,
             batch: b,
             len: batch.len,
+            offsets: Packed::offsets_from_lens(&batch.seq_lens),
         };
         let u = self.att.forward_t(&target, &seq, &packed, train)?;
         let mut head_in = vec![u, target];
@@ -201,7 +259,14 @@ impl Din {
     }
 
     /// Applies the row-wise optimiser to the rows the batch touched, from the leaves' gradients.
-    pub fn apply_sparse(&mut self, batch: &Batch, leaves: &StepLeaves, grads: &GradStore, opt: &mut RowWise, scale: f32) -> Result<()> {
+    pub fn apply_sparse(
+        &mut self,
+        batch: &Batch,
+        leaves: &StepLeaves,
+        grads: &GradStore,
+        opt: &mut RowWise,
+        scale: f32,
+    ) -> Result<()> {
         let grad_of = |v: &Var| -> Result<Option<Vec<f32>>> {
             match grads.get(v.as_tensor()) {
                 Some(g) => Ok(Some(g.flatten_all()?.to_vec1::<f32>()?)),
@@ -245,9 +310,16 @@ impl Din {
         self.params.load(tensors)?;
         let load = |t: &mut EmbeddingTable| -> Result<()> {
             let key = format!("table/{}", t.name());
-            let src = tensors.get(&key).ok_or_else(|| Error::InvalidArgument(format!("tensor `{key}` is missing")))?;
+            let src = tensors
+                .get(&key)
+                .ok_or_else(|| Error::InvalidArgument(format!("tensor `{key}` is missing")))?;
             if src.dims() != [t.rows(), t.dim()] {
-                return Err(Error::InvalidArgument(format!("tensor `{key}` has shape {:?}, expected [{}, {}]", src.dims(), t.rows(), t.dim())));
+                return Err(Error::InvalidArgument(format!(
+                    "tensor `{key}` has shape {:?}, expected [{}, {}]",
+                    src.dims(),
+                    t.rows(),
+                    t.dim()
+                )));
             }
             *t = EmbeddingTable::from_tensor(t.name(), src)?;
             Ok(())

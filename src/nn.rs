@@ -30,7 +30,12 @@ pub struct ParamStore {
 impl ParamStore {
     /// An empty store whose initialisation draws from `rng`.
     pub fn new(device: Device, rng: ChaCha8Rng) -> Self {
-        Self { device, rng, params: BTreeMap::new(), buffers: BTreeMap::new() }
+        Self {
+            device,
+            rng,
+            params: BTreeMap::new(),
+            buffers: BTreeMap::new(),
+        }
     }
     /// The device parameters live on.
     pub fn device(&self) -> &Device {
@@ -39,7 +44,9 @@ impl ParamStore {
     /// A new parameter with entries drawn from U(−bound, bound).
     pub fn uniform(&mut self, name: &str, shape: &[usize], bound: f32) -> Result<Var> {
         let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| self.rng.random_range(-bound..=bound)).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|_| self.rng.random_range(-bound..=bound))
+            .collect();
         self.insert_param(name, Tensor::from_vec(v, shape, &self.device)?)
     }
     /// A new parameter filled with `value`.
@@ -50,7 +57,9 @@ impl ParamStore {
     fn insert_param(&mut self, name: &str, t: Tensor) -> Result<Var> {
         let v = Var::from_tensor(&t)?;
         if self.params.insert(name.to_string(), v.clone()).is_some() {
-            return Err(Error::InvalidArgument(format!("parameter `{name}` defined twice")));
+            return Err(Error::InvalidArgument(format!(
+                "parameter `{name}` defined twice"
+            )));
         }
         Ok(v)
     }
@@ -58,7 +67,9 @@ impl ParamStore {
     pub fn buffer(&mut self, name: &str, shape: &[usize], value: f32) -> Result<Var> {
         let v = Var::from_tensor(&Tensor::full(value, shape, &self.device)?)?;
         if self.buffers.insert(name.to_string(), v.clone()).is_some() {
-            return Err(Error::InvalidArgument(format!("buffer `{name}` defined twice")));
+            return Err(Error::InvalidArgument(format!(
+                "buffer `{name}` defined twice"
+            )));
         }
         Ok(v)
     }
@@ -96,8 +107,14 @@ impl ParamStore {
     }
     /// Every parameter and buffer as (`param/<name>` | `buffer/<name>`, tensor).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let p = self.params.iter().map(|(n, v)| (format!("param/{n}"), v.as_tensor().clone()));
-        let b = self.buffers.iter().map(|(n, v)| (format!("buffer/{n}"), v.as_tensor().clone()));
+        let p = self
+            .params
+            .iter()
+            .map(|(n, v)| (format!("param/{n}"), v.as_tensor().clone()));
+        let b = self
+            .buffers
+            .iter()
+            .map(|(n, v)| (format!("buffer/{n}"), v.as_tensor().clone()));
         p.chain(b).collect()
     }
 }
@@ -151,7 +168,9 @@ impl Act {
     ) -> Result<Self> {
         Ok(match kind {
             Activation::Dice => Act::Dice(Dice::new(ps, prefix, dim, eps, momentum)?),
-            Activation::Prelu => Act::Prelu(ps.constant(&format!("{prefix}.slope"), &[dim], 0.25)?),
+            Activation::Prelu => {
+                Act::Prelu(ps.constant(&format!("{prefix}.slope"), &[dim], 0.25)?)
+            }
             Activation::Relu => Act::Relu,
             Activation::Sigmoid => Act::Sigmoid,
         })
@@ -181,13 +200,19 @@ pub struct Dice {
     pub running_mean: Var,
     /// `[dim]` running (unbiased) variance.
     pub running_var: Var,
-    eps: f32,
+    pub(crate) eps: f32,
     momentum: f32,
 }
 
 impl Dice {
     /// Creates `prefix.alpha` (parameter) and `prefix.running_{mean,var}` (buffers).
-    pub fn new(ps: &mut ParamStore, prefix: &str, dim: usize, eps: f32, momentum: f32) -> Result<Self> {
+    pub fn new(
+        ps: &mut ParamStore,
+        prefix: &str,
+        dim: usize,
+        eps: f32,
+        momentum: f32,
+    ) -> Result<Self> {
         Ok(Self {
             alpha: ps.constant(&format!("{prefix}.alpha"), &[dim], 0.0)?,
             running_mean: ps.buffer(&format!("{prefix}.running_mean"), &[dim], 0.0)?,
@@ -225,15 +250,30 @@ impl Dice {
                 Arc::new(self.running_var.as_tensor().to_vec1::<f32>()?),
             ))
         };
-        let op = DiceOp { eps: self.eps, fixed, batch: Arc::new(Mutex::new(None)) };
+        let op = DiceOp {
+            eps: self.eps,
+            fixed,
+            batch: Arc::new(Mutex::new(None)),
+        };
         let batch = op.batch.clone();
         let out = xs.contiguous()?.apply_op2(self.alpha.as_tensor(), op)?;
         if train && n > 0 {
-            let stats = batch.lock().map_err(|_| Error::InvalidArgument("dice stats lock".into()))?.clone();
+            let stats = batch
+                .lock()
+                .map_err(|_| Error::InvalidArgument("dice stats lock".into()))?
+                .clone();
             if let Some(s) = stats {
                 let dim = s.mean.len();
-                let m = Tensor::from_vec(s.mean.iter().map(|&x| x as f32).collect::<Vec<_>>(), dim, xs.device())?;
-                let v = Tensor::from_vec(s.var.iter().map(|&x| x as f32).collect::<Vec<_>>(), dim, xs.device())?;
+                let m = Tensor::from_vec(
+                    s.mean.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                    dim,
+                    xs.device(),
+                )?;
+                let v = Tensor::from_vec(
+                    s.var.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                    dim,
+                    xs.device(),
+                )?;
                 self.fold(&m, &v, n)?;
             }
         }
@@ -241,12 +281,16 @@ impl Dice {
     }
 
     /// running ← (1 − m)·running + m·batch, with the unbiased batch variance (as BatchNorm).
-    fn fold(&self, mean: &Tensor, var: &Tensor, n: usize) -> Result<()> {
+    pub(crate) fn fold(&self, mean: &Tensor, var: &Tensor, n: usize) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
         let m = self.momentum as f64;
-        let unbias = if n > 1 { n as f64 / (n as f64 - 1.0) } else { 1.0 };
+        let unbias = if n > 1 {
+            n as f64 / (n as f64 - 1.0)
+        } else {
+            1.0
+        };
         let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
         let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (var.detach() * (m * unbias))?)?;
         self.running_mean.set(&rm)?;
@@ -275,7 +319,9 @@ pub fn dice_reference(
             (mean, var, true)
         }
     };
-    let xhat = xs.broadcast_sub(&mean)?.broadcast_div(&(var.clone() + eps as f64)?.sqrt()?)?;
+    let xhat = xs
+        .broadcast_sub(&mean)?
+        .broadcast_div(&(var.clone() + eps as f64)?.sqrt()?)?;
     let p = candle_nn::ops::sigmoid(&xhat)?;
     // y = x·(α + p·(1 − α))
     let one_minus_alpha = alpha.affine(-1.0, 1.0)?;
@@ -285,14 +331,14 @@ pub fn dice_reference(
 }
 
 #[derive(Debug, Clone)]
-struct DiceStats {
-    mean: Vec<f64>,
-    var: Vec<f64>,
+pub(crate) struct DiceStats {
+    pub(crate) mean: Vec<f64>,
+    pub(crate) var: Vec<f64>,
 }
 
 /// Rows per chunk for the parallel loops. Fixed (not derived from the thread count) so the
 /// summation order, and so every result, is the same on any machine.
-const CHUNK_ROWS: usize = 512;
+pub(crate) const CHUNK_ROWS: usize = 512;
 
 struct DiceOp {
     eps: f32,
@@ -311,7 +357,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
 }
 
 /// Per-column mean and biased variance, accumulated in f64 over fixed-size row chunks.
-fn column_stats(x: &[f32], dim: usize) -> DiceStats {
+pub(crate) fn column_stats(x: &[f32], dim: usize) -> DiceStats {
     let n = x.len() / dim;
     let partial: Vec<Vec<f64>> = x
         .par_chunks(CHUNK_ROWS * dim)
@@ -334,12 +380,14 @@ fn column_stats(x: &[f32], dim: usize) -> DiceStats {
     }
     let nf = n.max(1) as f64;
     let mean: Vec<f64> = tot[..dim].iter().map(|s| s / nf).collect();
-    let var = (0..dim).map(|j| (tot[dim + j] / nf - mean[j] * mean[j]).max(0.0)).collect();
+    let var = (0..dim)
+        .map(|j| (tot[dim + j] / nf - mean[j] * mean[j]).max(0.0))
+        .collect();
     DiceStats { mean, var }
 }
 
 #[inline]
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
@@ -354,7 +402,11 @@ impl DiceOp {
             None => {
                 let s = column_stats(x, dim);
                 let mean = s.mean.iter().map(|&m| m as f32).collect();
-                let inv = s.var.iter().map(|&v| (1.0 / (v + self.eps as f64).sqrt()) as f32).collect();
+                let inv = s
+                    .var
+                    .iter()
+                    .map(|&v| (1.0 / (v + self.eps as f64).sqrt()) as f32)
+                    .collect();
                 (mean, inv, Some(s))
             }
         }
@@ -378,18 +430,23 @@ impl CustomOp2 for DiceOp {
         let alpha = f32_slice(s2, l2, "dice alpha")?;
         let (mean, inv, stats) = self.norm(x, dim);
         if let Some(s) = stats {
-            *self.batch.lock().map_err(|_| candle_core::Error::Msg("dice lock".into()))? = Some(s);
+            *self
+                .batch
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("dice lock".into()))? = Some(s);
         }
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK_ROWS * dim).zip(x.par_chunks(CHUNK_ROWS * dim)).for_each(|(o, xc)| {
-            for (orow, xrow) in o.chunks_exact_mut(dim).zip(xc.chunks_exact(dim)) {
-                for j in 0..dim {
-                    let v = xrow[j];
-                    let p = sigmoid((v - mean[j]) * inv[j]);
-                    orow[j] = v * (alpha[j] + p * (1.0 - alpha[j]));
+        out.par_chunks_mut(CHUNK_ROWS * dim)
+            .zip(x.par_chunks(CHUNK_ROWS * dim))
+            .for_each(|(o, xc)| {
+                for (orow, xrow) in o.chunks_exact_mut(dim).zip(xc.chunks_exact(dim)) {
+                    for j in 0..dim {
+                        let v = xrow[j];
+                        let p = sigmoid((v - mean[j]) * inv[j]);
+                        orow[j] = v * (alpha[j] + p * (1.0 - alpha[j]));
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -402,9 +459,17 @@ impl CustomOp2 for DiceOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let stats = match &self.fixed {
             Some(_) => None,
-            None => self.batch.lock().map_err(|_| candle_core::Error::Msg("dice lock".into()))?.clone(),
+            None => self
+                .batch
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("dice lock".into()))?
+                .clone(),
         };
-        let op = DiceBwdOp { eps: self.eps, fixed: self.fixed.clone(), stats };
+        let op = DiceBwdOp {
+            eps: self.eps,
+            fixed: self.fixed.clone(),
+            stats,
+        };
         let both = x.apply_op3_no_bwd(alpha, &grad.contiguous()?, &op)?;
         let n = x.dim(0)?;
         Ok((Some(both.narrow(0, 0, n)?), Some(both.get(n)?)))
@@ -441,10 +506,16 @@ impl CustomOp3 for DiceBwdOp {
         let alpha = f32_slice(s2, l2, "dice alpha")?;
         let g = f32_slice(s3, l3, "dice grad")?;
         let (mean, inv): (Vec<f32>, Vec<f32>) = match (&self.fixed, &self.stats) {
-            (Some((m, v)), _) => (m.to_vec(), v.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect()),
+            (Some((m, v)), _) => (
+                m.to_vec(),
+                v.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect(),
+            ),
             (None, Some(s)) => (
                 s.mean.iter().map(|&m| m as f32).collect(),
-                s.var.iter().map(|&v| (1.0 / (v + self.eps as f64).sqrt()) as f32).collect(),
+                s.var
+                    .iter()
+                    .map(|&v| (1.0 / (v + self.eps as f64).sqrt()) as f32)
+                    .collect(),
             ),
             (None, None) => candle_core::bail!("dice backward without forward statistics"),
         };
@@ -456,7 +527,10 @@ impl CustomOp3 for DiceBwdOp {
         let partial: Vec<Vec<f64>> = gx
             .par_chunks_mut(CHUNK_ROWS * dim)
             .zip(h.par_chunks_mut(CHUNK_ROWS * dim))
-            .zip(x.par_chunks(CHUNK_ROWS * dim).zip(g.par_chunks(CHUNK_ROWS * dim)))
+            .zip(
+                x.par_chunks(CHUNK_ROWS * dim)
+                    .zip(g.par_chunks(CHUNK_ROWS * dim)),
+            )
             .map(|((gxc, hc), (xc, gc))| {
                 let mut s = vec![0f64; 3 * dim];
                 for i in 0..xc.len() / dim {

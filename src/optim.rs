@@ -33,7 +33,13 @@ pub struct AdamParams {
 impl AdamParams {
     /// Adam with the usual β and ε and no weight decay.
     pub fn with_lr(lr: f64) -> Self {
-        Self { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        Self {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -50,9 +56,21 @@ pub struct Adam {
 impl Adam {
     /// Adam over `vars` (name, variable).
     pub fn new(vars: Vec<(String, Var)>, params: AdamParams) -> Result<Self> {
-        let m = vars.iter().map(|(_, v)| Var::zeros(v.shape(), v.dtype(), v.device())).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = vars.iter().map(|(_, v)| Var::zeros(v.shape(), v.dtype(), v.device())).collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { params, vars, m, v, step: 0 })
+        let m = vars
+            .iter()
+            .map(|(_, v)| Var::zeros(v.shape(), v.dtype(), v.device()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| Var::zeros(v.shape(), v.dtype(), v.device()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            params,
+            vars,
+            m,
+            v,
+            step: 0,
+        })
     }
 
     /// Steps taken.
@@ -68,8 +86,14 @@ impl Adam {
         let bc1 = 1.0 - p.beta1.powi(t);
         let bc2 = 1.0 - p.beta2.powi(t);
         for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = if scale != 1.0 { (g * scale)? } else { g.clone() };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = if scale != 1.0 {
+                (g * scale)?
+            } else {
+                g.clone()
+            };
             let m = ((self.m[i].as_tensor() * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
             let v = ((self.v[i].as_tensor() * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + p.eps)?)?;
@@ -99,9 +123,15 @@ impl Adam {
         for (i, (n, var)) in self.vars.iter().enumerate() {
             for (kind, slot) in [("m", &self.m[i]), ("v", &self.v[i])] {
                 let key = format!("optim/dense/{n}/{kind}");
-                let t = tensors.get(&key).ok_or_else(|| Error::InvalidArgument(format!("tensor `{key}` is missing")))?;
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| Error::InvalidArgument(format!("tensor `{key}` is missing")))?;
                 if t.dims() != var.dims() {
-                    return Err(Error::InvalidArgument(format!("tensor `{key}` has shape {:?}, expected {:?}", t.dims(), var.dims())));
+                    return Err(Error::InvalidArgument(format!(
+                        "tensor `{key}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    )));
                 }
                 slot.set(&t.to_device(var.device())?)?;
             }
@@ -147,16 +177,28 @@ unsafe impl Sync for SyncPtr {}
 impl RowWise {
     /// A row-wise optimiser of `kind` (Adagrad uses `params.lr` and `params.eps`).
     pub fn new(kind: SparseOptimizer, params: AdamParams) -> Self {
-        Self { kind, params, states: BTreeMap::new() }
+        Self {
+            kind,
+            params,
+            states: BTreeMap::new(),
+        }
     }
 
     fn state_for(&mut self, table: &EmbeddingTable) -> &mut RowState {
         let (rows, dim) = (table.rows(), table.dim());
         let kind = self.kind;
-        self.states.entry(table.name().to_string()).or_insert_with(|| match kind {
-            SparseOptimizer::Adam => RowState::Adam { m: vec![0.0; rows * dim], v: vec![0.0; rows * dim], steps: vec![0; rows] },
-            SparseOptimizer::Adagrad => RowState::Adagrad { acc: vec![0.0; rows] },
-        })
+        self.states
+            .entry(table.name().to_string())
+            .or_insert_with(|| match kind {
+                SparseOptimizer::Adam => RowState::Adam {
+                    m: vec![0.0; rows * dim],
+                    v: vec![0.0; rows * dim],
+                    steps: vec![0; rows],
+                },
+                SparseOptimizer::Adagrad => RowState::Adagrad {
+                    acc: vec![0.0; rows],
+                },
+            })
     }
 
     /// Applies one update to rows `ids` of `table` with gradient rows `grad` (`[ids.len(), dim]`,
@@ -165,13 +207,27 @@ impl RowWise {
     /// # Errors
     /// [`Error::InvalidArgument`] when `ids` are not strictly increasing (so not distinct), an
     /// id is outside the table, or the gradient has the wrong size.
-    pub fn update(&mut self, table: &mut EmbeddingTable, ids: &[u32], grad: &[f32], scale: f32) -> Result<()> {
+    pub fn update(
+        &mut self,
+        table: &mut EmbeddingTable,
+        ids: &[u32],
+        grad: &[f32],
+        scale: f32,
+    ) -> Result<()> {
         let dim = table.dim();
         if grad.len() != ids.len() * dim {
-            return Err(Error::InvalidArgument(format!("gradient of `{}` has {} values, expected {}", table.name(), grad.len(), ids.len() * dim)));
+            return Err(Error::InvalidArgument(format!(
+                "gradient of `{}` has {} values, expected {}",
+                table.name(),
+                grad.len(),
+                ids.len() * dim
+            )));
         }
         if ids.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::InvalidArgument(format!("row ids of `{}` must be sorted and distinct", table.name())));
+            return Err(Error::InvalidArgument(format!(
+                "row ids of `{}` must be sorted and distinct",
+                table.name()
+            )));
         }
         table.check_ids(ids)?;
         let p = self.params;
@@ -181,56 +237,68 @@ impl RowWise {
             RowState::Adam { m, v, steps } => {
                 let (mp, vp) = (SyncPtr(m.as_mut_ptr()), SyncPtr(v.as_mut_ptr()));
                 let sp = steps.as_mut_ptr() as usize;
-                ids.par_iter().enumerate().with_min_len(64).for_each(|(k, &id)| {
-                    if id == crate::data::PAD {
-                        return;
-                    }
-                    let (wp, mp, vp) = (wptr, mp, vp);
-                    let off = id as usize * dim;
-                    // SAFETY: ids are distinct and in range (checked above), so each task
-                    // writes a disjoint row of w, m, v and a distinct step counter.
-                    let (w, m, v, s) = unsafe {
-                        (
-                            std::slice::from_raw_parts_mut(wp.0.add(off), dim),
-                            std::slice::from_raw_parts_mut(mp.0.add(off), dim),
-                            std::slice::from_raw_parts_mut(vp.0.add(off), dim),
-                            &mut *(sp as *mut u32).add(id as usize),
-                        )
-                    };
-                    *s += 1;
-                    let t = *s as i32;
-                    let bc1 = 1.0 - (p.beta1).powi(t);
-                    let bc2 = 1.0 - (p.beta2).powi(t);
-                    let step = (lr as f64 / bc1) as f32;
-                    let bc2s = bc2.sqrt() as f32;
-                    let g = &grad[k * dim..(k + 1) * dim];
-                    for j in 0..dim {
-                        let gj = g[j] * scale;
-                        m[j] = b1 * m[j] + (1.0 - b1) * gj;
-                        v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;
-                        // m̂ / (sqrt(v̂) + ε) with m̂ = m/bc1, v̂ = v/bc2.
-                        w[j] -= step * m[j] / (v[j].sqrt() / bc2s + eps);
-                    }
-                });
+                ids.par_iter()
+                    .enumerate()
+                    .with_min_len(64)
+                    .for_each(|(k, &id)| {
+                        if id == crate::data::PAD {
+                            return;
+                        }
+                        let (wp, mp, vp) = (wptr, mp, vp);
+                        let off = id as usize * dim;
+                        // SAFETY: ids are distinct and in range (checked above), so each task
+                        // writes a disjoint row of w, m, v and a distinct step counter.
+                        let (w, m, v, s) = unsafe {
+                            (
+                                std::slice::from_raw_parts_mut(wp.0.add(off), dim),
+                                std::slice::from_raw_parts_mut(mp.0.add(off), dim),
+                                std::slice::from_raw_parts_mut(vp.0.add(off), dim),
+                                &mut *(sp as *mut u32).add(id as usize),
+                            )
+                        };
+                        *s += 1;
+                        let t = *s as i32;
+                        let bc1 = 1.0 - (p.beta1).powi(t);
+                        let bc2 = 1.0 - (p.beta2).powi(t);
+                        let step = (lr as f64 / bc1) as f32;
+                        let bc2s = bc2.sqrt() as f32;
+                        let g = &grad[k * dim..(k + 1) * dim];
+                        for j in 0..dim {
+                            let gj = g[j] * scale;
+                            m[j] = b1 * m[j] + (1.0 - b1) * gj;
+                            v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;
+                            // m̂ / (sqrt(v̂) + ε) with m̂ = m/bc1, v̂ = v/bc2.
+                            w[j] -= step * m[j] / (v[j].sqrt() / bc2s + eps);
+                        }
+                    });
             }
             RowState::Adagrad { acc } => {
                 let ap = SyncPtr(acc.as_mut_ptr());
-                ids.par_iter().enumerate().with_min_len(64).for_each(|(k, &id)| {
-                    if id == crate::data::PAD {
-                        return;
-                    }
-                    let (wp, ap) = (wptr, ap);
-                    let off = id as usize * dim;
-                    // SAFETY: as above, distinct rows.
-                    let (w, a) = unsafe { (std::slice::from_raw_parts_mut(wp.0.add(off), dim), &mut *ap.0.add(id as usize)) };
-                    let g = &grad[k * dim..(k + 1) * dim];
-                    let mean_sq = g.iter().map(|x| (x * scale) * (x * scale)).sum::<f32>() / dim as f32;
-                    *a += mean_sq;
-                    let denom = a.sqrt() + eps;
-                    for j in 0..dim {
-                        w[j] -= lr * g[j] * scale / denom;
-                    }
-                });
+                ids.par_iter()
+                    .enumerate()
+                    .with_min_len(64)
+                    .for_each(|(k, &id)| {
+                        if id == crate::data::PAD {
+                            return;
+                        }
+                        let (wp, ap) = (wptr, ap);
+                        let off = id as usize * dim;
+                        // SAFETY: as above, distinct rows.
+                        let (w, a) = unsafe {
+                            (
+                                std::slice::from_raw_parts_mut(wp.0.add(off), dim),
+                                &mut *ap.0.add(id as usize),
+                            )
+                        };
+                        let g = &grad[k * dim..(k + 1) * dim];
+                        let mean_sq =
+                            g.iter().map(|x| (x * scale) * (x * scale)).sum::<f32>() / dim as f32;
+                        *a += mean_sq;
+                        let denom = a.sqrt() + eps;
+                        for j in 0..dim {
+                            w[j] -= lr * g[j] * scale / denom;
+                        }
+                    });
             }
         }
         Ok(())
@@ -241,16 +309,30 @@ impl RowWise {
         let dev = candle_core::Device::Cpu;
         let mut out = Vec::new();
         for t in tables {
-            let Some(s) = self.states.get(t.name()) else { continue };
+            let Some(s) = self.states.get(t.name()) else {
+                continue;
+            };
             let n = t.name();
             match s {
                 RowState::Adam { m, v, steps } => {
-                    out.push((format!("optim/sparse/{n}/m"), Tensor::from_slice(m, (t.rows(), t.dim()), &dev)?));
-                    out.push((format!("optim/sparse/{n}/v"), Tensor::from_slice(v, (t.rows(), t.dim()), &dev)?));
-                    out.push((format!("optim/sparse/{n}/steps"), Tensor::from_slice(steps, t.rows(), &dev)?));
+                    out.push((
+                        format!("optim/sparse/{n}/m"),
+                        Tensor::from_slice(m, (t.rows(), t.dim()), &dev)?,
+                    ));
+                    out.push((
+                        format!("optim/sparse/{n}/v"),
+                        Tensor::from_slice(v, (t.rows(), t.dim()), &dev)?,
+                    ));
+                    out.push((
+                        format!("optim/sparse/{n}/steps"),
+                        Tensor::from_slice(steps, t.rows(), &dev)?,
+                    ));
                 }
                 RowState::Adagrad { acc } => {
-                    out.push((format!("optim/sparse/{n}/acc"), Tensor::from_slice(acc, t.rows(), &dev)?));
+                    out.push((
+                        format!("optim/sparse/{n}/acc"),
+                        Tensor::from_slice(acc, t.rows(), &dev)?,
+                    ));
                 }
             }
         }
@@ -259,12 +341,19 @@ impl RowWise {
 
     /// Restores what [`RowWise::state_tensors`] saved for `tables` (tables without saved state
     /// start fresh).
-    pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, tables: &[&EmbeddingTable]) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        tensors: &BTreeMap<String, Tensor>,
+        tables: &[&EmbeddingTable],
+    ) -> Result<()> {
         let get = |key: String, len: usize| -> Result<Option<Tensor>> {
             match tensors.get(&key) {
                 None => Ok(None),
                 Some(t) if t.elem_count() == len => Ok(Some(t.flatten_all()?)),
-                Some(t) => Err(Error::InvalidArgument(format!("tensor `{key}` has {} values, expected {len}", t.elem_count()))),
+                Some(t) => Err(Error::InvalidArgument(format!(
+                    "tensor `{key}` has {} values, expected {len}",
+                    t.elem_count()
+                ))),
             }
         };
         for t in tables {
@@ -277,7 +366,11 @@ impl RowWise {
                         get(format!("optim/sparse/{n}/steps"), t.rows())?,
                     );
                     match (m, v, s) {
-                        (Some(m), Some(v), Some(s)) => Some(RowState::Adam { m: m.to_vec1()?, v: v.to_vec1()?, steps: s.to_vec1()? }),
+                        (Some(m), Some(v), Some(s)) => Some(RowState::Adam {
+                            m: m.to_vec1()?,
+                            v: v.to_vec1()?,
+                            steps: s.to_vec1()?,
+                        }),
                         _ => None,
                     }
                 }

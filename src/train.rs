@@ -85,6 +85,21 @@ impl FitSummary {
     }
 }
 
+/// Seconds spent in each phase of the training steps (logged at `debug` level per epoch).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StepTimes {
+    /// Waiting for the next collated batch.
+    pub wait: f64,
+    /// Gathering the batch's embedding rows into leaves.
+    pub gather: f64,
+    /// Forward pass and loss.
+    pub forward: f64,
+    /// Backward pass.
+    pub backward: f64,
+    /// Dense and row-wise optimiser updates.
+    pub update: f64,
+}
+
 /// Trains a model.
 #[derive(Debug)]
 pub struct Trainer {
@@ -96,6 +111,8 @@ pub struct Trainer {
     run_dir: PathBuf,
     /// Show a progress bar (default: when stderr is a terminal).
     pub progress: bool,
+    /// Time per phase since the trainer was created.
+    pub times: StepTimes,
 }
 
 fn din_cfg(cfg: &Config) -> &crate::config::DinConfig {
@@ -106,17 +123,38 @@ fn din_cfg(cfg: &Config) -> &crate::config::DinConfig {
 
 /// Builds the model a config describes, for tables of `vocab`.
 pub fn build_model(cfg: &Config, vocab: VocabSizes, device: &Device) -> Result<Din> {
-    Din::new(din_cfg(cfg), cfg.data.max_len, vocab, cfg.train.seed, device)
+    Din::new(
+        din_cfg(cfg),
+        cfg.data.max_len,
+        vocab,
+        cfg.train.seed,
+        device,
+    )
 }
 
 impl Trainer {
     /// A fresh trainer for `data`, writing into `run_dir`.
     pub fn new(cfg: Config, data: &Dataset, run_dir: &Path, device: &Device) -> Result<Self> {
-        let vocab = VocabSizes { users: data.meta.n_users, items: data.meta.n_items, cates: data.meta.n_cates };
+        let vocab = VocabSizes {
+            users: data.meta.n_users,
+            items: data.meta.n_items,
+            cates: data.meta.n_cates,
+        };
         let model = build_model(&cfg, vocab, device)?;
         let t = &cfg.train;
-        let dense_vars = model.params().params().iter().map(|(n, v)| (n.clone(), v.clone())).collect();
-        let dense = Adam::new(dense_vars, AdamParams { weight_decay: t.weight_decay, ..AdamParams::with_lr(t.lr) })?;
+        let dense_vars = model
+            .params()
+            .params()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        let dense = Adam::new(
+            dense_vars,
+            AdamParams {
+                weight_decay: t.weight_decay,
+                ..AdamParams::with_lr(t.lr)
+            },
+        )?;
         let sparse = RowWise::new(t.sparse_optimizer, AdamParams::with_lr(t.sparse_lr));
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         Ok(Self {
@@ -127,6 +165,7 @@ impl Trainer {
             state: TrainerState::default(),
             run_dir: run_dir.to_path_buf(),
             progress: console_is_tty(),
+            times: StepTimes::default(),
         })
     }
 
@@ -137,15 +176,32 @@ impl Trainer {
     pub fn resume(data: &Dataset, run_dir: &Path, device: &Device) -> Result<Self> {
         let path = run_dir.join(LAST);
         let loaded = checkpoint::load(&path, &Device::Cpu)?;
-        let ck = |reason: String| Error::Checkpoint { path: path.clone(), reason };
-        let cfg = Config::from_json(loaded.metadata.get("config").ok_or_else(|| ck("no `config` in metadata".into()))?)?;
-        let state: TrainerState = serde_json::from_str(loaded.metadata.get("trainer").ok_or_else(|| ck("no `trainer` state in metadata: not a resumable checkpoint".into()))?)
+        let ck = |reason: String| Error::Checkpoint {
+            path: path.clone(),
+            reason,
+        };
+        let cfg = Config::from_json(
+            loaded
+                .metadata
+                .get("config")
+                .ok_or_else(|| ck("no `config` in metadata".into()))?,
+        )?;
+        let state: TrainerState =
+            serde_json::from_str(loaded.metadata.get("trainer").ok_or_else(|| {
+                ck("no `trainer` state in metadata: not a resumable checkpoint".into())
+            })?)
             .map_err(|e| ck(format!("trainer state: {e}")))?;
         let mut t = Self::new(cfg, data, run_dir, device)?;
-        t.model.load_tensors(&loaded.tensors).map_err(|e| ck(e.to_string()))?;
-        t.dense.load_state(&loaded.tensors, state.step).map_err(|e| ck(e.to_string()))?;
+        t.model
+            .load_tensors(&loaded.tensors)
+            .map_err(|e| ck(e.to_string()))?;
+        t.dense
+            .load_state(&loaded.tensors, state.step)
+            .map_err(|e| ck(e.to_string()))?;
         let tables = t.model.tables();
-        t.sparse.load_state(&loaded.tensors, &tables).map_err(|e| ck(e.to_string()))?;
+        t.sparse
+            .load_state(&loaded.tensors, &tables)
+            .map_err(|e| ck(e.to_string()))?;
         t.state = state;
         Ok(t)
     }
@@ -173,13 +229,19 @@ impl Trainer {
     /// # Errors
     /// [`Error::NonFiniteLoss`] when the loss is NaN or infinite (no weight is changed).
     pub fn train_step(&mut self, batch: &Batch) -> Result<f32> {
+        let t0 = Instant::now();
         let leaves = self.model.leaves(batch)?;
+        let t1 = Instant::now();
         let logits = self.model.forward_t(batch, &leaves, true)?;
         let labels = Tensor::from_slice(&batch.label, batch.size(), self.model.device())?;
         let bce = bce_with_logits(&logits, &labels)?;
         let value = bce.to_scalar::<f32>()?;
         if !value.is_finite() {
-            return Err(Error::NonFiniteLoss { epoch: self.state.epoch, step: self.state.step, value });
+            return Err(Error::NonFiniteLoss {
+                epoch: self.state.epoch,
+                step: self.state.step,
+                value,
+            });
         }
         let l2 = self.cfg.train.embedding_l2;
         let loss = if l2 > 0.0 {
@@ -191,7 +253,9 @@ impl Trainer {
         } else {
             bce
         };
+        let t2 = Instant::now();
         let grads = loss.backward()?;
+        let t3 = Instant::now();
         let scale = match self.cfg.train.clip_grad_norm {
             Some(max) => {
                 let mut sq = 0f64;
@@ -202,27 +266,51 @@ impl Trainer {
                     }
                 }
                 let norm = sq.sqrt();
-                if norm > max { max / (norm + 1e-6) } else { 1.0 }
+                if norm > max {
+                    max / (norm + 1e-6)
+                } else {
+                    1.0
+                }
             }
             None => 1.0,
         };
         self.dense.step(&grads, scale)?;
-        self.model.apply_sparse(batch, &leaves, &grads, &mut self.sparse, scale as f32)?;
+        self.model
+            .apply_sparse(batch, &leaves, &grads, &mut self.sparse, scale as f32)?;
         self.state.step += 1;
+        let t4 = Instant::now();
+        self.times.gather += (t1 - t0).as_secs_f64();
+        self.times.forward += (t2 - t1).as_secs_f64();
+        self.times.backward += (t3 - t2).as_secs_f64();
+        self.times.update += (t4 - t3).as_secs_f64();
         Ok(value)
     }
 
     /// Trains until the configured epochs are done, early stopping triggers, or `max_steps` is
     /// reached; validates on `valid`, keeps `best` and `last` checkpoints in the run directory.
-    pub fn fit(&mut self, hist: Arc<Histories>, train: Arc<Impressions>, valid: Arc<Impressions>) -> Result<FitSummary> {
+    pub fn fit(
+        &mut self,
+        hist: Arc<Histories>,
+        train: Arc<Impressions>,
+        valid: Arc<Impressions>,
+    ) -> Result<FitSummary> {
         let t = self.cfg.train.clone();
         if train.is_empty() {
-            return Err(Error::InvalidArgument("the training split is empty".into()));
+            return Err(Error::InvalidArgument(format!(
+                "{}: the training split is empty (too few behaviors per user for the prepare options?)",
+                self.cfg.data.dir.display()
+            )));
         }
         let batcher = Batcher::new(
             hist.clone(),
             train,
-            BatcherConfig { batch_size: t.batch_size, max_len: self.cfg.data.max_len, shuffle: true, seed: t.seed, prefetch: t.prefetch },
+            BatcherConfig {
+                batch_size: t.batch_size,
+                max_len: self.cfg.data.max_len,
+                shuffle: true,
+                seed: t.seed,
+                prefetch: t.prefetch,
+            },
         );
         let n_batches = batcher.num_batches();
         let (mut samples, mut train_secs) = (0u64, 0f64);
@@ -233,7 +321,11 @@ impl Trainer {
             let mut clock = Instant::now();
             let mut bar_samples = 0u64;
             let mut ema: Option<f64> = None;
-            for batch in batcher.iter(epoch, self.state.batch) {
+            let mut batches = batcher.iter(epoch, self.state.batch);
+            loop {
+                let tw = Instant::now();
+                let Some(batch) = batches.next() else { break };
+                self.times.wait += tw.elapsed().as_secs_f64();
                 let loss = self.train_step(&batch)?;
                 self.state.batch += 1;
                 samples += batch.size() as u64;
@@ -245,12 +337,19 @@ impl Trainer {
                     b.inc(1);
                     if self.state.step % 10 == 0 {
                         let el = train_secs + clock.elapsed().as_secs_f64();
-                        b.set_message(format!("loss {:.4}  {:.0} samples/s", ema.unwrap_or(0.0), bar_samples as f64 / el.max(1e-9)));
+                        b.set_message(format!(
+                            "loss {:.4}  {:.0} samples/s",
+                            ema.unwrap_or(0.0),
+                            bar_samples as f64 / el.max(1e-9)
+                        ));
                     }
                 }
                 let end_of_epoch = self.state.batch >= n_batches;
-                let do_eval = !end_of_epoch && t.eval_every > 0 && self.state.step % t.eval_every as u64 == 0;
-                let do_ckpt = !end_of_epoch && t.checkpoint_every > 0 && self.state.step % t.checkpoint_every as u64 == 0;
+                let do_eval =
+                    !end_of_epoch && t.eval_every > 0 && self.state.step % t.eval_every as u64 == 0;
+                let do_ckpt = !end_of_epoch
+                    && t.checkpoint_every > 0
+                    && self.state.step % t.checkpoint_every as u64 == 0;
                 let stop_steps = t.max_steps > 0 && self.state.step >= t.max_steps;
                 if do_eval || do_ckpt || end_of_epoch || stop_steps {
                     train_secs += clock.elapsed().as_secs_f64();
@@ -279,8 +378,14 @@ impl Trainer {
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
+            tracing::debug!("step times so far (s): {:?}", self.times);
         }
-        Ok(FitSummary { state: self.state.clone(), samples, train_secs })
+        tracing::debug!("step times (s): {:?}", self.times);
+        Ok(FitSummary {
+            state: self.state.clone(),
+            samples,
+            train_secs,
+        })
     }
 
     fn progress_bar(&self, len: u64, pos: u64, epoch: usize) -> Option<indicatif::ProgressBar> {
@@ -289,7 +394,9 @@ impl Trainer {
         }
         let bar = indicatif::ProgressBar::new(len);
         bar.set_position(pos);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})") {
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
+        ) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix(format!("epoch {}", epoch + 1));
@@ -297,14 +404,25 @@ impl Trainer {
     }
 
     /// Validates, records, keeps the best checkpoint, and decides on early stopping.
-    fn validate(&mut self, hist: &Arc<Histories>, valid: &Arc<Impressions>, train_loss: f64, epoch: usize) -> Result<()> {
+    fn validate(
+        &mut self,
+        hist: &Arc<Histories>,
+        valid: &Arc<Impressions>,
+        train_loss: f64,
+        epoch: usize,
+    ) -> Result<()> {
         if valid.is_empty() {
             tracing::warn!("validation split is empty: skipping validation, keeping the latest weights as best");
             self.save(&self.run_dir.join(BEST), false)?;
             return Ok(());
         }
         let (m, _) = evaluate(&self.model, hist, valid, self.cfg.train.eval_batch_size)?;
-        let rec = EvalRecord { epoch, step: self.state.step, train_loss, valid: m };
+        let rec = EvalRecord {
+            epoch,
+            step: self.state.step,
+            train_loss,
+            valid: m,
+        };
         tracing::info!(
             "epoch {} step {}: train loss {:.4}, valid auc {}, gauc {}, logloss {:.4}",
             epoch + 1,
@@ -314,7 +432,8 @@ impl Trainer {
             fmt_opt(m.gauc),
             m.logloss
         );
-        let line = serde_json::to_string(&rec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let line =
+            serde_json::to_string(&rec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mlog = self.run_dir.join("metrics.jsonl");
         let mut text = std::fs::read_to_string(&mlog).unwrap_or_default();
         text.push_str(&line);
@@ -335,7 +454,11 @@ impl Trainer {
             self.state.bad_evals += 1;
             let p = self.cfg.train.patience;
             if p > 0 && self.state.bad_evals >= p {
-                tracing::info!("early stop: no better validation AUC in {p} validations (best {} at step {})", fmt_opt(self.state.best_auc), self.state.best_step);
+                tracing::info!(
+                    "early stop: no better validation AUC in {p} validations (best {} at step {})",
+                    fmt_opt(self.state.best_auc),
+                    self.state.best_step
+                );
                 self.state.finished = true;
             }
         }
@@ -352,12 +475,18 @@ impl Trainer {
         let mut tensors = self.model.named_tensors()?;
         let mut meta = BTreeMap::new();
         meta.insert("config".to_string(), self.cfg.to_json());
-        meta.insert("vocab".to_string(), serde_json::to_string(&self.model.vocab()).unwrap_or_default());
+        meta.insert(
+            "vocab".to_string(),
+            serde_json::to_string(&self.model.vocab()).unwrap_or_default(),
+        );
         meta.insert("model".to_string(), "din".to_string());
         if with_optimizer {
             tensors.extend(self.dense.state_tensors());
             tensors.extend(self.sparse.state_tensors(&self.model.tables())?);
-            meta.insert("trainer".to_string(), serde_json::to_string(&self.state).unwrap_or_default());
+            meta.insert(
+                "trainer".to_string(),
+                serde_json::to_string(&self.state).unwrap_or_default(),
+            );
         }
         checkpoint::save(path, &tensors, &meta)
     }
@@ -379,27 +508,57 @@ fn console_is_tty() -> bool {
 pub fn load_model(path: &Path, device: &Device) -> Result<(Config, Din, PathBuf)> {
     let file = if path.is_dir() {
         let best = path.join(BEST);
-        if best.exists() { best } else { path.join(LAST) }
+        if best.exists() {
+            best
+        } else {
+            path.join(LAST)
+        }
     } else {
         path.to_path_buf()
     };
     let loaded = checkpoint::load(&file, &Device::Cpu)?;
-    let ck = |reason: String| Error::Checkpoint { path: file.clone(), reason };
-    let cfg = Config::from_json(loaded.metadata.get("config").ok_or_else(|| ck("no `config` in metadata".into()))?)
-        .map_err(|e| ck(e.to_string()))?;
-    let vocab: VocabSizes = serde_json::from_str(loaded.metadata.get("vocab").ok_or_else(|| ck("no `vocab` in metadata".into()))?)
-        .map_err(|e| ck(format!("vocab: {e}")))?;
+    let ck = |reason: String| Error::Checkpoint {
+        path: file.clone(),
+        reason,
+    };
+    let cfg = Config::from_json(
+        loaded
+            .metadata
+            .get("config")
+            .ok_or_else(|| ck("no `config` in metadata".into()))?,
+    )
+    .map_err(|e| ck(e.to_string()))?;
+    let vocab: VocabSizes = serde_json::from_str(
+        loaded
+            .metadata
+            .get("vocab")
+            .ok_or_else(|| ck("no `vocab` in metadata".into()))?,
+    )
+    .map_err(|e| ck(format!("vocab: {e}")))?;
     let mut model = build_model(&cfg, vocab, device)?;
-    model.load_tensors(&loaded.tensors).map_err(|e| ck(e.to_string()))?;
+    model
+        .load_tensors(&loaded.tensors)
+        .map_err(|e| ck(e.to_string()))?;
     Ok((cfg, model, file))
 }
 
 /// Logits of every row of `imp`, in order (evaluation mode: Dice uses running statistics).
-pub fn predict(model: &Din, hist: &Arc<Histories>, imp: &Arc<Impressions>, batch_size: usize) -> Result<Vec<f32>> {
+pub fn predict(
+    model: &Din,
+    hist: &Arc<Histories>,
+    imp: &Arc<Impressions>,
+    batch_size: usize,
+) -> Result<Vec<f32>> {
     let batcher = Batcher::new(
         hist.clone(),
         imp.clone(),
-        BatcherConfig { batch_size, max_len: model.max_len(), shuffle: false, seed: 0, prefetch: 2 },
+        BatcherConfig {
+            batch_size,
+            max_len: model.max_len(),
+            shuffle: false,
+            seed: 0,
+            prefetch: 2,
+        },
     );
     let mut out = Vec::with_capacity(imp.len());
     for batch in batcher.iter(0, 0) {
@@ -411,7 +570,12 @@ pub fn predict(model: &Din, hist: &Arc<Histories>, imp: &Arc<Impressions>, batch
 }
 
 /// Metrics (AUC, GAUC by user, logloss, ...) and logits of `imp`.
-pub fn evaluate(model: &Din, hist: &Arc<Histories>, imp: &Arc<Impressions>, batch_size: usize) -> Result<(Metrics, Vec<f32>)> {
+pub fn evaluate(
+    model: &Din,
+    hist: &Arc<Histories>,
+    imp: &Arc<Impressions>,
+    batch_size: usize,
+) -> Result<(Metrics, Vec<f32>)> {
     let logits = predict(model, hist, imp, batch_size)?;
     let m = metrics::evaluate(&imp.user, &imp.label, &logits)?;
     Ok((m, logits))
@@ -421,8 +585,13 @@ pub fn evaluate(model: &Din, hist: &Arc<Histories>, imp: &Arc<Impressions>, batc
 pub fn check_vocab(model: &Din, data: &Dataset) -> Result<()> {
     let v = model.vocab();
     let m = &data.meta;
-    for (field, have, need) in [("user", v.users, m.n_users), ("item", v.items, m.n_items), ("cate", v.cates, m.n_cates)] {
-        if need > have {
+    let has_user = model.user.is_some();
+    for (field, have, need) in [
+        ("user", v.users, m.n_users),
+        ("item", v.items, m.n_items),
+        ("cate", v.cates, m.n_cates),
+    ] {
+        if need > have && (field != "user" || has_user) {
             return Err(Error::InvalidArgument(format!(
                 "{}: the dataset's `{field}` vocabulary has {need} entries but the checkpoint's table has {have} rows: \
                  the dataset was not prepared with the checkpoint's vocabulary",
@@ -439,7 +608,11 @@ pub fn write_predictions(path: &Path, imp: &Impressions, logits: &[f32]) -> Resu
     use arrow_array::{ArrayRef, Float32Array, Int32Array, Int64Array, Int8Array, RecordBatch};
     use arrow_schema::{DataType, Field, Schema};
     if logits.len() != imp.len() {
-        return Err(Error::InvalidArgument(format!("{} logits for {} rows", logits.len(), imp.len())));
+        return Err(Error::InvalidArgument(format!(
+            "{} logits for {} rows",
+            logits.len(),
+            imp.len()
+        )));
     }
     let schema = Arc::new(Schema::new(vec![
         Field::new("row", DataType::Int64, false),
@@ -451,11 +624,19 @@ pub fn write_predictions(path: &Path, imp: &Impressions, logits: &[f32]) -> Resu
     ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(0..imp.len() as i64)),
-        Arc::new(Int32Array::from_iter_values(imp.user.iter().map(|&u| u as i32))),
-        Arc::new(Int32Array::from_iter_values(imp.item.iter().map(|&u| u as i32))),
-        Arc::new(Int8Array::from_iter_values(imp.label.iter().map(|&l| (l > 0.5) as i8))),
+        Arc::new(Int32Array::from_iter_values(
+            imp.user.iter().map(|&u| u as i32),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            imp.item.iter().map(|&u| u as i32),
+        )),
+        Arc::new(Int8Array::from_iter_values(
+            imp.label.iter().map(|&l| (l > 0.5) as i8),
+        )),
         Arc::new(Float32Array::from(logits.to_vec())),
-        Arc::new(Float32Array::from_iter_values(logits.iter().map(|&x| metrics::sigmoid(x)))),
+        Arc::new(Float32Array::from_iter_values(
+            logits.iter().map(|&x| metrics::sigmoid(x)),
+        )),
     ];
     let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::corrupt(path, e))?;
     crate::data::io::write_parquet(path, schema, [Ok(batch)], 1 << 20)

@@ -515,6 +515,52 @@ fn directory_input_reads_files_in_path_order_and_skips_spark_markers() {
     assert_eq!(history(&ds, 2).0, vec![2, 3, 4, 5]);
 }
 
+/// Other column types Spark/pyarrow/polars write: dictionary-encoded strings, unsigned ints,
+/// large strings, millisecond timestamps, int64 labels. Also: empty splits read back empty.
+#[test]
+fn other_id_and_timestamp_types_are_accepted() {
+    use arrow_array::types::Int32Type;
+    use arrow_array::{DictionaryArray, LargeStringArray, TimestampMillisecondArray, UInt32Array};
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("events.parquet");
+    let users: DictionaryArray<Int32Type> = vec!["x", "y", "x", "y"].into_iter().collect();
+    write(
+        &log,
+        vec![
+            ("user_id", Arc::new(users)),
+            ("item_id", Arc::new(UInt32Array::from(vec![5, 6, 7, 5]))),
+            (
+                "cate_id",
+                Arc::new(LargeStringArray::from(vec!["c1", "c2", "c1", "c1"])),
+            ),
+            (
+                "ts",
+                Arc::new(TimestampMillisecondArray::from(vec![
+                    2000, 1000, 1000, 3000,
+                ])),
+            ),
+            ("label", i64s(&[1, 1, 1, 1])),
+        ],
+        None,
+    );
+    let out = tmp.path().join("prep");
+    prepare(&log, &out, &PrepareConfig::default()).unwrap();
+    let ds = Dataset::open(&out).unwrap();
+    assert_eq!(ds.vocab("user").unwrap().str_ids().unwrap(), &["x", "y"]);
+    assert_eq!(ds.vocab("item").unwrap().int_ids().unwrap(), &[5, 6, 7]);
+    assert_eq!(ds.vocab("cate").unwrap().str_ids().unwrap(), &["c1", "c2"]);
+    // x: rows 2 (ts 1000, item 7) then 0 (ts 2000, item 5); y: rows 1 then 3.
+    assert_eq!(history(&ds, 2), (vec![4, 2], vec![2, 2], vec![1000, 2000]));
+    assert_eq!(history(&ds, 3), (vec![3, 2], vec![3, 2], vec![1000, 3000]));
+    // n = 2 per user: p = 1 is the test positive, p = 0 is below min_history.
+    assert_eq!(
+        rows(&ds, Split::Test),
+        vec![(1, 2, 2, 2, 1), (1, 3, 2, 2, 1)]
+    );
+    assert!(rows(&ds, Split::Valid).is_empty());
+    assert!(rows(&ds, Split::Train).is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad input: named errors, never panics
 // ---------------------------------------------------------------------------------------------
@@ -666,16 +712,20 @@ fn truncated_parquet_is_corrupt_not_a_panic() {
             e => panic!("wrong error: {e}"),
         }
     }
-    // Garbage in the middle of a data page (footer intact) is also a named error.
-    let mut bad = bytes.clone();
-    for b in &mut bad[4..bytes.len() / 2] {
-        *b = 0xAB;
+    // Garbage in the data pages (footer intact) is also a named error.
+    for (a, b) in [(4, 40), (20, 30), (4, bytes.len() / 2)] {
+        let mut bad = bytes.clone();
+        for x in &mut bad[a..b] {
+            *x = 0xAB;
+        }
+        let p = tmp.path().join("garbled.parquet");
+        std::fs::write(&p, &bad).unwrap();
+        let err = prepare(&p, &tmp.path().join("o"), &PrepareConfig::default()).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { path, .. } if path == &p),
+            "{err}"
+        );
     }
-    let p = tmp.path().join("garbled.parquet");
-    std::fs::write(&p, &bad).unwrap();
-    let err = prepare(&p, &tmp.path().join("o"), &PrepareConfig::default()).unwrap_err();
-    assert!(err.to_string().contains("garbled.parquet"), "{err}");
-    eprintln!("garbled: {err}");
 }
 
 #[test]
@@ -1153,16 +1203,30 @@ fn synth_then_prepare_end_to_end() {
 #[ignore]
 fn scale_synth_prepare_open() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig { users: 50_000, items: 200_000, cates: 500, len: 400, seed: 1 };
+    let cfg = SynthConfig {
+        users: 50_000,
+        items: 200_000,
+        cates: 500,
+        len: 400,
+        seed: 1,
+    };
     let t = std::time::Instant::now();
     let events = write_synth(&cfg, tmp.path()).unwrap();
     eprintln!("synth: {:.2?}", t.elapsed());
     let t = std::time::Instant::now();
     let out = tmp.path().join("prep");
     let s = prepare(&events, &out, &PrepareConfig::default()).unwrap();
-    eprintln!("prepare: {:.2?} ({} behaviors)", t.elapsed(), s.meta.n_behaviors);
+    eprintln!(
+        "prepare: {:.2?} ({} behaviors)",
+        t.elapsed(),
+        s.meta.n_behaviors
+    );
     let t = std::time::Instant::now();
     let ds = Dataset::open(&out).unwrap();
     let train = ds.load_split(Split::Train).unwrap();
-    eprintln!("open + load train: {:.2?} ({} rows)", t.elapsed(), train.len());
+    eprintln!(
+        "open + load train: {:.2?} ({} rows)",
+        t.elapsed(),
+        train.len()
+    );
 }

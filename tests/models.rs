@@ -20,7 +20,16 @@ fn randn(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -35,10 +44,17 @@ fn dice_fused_matches_reference_values_and_gradients() {
         if !train {
             // Non-trivial running statistics for the evaluation path.
             dice.running_mean.set(&randn(&mut rng, &[5])).unwrap();
-            dice.running_var.set(&(randn(&mut rng, &[5]).abs().unwrap() + 0.5).unwrap()).unwrap();
+            dice.running_var
+                .set(&(randn(&mut rng, &[5]).abs().unwrap() + 0.5).unwrap())
+                .unwrap();
         }
         let fused = dice.forward_t(x.as_tensor(), train).unwrap();
-        let fixed = (!train).then(|| (dice.running_mean.as_tensor().clone(), dice.running_var.as_tensor().clone()));
+        let fixed = (!train).then(|| {
+            (
+                dice.running_mean.as_tensor().clone(),
+                dice.running_var.as_tensor().clone(),
+            )
+        });
         let (reference, _) = dice_reference(
             x.as_tensor(),
             dice.alpha.as_tensor(),
@@ -49,11 +65,27 @@ fn dice_fused_matches_reference_values_and_gradients() {
         assert!(max_abs_diff(&fused, &reference) < 1e-5, "train={train}");
         // Gradients of sum(y ⊙ w) through both paths.
         let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (reference * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (reference * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for v in [x.as_tensor(), dice.alpha.as_tensor()] {
             let (a, b) = (gf.get(v).unwrap(), gr.get(v).unwrap());
-            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
-            assert!(max_abs_diff(a, b) / scale < 1e-4, "train={train}: grad differs by {}", max_abs_diff(a, b));
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .max(1.0);
+            assert!(
+                max_abs_diff(a, b) / scale < 1e-4,
+                "train={train}: grad differs by {}",
+                max_abs_diff(a, b)
+            );
         }
     }
 }
@@ -69,9 +101,12 @@ fn dice_running_statistics_follow_momentum() {
     let v = dice.running_var.as_tensor().to_vec1::<f32>().unwrap()[0];
     assert!((m - 0.3).abs() < 1e-6, "{m}"); // 0.9·0 + 0.1·3
     assert!((v - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-5, "{v}"); // 0.9·1 + 0.1·14/3
-    // Evaluation must not move them.
+                                                                 // Evaluation must not move them.
     dice.forward_t(&x, false).unwrap();
-    assert_eq!(dice.running_mean.as_tensor().to_vec1::<f32>().unwrap()[0], m);
+    assert_eq!(
+        dice.running_mean.as_tensor().to_vec1::<f32>().unwrap()[0],
+        m
+    );
 }
 
 /// A tiny padded batch: B = 3 samples with history lengths 4, 0 and 2 (L = 4).
@@ -90,28 +125,73 @@ fn tiny_packed(rng: &mut ChaCha8Rng, d: usize) -> (Tensor, Tensor, Tensor, Tenso
     }
     let mask_t = Tensor::from_vec(mask, (b, l), &Device::Cpu).unwrap();
     // Padding embeds to zeros.
-    let seq_padded = seq_padded.broadcast_mul(&mask_t.unsqueeze(2).unwrap()).unwrap();
+    let seq_padded = seq_padded
+        .broadcast_mul(&mask_t.unsqueeze(2).unwrap())
+        .unwrap();
     let pos_t = Tensor::new(pos.as_slice(), &Device::Cpu).unwrap();
-    let packed_seq = seq_padded.reshape((b * l, d)).unwrap().index_select(&pos_t, 0).unwrap();
+    let packed_seq = seq_padded
+        .reshape((b * l, d))
+        .unwrap()
+        .index_select(&pos_t, 0)
+        .unwrap();
     let target = randn(rng, &[b, d]);
-    let packed = Packed { seg: Tensor::new(seg.as_slice(), &Device::Cpu).unwrap(), pos: pos_t, mask: mask_t.clone(), batch: b, len: l };
+    let packed = Packed {
+        seg: Tensor::new(seg.as_slice(), &Device::Cpu).unwrap(),
+        pos: pos_t,
+        mask: mask_t.clone(),
+        batch: b,
+        len: l,
+        offsets: Packed::offsets_from_lens(&lens.map(|x| x as u32)),
+    };
     (target, seq_padded, packed_seq, mask_t, packed)
 }
 
 #[test]
 fn din_activation_unit_packed_trick_matches_paper_formula() {
-    for softmax in [false, true] {
+    // [5] runs the one fused op, [5, 3] the first-layer and pooling ops around generic layers.
+    for (softmax, hidden) in [
+        (false, vec![5]),
+        (true, vec![5]),
+        (false, vec![5, 3]),
+        (true, vec![5, 3]),
+    ] {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let d = 6;
         let mut ps = ParamStore::new(Device::Cpu, ChaCha8Rng::seed_from_u64(4));
-        let unit = ActivationUnit::new(&mut ps, "att", d, &[5, 3], Activation::Dice, softmax, 1e-8, 0.1).unwrap();
+        let unit = ActivationUnit::new(
+            &mut ps,
+            "att",
+            d,
+            &hidden,
+            Activation::Dice,
+            softmax,
+            1e-8,
+            0.1,
+        )
+        .unwrap();
         let (target, seq_padded, packed_seq, mask, packed) = tiny_packed(&mut rng, d);
         let fast = unit.forward_t(&target, &packed_seq, &packed, true).unwrap();
-        let reference = unit.forward_padded_reference(&target, &seq_padded, &mask, true).unwrap();
+        let reference = unit
+            .forward_padded_reference(&target, &seq_padded, &mask, true)
+            .unwrap();
         assert_eq!(fast.dims(), &[3, d]);
-        assert!(max_abs_diff(&fast, &reference) < 1e-5, "softmax={softmax}: {}", max_abs_diff(&fast, &reference));
+        assert!(
+            max_abs_diff(&fast, &reference) < 1e-5,
+            "softmax={softmax}: {}",
+            max_abs_diff(&fast, &reference)
+        );
         // The sample without history has a zero interest.
-        assert_eq!(fast.get(1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            fast.get(1)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
     }
 }
 
@@ -130,7 +210,11 @@ fn tiny_din(softmax: bool, user_dim: usize, pos_dim: usize) -> (Din, lifelong::d
         dice_momentum: 0.1,
         init: Init::Normal { std: 0.5 },
     };
-    let vocab = VocabSizes { users: 6, items: 12, cates: 5 };
+    let vocab = VocabSizes {
+        users: 6,
+        items: 12,
+        cates: 5,
+    };
     let model = Din::new(&cfg, 4, vocab, 9, &Device::Cpu).unwrap();
     // Users 2..5 with histories; impressions with varied seq_len (one empty).
     let hist = Histories {
@@ -160,11 +244,24 @@ fn din_gradient_check() {
         let leaves = model.leaves(&batch).unwrap();
         let loss_of = |leaves: &lifelong::model::StepLeaves| -> f64 {
             let logits = model.forward_t(&batch, leaves, true).unwrap();
-            bce_with_logits(&logits, &labels).unwrap().to_dtype(candle_core::DType::F64).unwrap().to_scalar::<f64>().unwrap()
+            bce_with_logits(&logits, &labels)
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
         };
         let logits = model.forward_t(&batch, &leaves, true).unwrap();
-        let grads = bce_with_logits(&logits, &labels).unwrap().backward().unwrap();
-        let mut vars: Vec<(String, Var)> = model.params().params().iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        let grads = bce_with_logits(&logits, &labels)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let mut vars: Vec<(String, Var)> = model
+            .params()
+            .params()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
         vars.push(("leaf.item".into(), leaves.item.clone()));
         vars.push(("leaf.cate".into(), leaves.cate.clone()));
         vars.extend(leaves.user.clone().map(|v| ("leaf.user".to_string(), v)));
@@ -175,18 +272,26 @@ fn din_gradient_check() {
                 Some(g) => g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 None => vec![0.0; var.elem_count()],
             };
-            let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             for i in 0..base.len() {
                 let h = 1e-2f32;
                 let mut plus = base.clone();
                 plus[i] += h;
-                var.set(&Tensor::from_vec(plus, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(plus, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 let lp = loss_of(&leaves);
                 let mut minus = base.clone();
                 minus[i] -= h;
-                var.set(&Tensor::from_vec(minus, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(minus, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 let lm = loss_of(&leaves);
-                var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 let numeric = (lp - lm) / (2.0 * h as f64);
                 let a = analytic[i] as f64;
                 let err = (a - numeric).abs();
@@ -207,11 +312,17 @@ fn bce_with_logits_is_stable_on_large_logits() {
     let labels = Tensor::new(&[1f32, 0., 1., 1.], &Device::Cpu).unwrap();
     let per_row = [0.0f64, 100.0, 100.0, std::f64::consts::LN_2]; // hand-computed
     let expected = per_row.iter().sum::<f64>() / 4.0;
-    let got = bce_with_logits(&logits, &labels).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let got = bce_with_logits(&logits, &labels)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
     assert!((got - expected).abs() < 1e-4, "{got} vs {expected}");
     let g = Var::new(&[1000f32, -1000.], &Device::Cpu).unwrap();
     let y = Tensor::new(&[0f32, 0.], &Device::Cpu).unwrap();
-    let grads = bce_with_logits(g.as_tensor(), &y).unwrap().backward().unwrap();
+    let grads = bce_with_logits(g.as_tensor(), &y)
+        .unwrap()
+        .backward()
+        .unwrap();
     // d/dx mean(...) = (sigmoid(x) − y) / n = [1/2, 0]
     let gv = grads.get(g.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
     assert!((gv[0] - 0.5).abs() < 1e-6 && gv[1].abs() < 1e-6, "{gv:?}");
@@ -225,4 +336,66 @@ fn masked_softmax_fully_masked_row_is_zero_not_nan() {
     let e = (1f32).exp() / ((1f32).exp() + (2f32).exp());
     assert!((p[0][0] - e).abs() < 1e-6 && (p[0][1] - (1.0 - e)).abs() < 1e-6 && p[0][2] == 0.0);
     assert_eq!(p[1], vec![0.0, 0.0, 0.0]);
+}
+
+/// The fused CPU ops and the candle-op composite give the same values and the same gradients
+/// for the target, the history and every parameter of the unit.
+#[test]
+fn din_fused_ops_match_composite_gradients() {
+    for (softmax, hidden, train) in [
+        (false, vec![5], true),
+        (true, vec![5], true),
+        (false, vec![5], false),
+        (false, vec![5, 4], true),
+        (true, vec![5, 4], true),
+    ] {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let d = 6;
+        let mut ps = ParamStore::new(Device::Cpu, ChaCha8Rng::seed_from_u64(8));
+        let unit = ActivationUnit::new(
+            &mut ps,
+            "att",
+            d,
+            &hidden,
+            Activation::Dice,
+            softmax,
+            1e-8,
+            0.1,
+        )
+        .unwrap();
+        let (target, _, packed_seq, _, packed) = tiny_packed(&mut rng, d);
+        let t = Var::from_tensor(&target).unwrap();
+        let s = Var::from_tensor(&packed_seq).unwrap();
+        let w = randn(&mut rng, &[3, d]);
+        let fused = unit
+            .forward_t(t.as_tensor(), s.as_tensor(), &packed, train)
+            .unwrap();
+        let comp = unit
+            .forward_composite(t.as_tensor(), s.as_tensor(), &packed, train)
+            .unwrap();
+        assert!(max_abs_diff(&fused, &comp) < 1e-5);
+        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (comp * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut vars = vec![
+            ("target".to_string(), t.as_tensor().clone()),
+            ("seq".to_string(), s.as_tensor().clone()),
+        ];
+        vars.extend(
+            ps.params()
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone())),
+        );
+        for (name, v) in vars {
+            let (a, b) = (gf.get(&v), gc.get(&v));
+            let (a, b) = (
+                a.unwrap_or_else(|| panic!("no fused grad for {name}")),
+                b.unwrap(),
+            );
+            assert!(
+                max_abs_diff(a, b) < 1e-4,
+                "softmax={softmax} {name}: {}",
+                max_abs_diff(a, b)
+            );
+        }
+    }
 }

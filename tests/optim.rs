@@ -8,7 +8,14 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 fn table(rows: usize, dim: usize) -> EmbeddingTable {
-    EmbeddingTable::new("item", rows, dim, Init::Uniform { bound: 1.0 }, &mut ChaCha8Rng::seed_from_u64(5)).unwrap()
+    EmbeddingTable::new(
+        "item",
+        rows,
+        dim,
+        Init::Uniform { bound: 1.0 },
+        &mut ChaCha8Rng::seed_from_u64(5),
+    )
+    .unwrap()
 }
 
 /// Sparse row-wise Adam on the touched rows gives what dense Adam over the whole table gives
@@ -29,25 +36,43 @@ fn sparse_adam_matches_dense_adam_after_one_step() {
     let dense = Var::from_tensor(&before.to_tensor().unwrap()).unwrap();
     let mut g = vec![0f32; rows * dim];
     for (k, &id) in ids.iter().enumerate() {
-        g[id as usize * dim..(id as usize + 1) * dim].copy_from_slice(&grad_rows[k * dim..(k + 1) * dim]);
+        g[id as usize * dim..(id as usize + 1) * dim]
+            .copy_from_slice(&grad_rows[k * dim..(k + 1) * dim]);
     }
     let gt = Tensor::from_vec(g, (rows, dim), &Device::Cpu).unwrap();
-    let grads = (dense.as_tensor() * &gt).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = (dense.as_tensor() * &gt)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let mut adam = Adam::new(vec![("t".into(), dense.clone())], p).unwrap();
     adam.step(&grads, 1.0).unwrap();
-    let dense_after = dense.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let dense_after = dense
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
 
     for r in 0..rows as u32 {
         let s = sparse_t.row(r);
         let d = &dense_after[r as usize * dim..(r as usize + 1) * dim];
         for j in 0..dim {
-            assert!((s[j] - d[j]).abs() < 1e-6, "row {r}: sparse {s:?} dense {d:?}");
+            assert!(
+                (s[j] - d[j]).abs() < 1e-6,
+                "row {r}: sparse {s:?} dense {d:?}"
+            );
             // Independent expectation: after one step m̂/sqrt(v̂) = g/|g|, so w moves by
             // lr·g/(|g| + ε) (0 where g = 0), and untouched rows do not move at all.
             let k = ids.iter().position(|&i| i == r);
             let gj = k.map_or(0.0, |k| grad_rows[k * dim + j]);
             let expected = before.row(r)[j] - 0.01 * gj / (gj.abs() + 1e-8);
-            assert!((s[j] - expected).abs() < 1e-6, "row {r}[{j}]: {} vs {expected}", s[j]);
+            assert!(
+                (s[j] - expected).abs() < 1e-6,
+                "row {r}[{j}]: {} vs {expected}",
+                s[j]
+            );
         }
     }
 }
@@ -60,7 +85,8 @@ fn sparse_adam_counts_steps_per_row() {
     let before = t.clone();
     let mut opt = RowWise::new(SparseOptimizer::Adam, AdamParams::with_lr(0.1));
     opt.update(&mut t, &[3], &[1.0, 1.0], 1.0).unwrap();
-    opt.update(&mut t, &[3, 4], &[1.0, 1.0, -2.0, 4.0], 1.0).unwrap();
+    opt.update(&mut t, &[3, 4], &[1.0, 1.0, -2.0, 4.0], 1.0)
+        .unwrap();
     let r4 = t.row(4);
     assert!((r4[0] - (before.row(4)[0] + 0.1)).abs() < 1e-6);
     assert!((r4[1] - (before.row(4)[1] - 0.1)).abs() < 1e-6);
@@ -72,7 +98,13 @@ fn sparse_adam_counts_steps_per_row() {
 fn rowwise_adagrad_matches_hand_computation() {
     let mut t = table(5, 2);
     let before = t.clone();
-    let mut opt = RowWise::new(SparseOptimizer::Adagrad, AdamParams { eps: 1e-10, ..AdamParams::with_lr(0.5) });
+    let mut opt = RowWise::new(
+        SparseOptimizer::Adagrad,
+        AdamParams {
+            eps: 1e-10,
+            ..AdamParams::with_lr(0.5)
+        },
+    );
     // g = [3, 4]: acc = mean(g²) = 12.5, w -= 0.5·g/sqrt(12.5)
     opt.update(&mut t, &[1], &[3.0, 4.0], 1.0).unwrap();
     let s = 12.5f32.sqrt();
@@ -90,11 +122,21 @@ fn rowwise_never_touches_padding_and_rejects_bad_ids() {
     let mut t = table(4, 2);
     assert_eq!(t.row(0), &[0.0, 0.0]);
     let mut opt = RowWise::new(SparseOptimizer::Adam, AdamParams::with_lr(0.1));
-    opt.update(&mut t, &[0, 1], &[1.0, 1.0, 1.0, 1.0], 1.0).unwrap();
+    opt.update(&mut t, &[0, 1], &[1.0, 1.0, 1.0, 1.0], 1.0)
+        .unwrap();
     assert_eq!(t.row(0), &[0.0, 0.0]);
-    assert!(opt.update(&mut t, &[2, 1], &[0.0; 4], 1.0).is_err(), "unsorted ids");
-    assert!(opt.update(&mut t, &[1, 1], &[0.0; 4], 1.0).is_err(), "duplicate ids");
-    let e = opt.update(&mut t, &[9], &[0.0; 2], 1.0).unwrap_err().to_string();
+    assert!(
+        opt.update(&mut t, &[2, 1], &[0.0; 4], 1.0).is_err(),
+        "unsorted ids"
+    );
+    assert!(
+        opt.update(&mut t, &[1, 1], &[0.0; 4], 1.0).is_err(),
+        "duplicate ids"
+    );
+    let e = opt
+        .update(&mut t, &[9], &[0.0; 2], 1.0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("item") && e.contains('9'), "{e}");
 }
 

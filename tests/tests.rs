@@ -14,3 +14,5 @@ mod models;
 mod optim;
 // Training end to end: planted-signal AUC floor, resume, NaN guard, corrupt checkpoints.
 mod train;
+// The `lifelong` binary end to end: pipeline, --help, bad input → status 2 with a named error.
+mod cli;

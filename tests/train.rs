@@ -4,14 +4,22 @@
 
 use candle_core::Device;
 use lifelong::config::Config;
-use lifelong::data::{prepare, write_synth, Dataset, Impressions, PrepareConfig, Split, SynthConfig};
+use lifelong::data::{
+    prepare, write_synth, Dataset, Impressions, PrepareConfig, Split, SynthConfig,
+};
 use lifelong::train::{self, Trainer, LAST};
 use lifelong::Error;
 use std::path::Path;
 use std::sync::Arc;
 
 fn prepared(dir: &Path, users: usize, len: usize) -> Dataset {
-    let cfg = SynthConfig { users, items: 2000, cates: 40, len, seed: 11 };
+    let cfg = SynthConfig {
+        users,
+        items: 2000,
+        cates: 40,
+        len,
+        seed: 11,
+    };
     let events = write_synth(&cfg, &dir.join("events")).unwrap();
     prepare(&events, &dir.join("prepared"), &PrepareConfig::default()).unwrap();
     Dataset::open(&dir.join("prepared")).unwrap()
@@ -44,7 +52,14 @@ out = "{}"
     Config::from_toml(&text).unwrap()
 }
 
-fn splits(ds: &Dataset) -> (Arc<lifelong::data::Histories>, Arc<Impressions>, Arc<Impressions>, Arc<Impressions>) {
+fn splits(
+    ds: &Dataset,
+) -> (
+    Arc<lifelong::data::Histories>,
+    Arc<Impressions>,
+    Arc<Impressions>,
+    Arc<Impressions>,
+) {
     (
         Arc::new(ds.histories.clone()),
         Arc::new(ds.load_split(Split::Train).unwrap()),
@@ -61,14 +76,15 @@ fn din_learns_planted_signal_that_history_blind_model_cannot() {
     let dir = tempfile::tempdir().unwrap();
     let ds = prepared(dir.path(), 1500, 60);
     let (hist, tr, va, te) = splits(&ds);
-    let auc_of = |tr: Arc<Impressions>, va: Arc<Impressions>, te: Arc<Impressions>, name: &str| -> f64 {
-        let cfg = config(&ds.dir, &dir.path().join(name), "epochs = 2\npatience = 0");
-        let mut t = Trainer::new(cfg, &ds, &dir.path().join(name), &Device::Cpu).unwrap();
-        t.progress = false;
-        t.fit(hist.clone(), tr, va).unwrap();
-        let (m, _) = train::evaluate(t.model(), &hist, &te, 4096).unwrap();
-        m.auc.unwrap()
-    };
+    let auc_of =
+        |tr: Arc<Impressions>, va: Arc<Impressions>, te: Arc<Impressions>, name: &str| -> f64 {
+            let cfg = config(&ds.dir, &dir.path().join(name), "epochs = 2\npatience = 0");
+            let mut t = Trainer::new(cfg, &ds, &dir.path().join(name), &Device::Cpu).unwrap();
+            t.progress = false;
+            t.fit(hist.clone(), tr, va).unwrap();
+            let (m, _) = train::evaluate(t.model(), &hist, &te, 4096).unwrap();
+            m.auc.unwrap()
+        };
     let blind = |imp: &Arc<Impressions>| {
         let mut i = (**imp).clone();
         i.seq_len.iter_mut().for_each(|s| *s = 0);
@@ -100,10 +116,19 @@ fn resume_mid_epoch_matches_uninterrupted_run() {
     let (hist, tr, va, _) = splits(&ds);
     let extra = "epochs = 2\neval_every = 5\npatience = 0\ncheckpoint_every = 3";
     let full_dir = dir.path().join("full");
-    let mut full = Trainer::new(config(&ds.dir, &full_dir, extra), &ds, &full_dir, &Device::Cpu).unwrap();
+    let mut full = Trainer::new(
+        config(&ds.dir, &full_dir, extra),
+        &ds,
+        &full_dir,
+        &Device::Cpu,
+    )
+    .unwrap();
     full.progress = false;
     full.fit(hist.clone(), tr.clone(), va.clone()).unwrap();
-    assert!(full.state().step > 10, "need a run longer than the interruption");
+    assert!(
+        full.state().step > 10,
+        "need a run longer than the interruption"
+    );
 
     let part_dir = dir.path().join("part");
     let mut cfg = config(&ds.dir, &part_dir, extra);
@@ -122,10 +147,20 @@ fn resume_mid_epoch_matches_uninterrupted_run() {
     assert_eq!(resumed.state().step, full.state().step);
     for ((na, a), (nb, b)) in weights(&full).iter().zip(weights(&resumed).iter()) {
         assert_eq!(na, nb);
-        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(d <= 1e-6, "{na} differs by {d}");
     }
-    let aucs = |t: &Trainer| t.state().evals.iter().map(|e| (e.step, e.valid.auc.unwrap())).collect::<Vec<_>>();
+    let aucs = |t: &Trainer| {
+        t.state()
+            .evals
+            .iter()
+            .map(|e| (e.step, e.valid.auc.unwrap()))
+            .collect::<Vec<_>>()
+    };
     let (fa, ra) = (aucs(&full), aucs(&resumed));
     assert_eq!(fa.len(), ra.len());
     for ((s1, a1), (s2, a2)) in fa.iter().zip(&ra) {
@@ -165,7 +200,9 @@ fn corrupt_checkpoint_is_a_named_error_and_best_reproduces_validation() {
     assert!(file.ends_with("best.safetensors"));
     let (m, _) = train::evaluate(&model, &hist, &va, 1000).unwrap();
     let rec = t.state().evals.last().unwrap().valid;
-    assert!((m.auc.unwrap() - rec.auc.unwrap()).abs() < 1e-9 && (m.logloss - rec.logloss).abs() < 1e-6);
+    assert!(
+        (m.auc.unwrap() - rec.auc.unwrap()).abs() < 1e-9 && (m.logloss - rec.logloss).abs() < 1e-6
+    );
 
     // Truncate `last` and flip a byte in `best`: both are named checkpoint errors.
     let last = run.join(LAST);

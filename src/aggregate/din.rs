@@ -14,11 +14,13 @@
 //! | seq (packed) | `[n, d]`, n = real behaviors in the batch |
 //! | output | `[B, d]` |
 
+use super::din_ops::{attention_unit, DiceNorm};
 use super::Packed;
 use crate::config::Activation;
-use crate::nn::{masked_softmax, Act, Linear, ParamStore};
+use crate::nn::{masked_softmax, Act, Dice, Linear, ParamStore};
 use crate::Result;
 use candle_core::{Tensor, Var};
+use std::sync::{Arc, Mutex};
 
 /// The activation unit: first layer (with the trick), further hidden layers, a scalar output.
 #[derive(Debug, Clone)]
@@ -54,29 +56,49 @@ impl ActivationUnit {
         let mut d = h0;
         for (i, &h) in hidden.iter().enumerate().skip(1) {
             let lin = Linear::new(ps, &format!("{prefix}.{i}"), d, h)?;
-            rest.push((lin, Act::new(ps, &format!("{prefix}.{i}.act"), act, h, eps, momentum)?));
+            rest.push((
+                lin,
+                Act::new(ps, &format!("{prefix}.{i}.act"), act, h, eps, momentum)?,
+            ));
             d = h;
         }
         let out = Linear::new(ps, &format!("{prefix}.out"), d, 1)?;
-        Ok(Self { w0, b0, act0, rest, out, softmax, dim })
+        Ok(Self {
+            w0,
+            b0,
+            act0,
+            rest,
+            out,
+            softmax,
+            dim,
+        })
     }
 
     /// Attention scores `a_j` of every packed behavior (before any softmax).
     ///
     /// # Shapes
     /// target `[B, d]`, seq `[n, d]`, seg `[n]` → `[n]`
-    pub fn scores(&self, target: &Tensor, seq: &Tensor, seg: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn scores(
+        &self,
+        target: &Tensor,
+        seq: &Tensor,
+        seg: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let d = self.dim;
         let w = self.w0.as_tensor();
         let (w1, w2) = (w.narrow(1, 0, d)?, w.narrow(1, d, d)?);
         let (w3, w4) = (w.narrow(1, 2 * d, d)?, w.narrow(1, 3 * d, d)?);
         let wt = (w1 + &w3)?; // [h, d]
         let we = (w2 - &w3)?; // [h, d]
-        // t-term once per sample: [B, h]
-        let t_term = target.matmul(&wt.t()?)?.broadcast_add(self.b0.as_tensor())?;
+                              // t-term once per sample: [B, h]
+        let t_term = target
+            .matmul(&wt.t()?)?
+            .broadcast_add(self.b0.as_tensor())?;
         let t_rows = target.index_select(seg, 0)?; // [n, d]
         let prod = (&t_rows * seq)?; // [n, d]
-        let h = ((seq.matmul(&we.t()?)? + prod.matmul(&w4.t()?)?)? + t_term.index_select(seg, 0)?)?;
+        let h =
+            ((seq.matmul(&we.t()?)? + prod.matmul(&w4.t()?)?)? + t_term.index_select(seg, 0)?)?;
         let mut h = self.act0.forward_t(&h, train)?;
         for (lin, act) in &self.rest {
             h = act.forward_t(&lin.forward(&h)?, train)?;
@@ -84,46 +106,177 @@ impl ActivationUnit {
         Ok(self.out.forward(&h)?.squeeze(1)?)
     }
 
-    /// The interest vector `u = Σ_j a_j e_j` per sample.
+    /// The interest vector `u = Σ_j a_j e_j` per sample. On the CPU the first layer and the
+    /// scoring + pooling run as fused ops ([`super::din_ops`]); elsewhere as candle ops
+    /// ([`ActivationUnit::forward_composite`]). Both compute the same function.
     ///
     /// # Shapes
     /// target `[B, d]`, seq `[n, d]` (packed, see [`Packed`]) → `[B, d]`
-    pub fn forward_t(&self, target: &Tensor, seq: &Tensor, packed: &Packed, train: bool) -> Result<Tensor> {
+    pub fn forward_t(
+        &self,
+        target: &Tensor,
+        seq: &Tensor,
+        packed: &Packed,
+        train: bool,
+    ) -> Result<Tensor> {
+        if seq.dim(0)? == 0 {
+            // No sample has any history: the interest is zero.
+            return Ok(target.zeros_like()?);
+        }
+        if !target.device().is_cpu() {
+            return self.forward_composite(target, seq, packed, train);
+        }
+        if let (true, Act::Dice(dice)) = (self.rest.is_empty(), &self.act0) {
+            return self.forward_fused(target, seq, packed, dice, train);
+        }
+        let wb = Tensor::cat(
+            &[self.w0.as_tensor(), &self.b0.as_tensor().unsqueeze(1)?],
+            1,
+        )?;
+        let h = super::din_ops::first_layer(target, seq, &wb, packed.offsets.clone())?;
+        let mut h = self.act0.forward_t(&h, train)?;
+        for (lin, act) in &self.rest {
+            h = act.forward_t(&lin.forward(&h)?, train)?;
+        }
+        let wo = Tensor::cat(
+            &[
+                self.out.weight.as_tensor().flatten_all()?,
+                self.out.bias.as_tensor().flatten_all()?,
+            ],
+            0,
+        )?;
+        Ok(super::din_ops::pool(
+            &h,
+            seq,
+            &wo,
+            packed.offsets.clone(),
+            self.softmax,
+        )?)
+    }
+
+    /// One hidden Dice layer (the paper's unit): everything in one fused op.
+    fn forward_fused(
+        &self,
+        target: &Tensor,
+        seq: &Tensor,
+        packed: &Packed,
+        dice: &Dice,
+        train: bool,
+    ) -> Result<Tensor> {
+        let h = self.b0.dim(0)?;
+        let params = Tensor::cat(
+            &[
+                self.w0.as_tensor().flatten_all()?,
+                self.b0.as_tensor().clone(),
+                dice.alpha.as_tensor().clone(),
+                self.out.weight.as_tensor().flatten_all()?,
+                self.out.bias.as_tensor().flatten_all()?,
+            ],
+            0,
+        )?;
+        let (norm, slot) = if train {
+            let slot = Arc::new(Mutex::new(None));
+            (DiceNorm::Batch(slot.clone()), Some(slot))
+        } else {
+            let m = Arc::new(dice.running_mean.as_tensor().to_vec1::<f32>()?);
+            let v = Arc::new(dice.running_var.as_tensor().to_vec1::<f32>()?);
+            (DiceNorm::Fixed(m, v), None)
+        };
+        let u = attention_unit(
+            target,
+            seq,
+            &params,
+            packed.offsets.clone(),
+            h,
+            self.softmax,
+            dice.eps,
+            norm,
+        )?;
+        if let Some(slot) = slot {
+            let stats = slot
+                .lock()
+                .map_err(|_| crate::Error::InvalidArgument("dice stats lock".into()))?
+                .clone();
+            if let Some(st) = stats {
+                let dev = target.device();
+                let m = Tensor::from_vec(
+                    st.mean.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                    h,
+                    dev,
+                )?;
+                let v =
+                    Tensor::from_vec(st.var.iter().map(|&x| x as f32).collect::<Vec<_>>(), h, dev)?;
+                dice.fold(&m, &v, seq.dim(0)?)?;
+            }
+        }
+        Ok(u)
+    }
+
+    /// [`ActivationUnit::forward_t`] with candle ops only (any device).
+    pub fn forward_composite(
+        &self,
+        target: &Tensor,
+        seq: &Tensor,
+        packed: &Packed,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b, d) = target.dims2()?;
         let n = seq.dim(0)?;
         if n == 0 {
-            // No sample has any history: the interest is zero.
             return Ok(target.zeros_like()?);
         }
         let mut a = self.scores(target, seq, &packed.seg, train)?; // [n]
         if self.softmax {
-            let padded = Tensor::zeros(b * packed.len, a.dtype(), a.device())?.index_add(&packed.pos, &a, 0)?;
+            let padded = Tensor::zeros(b * packed.len, a.dtype(), a.device())?.index_add(
+                &packed.pos,
+                &a,
+                0,
+            )?;
             let p = masked_softmax(&padded.reshape((b, packed.len))?, &packed.mask)?;
             a = p.flatten_all()?.index_select(&packed.pos, 0)?;
         }
         let weighted = seq.broadcast_mul(&a.unsqueeze(1)?)?; // [n, d]
-        Ok(Tensor::zeros((b, d), seq.dtype(), seq.device())?.index_add(&packed.seg, &weighted, 0)?)
+        Ok(Tensor::zeros((b, d), seq.dtype(), seq.device())?.index_add(
+            &packed.seg,
+            &weighted,
+            0,
+        )?)
     }
 
     /// Reference implementation without the trick or packing: the paper's formula on padded
     /// `[B, L, d]` histories with a `[B, L]` mask, op by op. Used by tests. Dice statistics are
     /// taken over the real positions only, as in [`ActivationUnit::forward_t`].
-    pub fn forward_padded_reference(&self, target: &Tensor, seq: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward_padded_reference(
+        &self,
+        target: &Tensor,
+        seq: &Tensor,
+        mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b, l, d) = seq.dims3()?;
         let t = target.unsqueeze(1)?.broadcast_as((b, l, d))?;
         let x = Tensor::cat(&[&t, seq, &(&t - seq)?, &(&t * seq)?], 2)?.reshape((b * l, 4 * d))?;
         // Keep only real positions for the MLP (Dice statistics), then scatter back.
         let flat_mask = mask.flatten_all()?.to_vec1::<f32>()?;
-        let idx: Vec<u32> = flat_mask.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(i, _)| i as u32).collect();
+        let idx: Vec<u32> = flat_mask
+            .iter()
+            .enumerate()
+            .filter(|(_, &m)| m > 0.0)
+            .map(|(i, _)| i as u32)
+            .collect();
         let idx = Tensor::new(idx.as_slice(), target.device())?;
         let xr = x.index_select(&idx, 0)?;
-        let h = xr.matmul(&self.w0.as_tensor().t()?)?.broadcast_add(self.b0.as_tensor())?;
+        let h = xr
+            .matmul(&self.w0.as_tensor().t()?)?
+            .broadcast_add(self.b0.as_tensor())?;
         let mut h = self.act0.forward_t(&h, train)?;
         for (lin, act) in &self.rest {
             h = act.forward_t(&lin.forward(&h)?, train)?;
         }
         let a_real = self.out.forward(&h)?.squeeze(1)?;
-        let mut a = Tensor::zeros(b * l, a_real.dtype(), a_real.device())?.index_add(&idx, &a_real, 0)?.reshape((b, l))?;
+        let mut a = Tensor::zeros(b * l, a_real.dtype(), a_real.device())?
+            .index_add(&idx, &a_real, 0)?
+            .reshape((b, l))?;
         if self.softmax {
             a = masked_softmax(&a, mask)?;
         }

@@ -6,10 +6,12 @@
 //! layout for the ops that need it (a softmax over each history).
 
 pub mod din;
+pub mod din_ops;
 
 pub use din::ActivationUnit;
 
 use candle_core::Tensor;
+use std::sync::Arc;
 
 /// A batch's histories in packed form, with the layout needed to go back to `[B, L]`.
 #[derive(Debug, Clone)]
@@ -24,4 +26,19 @@ pub struct Packed {
     pub batch: usize,
     /// Padded length L.
     pub len: usize,
+    /// `B + 1` row offsets: sample `b`'s behaviors are packed rows `offsets[b]..offsets[b+1]`
+    /// (rows are grouped by sample, in order).
+    pub offsets: Arc<Vec<usize>>,
+}
+
+impl Packed {
+    /// Offsets from per-sample history lengths.
+    pub fn offsets_from_lens(lens: &[u32]) -> Arc<Vec<usize>> {
+        let mut o = Vec::with_capacity(lens.len() + 1);
+        o.push(0);
+        for &l in lens {
+            o.push(o[o.len() - 1] + l as usize);
+        }
+        Arc::new(o)
+    }
 }

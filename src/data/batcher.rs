@@ -88,7 +88,10 @@ impl Batch {
 /// Collates `rows` of `imp` (histories from `hist`) into a [`Batch`].
 pub fn collate(hist: &Histories, imp: &Impressions, rows: &[u32], max_len: usize) -> Batch {
     let b = rows.len();
-    let lens: Vec<u32> = rows.iter().map(|&r| imp.seq_len[r as usize].min(max_len as u32)).collect();
+    let lens: Vec<u32> = rows
+        .iter()
+        .map(|&r| imp.seq_len[r as usize].min(max_len as u32))
+        .collect();
     let len = lens.iter().copied().max().unwrap_or(0) as usize;
     let mut seq_item = vec![0u32; b * len];
     let mut seq_cate = vec![0u32; b * len];
@@ -116,8 +119,12 @@ pub fn collate(hist: &Histories, imp: &Impressions, rows: &[u32], max_len: usize
     let mut rel_pos = Vec::with_capacity(n);
     let mut item_ids = Vec::with_capacity(b + n);
     let mut cate_ids = Vec::with_capacity(b + n);
-    let (mut target_item, mut target_cate, mut label, mut user) =
-        (Vec::with_capacity(b), Vec::with_capacity(b), Vec::with_capacity(b), Vec::with_capacity(b));
+    let (mut target_item, mut target_cate, mut label, mut user) = (
+        Vec::with_capacity(b),
+        Vec::with_capacity(b),
+        Vec::with_capacity(b),
+        Vec::with_capacity(b),
+    );
     for &r in rows {
         let r = r as usize;
         target_item.push(imp.item[r]);
@@ -136,8 +143,10 @@ pub fn collate(hist: &Histories, imp: &Impressions, rows: &[u32], max_len: usize
             cate_ids.push(seq_cate[i * len + j]);
         }
     }
-    let (items, (cates, users)) =
-        rayon::join(|| unique_remap(&item_ids), || rayon::join(|| unique_remap(&cate_ids), || unique_remap(&user)));
+    let (items, (cates, users)) = rayon::join(
+        || unique_remap(&item_ids),
+        || rayon::join(|| unique_remap(&cate_ids), || unique_remap(&user)),
+    );
     Batch {
         rows: rows.to_vec(),
         len,
@@ -207,7 +216,10 @@ impl Batcher {
                 }
             }
         });
-        BatchIter { rx: Some(rx), handle: Some(handle) }
+        BatchIter {
+            rx: Some(rx),
+            handle: Some(handle),
+        }
     }
 }
 

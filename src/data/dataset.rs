@@ -287,13 +287,15 @@ pub fn read_meta(dir: &Path) -> Result<Meta> {
         .and_then(serde_json::Value::as_u64)
     {
         Some(v) if v == u64::from(FORMAT_VERSION) => {}
-        Some(v) => return Err(Error::corrupt(
-            &path,
-            format!(
+        Some(v) => {
+            return Err(Error::corrupt(
+                &path,
+                format!(
                 "format_version {v} is not supported (this build reads version {FORMAT_VERSION}); \
                      run `lifelong prepare` again"
             ),
-        )),
+            ))
+        }
         None => return Err(Error::corrupt(&path, "no integer `format_version` field")),
     }
     let meta: Meta = serde_json::from_value(value)

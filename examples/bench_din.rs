@@ -1,0 +1,250 @@
+//! DIN training throughput at the peer harness's shapes, and how close the step is to the
+//! machine's GEMM rate. Prints a table.
+//!
+//! ```text
+//! cargo run --release --example bench_din -- --len 50 --len 200
+//! ```
+//!
+//! Shapes (as `../shared/peer`'s FuxiCTR DIN): B = 1024, 200k training rows, 32 dims per field
+//! (user id, item, category; a behavior is 64 wide), activation unit [64] with Dice, DNN
+//! [200, 80] (ReLU), Adam 1e-3, gradient-norm clip 10. Every training row's history is cut to
+//! exactly L (the peer's are uniform in [L/2, L], so ours are at least as long on average).
+//! Timed as the peer times it: one training epoch including data loading and collation,
+//! validation excluded. Peak RSS is the process's `ru_maxrss` (data generation runs in a child
+//! process so it does not count).
+
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use lifelong::config::Config;
+use lifelong::data::{
+    prepare, write_synth, Dataset, Impressions, PrepareConfig, Split, SynthConfig,
+};
+use lifelong::train::Trainer;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// History lengths L to run (repeatable).
+    #[arg(long = "len", default_values_t = vec![50usize, 200])]
+    lens: Vec<usize>,
+    /// Training rows per epoch.
+    #[arg(long, default_value_t = 200_000)]
+    rows: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    /// Where the generated datasets are cached.
+    #[arg(long, default_value = "target/bench-data")]
+    cache: PathBuf,
+    /// Internal: only generate the dataset for one L and exit.
+    #[arg(long, hide = true)]
+    generate_only: Option<usize>,
+    /// Skip the GEMM-rate table.
+    #[arg(long)]
+    no_gemm: bool,
+}
+
+fn dataset_dir(cache: &Path, len: usize) -> PathBuf {
+    cache.join(format!("din_L{len}"))
+}
+
+/// 6000 users with histories of 2L..4L behaviors; every training positive has at least L
+/// behaviors before it (so its truncated history is exactly L); stride picks ~20 positives per
+/// user, 1 popularity-sampled negative each: ≥ 200k training rows.
+fn generate(cache: &Path, len: usize) -> lifelong::Result<()> {
+    let dir = dataset_dir(cache, len);
+    let synth = SynthConfig {
+        users: 6000,
+        items: 100_000,
+        cates: 1000,
+        len: 4 * len,
+        seed: 1,
+    };
+    let events = write_synth(&synth, &dir.join("events"))?;
+    let cfg = PrepareConfig {
+        min_history: len,
+        stride: (len / 10).max(1),
+        ..PrepareConfig::default()
+    };
+    prepare(&events, &dir.join("prepared"), &cfg)?;
+    Ok(())
+}
+
+fn peak_rss_mb() -> f64 {
+    // ru_maxrss is in KiB on Linux.
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn gemm_gflops(m: usize, k: usize, n: usize) -> f64 {
+    let dev = Device::Cpu;
+    let a = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
+    let bt = b.t().unwrap();
+    let _ = a.matmul(&bt).unwrap();
+    let reps = 5;
+    let t = Instant::now();
+    for _ in 0..reps {
+        let _ = a.matmul(&bt).unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64() / reps as f64;
+    2.0 * (m * k * n) as f64 / secs / 1e9
+}
+
+fn config(data: &Path, len: usize, batch: usize, out: &Path) -> Config {
+    let text = format!(
+        r#"
+[data]
+dir = "{}"
+max_len = {len}
+[model]
+kind = "din"
+item_dim = 32
+cate_dim = 32
+user_dim = 32
+attention_hidden = [64]
+attention_activation = "dice"
+head_hidden = [200, 80]
+head_activation = "relu"
+[train]
+epochs = 1
+batch_size = {batch}
+lr = 1e-3
+sparse_lr = 1e-3
+clip_grad_norm = 10.0
+patience = 0
+eval_batch_size = 8192
+out = "{}"
+"#,
+        data.display(),
+        out.display()
+    );
+    Config::from_toml(&text).expect("bench config")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(len) = args.generate_only {
+        generate(&args.cache, len)?;
+        return Ok(());
+    }
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let isa = if flags.contains("avx512f") {
+        "AVX-512"
+    } else if flags.contains("avx2") {
+        "AVX2"
+    } else {
+        "other"
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "machine: {} threads, {isa}, loadavg {}",
+        candle_core::utils::get_num_threads(),
+        load.trim()
+    );
+
+    let mut rows_out = Vec::new();
+    for &len in &args.lens {
+        let dir = dataset_dir(&args.cache, len);
+        if !dir.join("prepared/meta.json").exists() {
+            // Generate in a child process so its memory does not count in our peak RSS.
+            let status = std::process::Command::new(std::env::current_exe()?)
+                .args(["--generate-only", &len.to_string(), "--cache"])
+                .arg(&args.cache)
+                .status()?;
+            anyhow::ensure!(status.success(), "generating the L={len} dataset failed");
+        }
+        let ds = Dataset::open(&dir.join("prepared"))?;
+        let mut train = ds.load_split(Split::Train)?;
+        anyhow::ensure!(
+            train.len() >= args.rows,
+            "only {} training rows at L={len}",
+            train.len()
+        );
+        truncate(&mut train, args.rows);
+        let mean_len = train
+            .seq_len
+            .iter()
+            .map(|&s| s.min(len as u32) as f64)
+            .sum::<f64>()
+            / train.len() as f64;
+        let valid = ds.load_split(Split::Valid)?;
+        let out = args.cache.join(format!("run_L{len}"));
+        let cfg = config(&ds.dir, len, args.batch, &out);
+        let mut trainer = Trainer::new(cfg, &ds, &out, &Device::Cpu)?;
+        trainer.progress = false;
+        let s = trainer.fit(
+            Arc::new(ds.histories.clone()),
+            Arc::new(train),
+            Arc::new(valid),
+        )?;
+        let auc = s
+            .state
+            .evals
+            .last()
+            .and_then(|e| e.valid.auc)
+            .unwrap_or(f64::NAN);
+        rows_out.push((len, mean_len, s.samples_per_sec(), s.train_secs, auc));
+        println!(
+            "L={len}: {:.0} samples/s ({} samples in {:.1}s), mean history {mean_len:.1}, valid AUC {auc:.4}, peak RSS so far {:.0} MB",
+            s.samples_per_sec(),
+            s.samples,
+            s.train_secs,
+            peak_rss_mb()
+        );
+    }
+
+    // FLOPs of the activation unit per training sample at padded L (d = 64, h = 64):
+    // plain: L·2·(4d·h + h); with the factored first layer: L·2·(2d·h + h) + 2·d·h (t-term
+    // once per sample); backward ≈ 2 × forward.
+    println!("\n| L | samples/s | mean hist | train s | valid AUC | att. unit GFLOP/sample fwd+bwd (trick) | achieved GFLOP/s |");
+    println!("|---|---|---|---|---|---|---|");
+    let (d, h) = (64.0, 64.0);
+    for (len, mean_len, sps, secs, auc) in &rows_out {
+        let l = *len as f64;
+        let fwd_trick = l * 2.0 * (2.0 * d * h + h) + 2.0 * d * h;
+        let total = 3.0 * fwd_trick / 1e9;
+        println!(
+            "| {len} | {sps:.0} | {mean_len:.1} | {secs:.1} | {auc:.4} | {total:.5} | {:.1} |",
+            total * sps
+        );
+    }
+    if !args.no_gemm {
+        println!(
+            "\nGEMM rate of candle matmul at the activation unit's shapes (B = {}):",
+            args.batch
+        );
+        println!("| shape | GFLOP/s |");
+        println!("|---|---|");
+        for &len in &args.lens {
+            let m = args.batch * len;
+            println!(
+                "| [{m}×256]×[256×64] (no trick) | {:.1} |",
+                gemm_gflops(m, 256, 64)
+            );
+            println!(
+                "| [{m}×64]×[64×64] (trick) | {:.1} |",
+                gemm_gflops(m, 64, 64)
+            );
+        }
+    }
+    println!("\npeak RSS: {:.0} MB", peak_rss_mb());
+    Ok(())
+}
+
+fn truncate(imp: &mut Impressions, n: usize) {
+    imp.label.truncate(n);
+    imp.user.truncate(n);
+    imp.item.truncate(n);
+    imp.cate.truncate(n);
+    imp.seq_len.truncate(n);
+}

@@ -1,0 +1,829 @@
+//! Fused CPU ops of DIN's activation unit, each with a hand-written backward. They replace
+//! candle's op-by-op graph, whose temporaries over `[n, d]` and generic backward (index_select →
+//! index_add into zeros, broadcast reductions) dominated the step.
+//!
+//! - [`first_layer`]: `H = (W2−W3)·e + W4·(t⊙e) + (W1+W3)·t + b` for every packed behavior,
+//!   the `t` term once per sample; one GEMM over `[n, 2d]`.
+//! - [`pool`]: `a_j = A_j·w + c` (optionally softmax per history), `u_b = Σ_{j∈b} a_j e_j`.
+//!
+//! Rows are *packed*: sample `b`'s behaviors are rows `offsets[b]..offsets[b+1]`. Every
+//! reduction runs in a fixed order (per sample, or fixed-size chunks), so results do not depend
+//! on the thread count. `crate::aggregate::ActivationUnit` checks both against the paper's
+//! formula in tests.
+
+use crate::cpu::{sgemm, Mat, SendPtr};
+use crate::nn::{column_stats, sigmoid, DiceStats, CHUNK_ROWS};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
+    }
+}
+
+/// Runs `f` on a CPU tensor's contiguous f32 data.
+fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (st, l) = t.storage_and_layout();
+    match &*st {
+        Storage::Cpu(c) => f(slice(c, l, "tensor")?),
+        _ => candle_core::bail!("fused DIN ops run on the CPU"),
+    }
+}
+
+/// Sample ranges `(b, start, end)` of the packed rows.
+fn ranges(offsets: &[usize]) -> impl IndexedParallelIterator<Item = (usize, usize, usize)> + '_ {
+    offsets
+        .par_windows(2)
+        .enumerate()
+        .map(|(b, w)| (b, w[0], w[1]))
+}
+
+/// The first layer's weights split for the factored form: `wt = W1+W3 [h,d]`,
+/// `wc = [W2−W3 | W4] [h,2d]`, `bias [h]`, from `wb = [W | b] [h, 4d+1]`.
+fn split_weights(wb: &[f32], h: usize, d: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let stride = 4 * d + 1;
+    let (mut wt, mut wc, mut bias) = (vec![0f32; h * d], vec![0f32; h * 2 * d], vec![0f32; h]);
+    for r in 0..h {
+        let w = &wb[r * stride..(r + 1) * stride];
+        for c in 0..d {
+            wt[r * d + c] = w[c] + w[2 * d + c];
+            wc[r * 2 * d + c] = w[d + c] - w[2 * d + c];
+            wc[r * 2 * d + d + c] = w[3 * d + c];
+        }
+        bias[r] = w[4 * d];
+    }
+    (wt, wc, bias)
+}
+
+/// `X = [e | t_seg ⊙ e]`, `[n, 2d]`.
+fn build_x(t: &[f32], s: &[f32], offsets: &[usize], d: usize) -> Vec<f32> {
+    let n = offsets.last().copied().unwrap_or(0);
+    let mut x = vec![0f32; n * 2 * d];
+    let xp = SendPtr(x.as_mut_ptr());
+    ranges(offsets).for_each(|(b, s0, s1)| {
+        let xp = xp;
+        let tb = &t[b * d..(b + 1) * d];
+        for j in s0..s1 {
+            // SAFETY: sample ranges are disjoint, so row j of x is written by one task only.
+            let row = unsafe { std::slice::from_raw_parts_mut(xp.0.add(j * 2 * d), 2 * d) };
+            let e = &s[j * d..(j + 1) * d];
+            row[..d].copy_from_slice(e);
+            for c in 0..d {
+                row[d + c] = tb[c] * e[c];
+            }
+        }
+    });
+    x
+}
+
+/// The first layer of the activation unit on packed behaviors.
+///
+/// # Shapes
+/// target `[B, d]`, seq `[n, d]`, `wb = [W | b]` `[h, 4d+1]` → `[n, h]`
+pub fn first_layer(
+    target: &Tensor,
+    seq: &Tensor,
+    wb: &Tensor,
+    offsets: Arc<Vec<usize>>,
+) -> Result<Tensor> {
+    target.apply_op3(seq, wb, FirstLayer { offsets })
+}
+
+struct FirstLayer {
+    offsets: Arc<Vec<usize>>,
+}
+
+impl CustomOp3 for FirstLayer {
+    fn name(&self) -> &'static str {
+        "din-first-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (bsz, d) = l1.shape().dims2()?;
+        let (n, d2) = l2.shape().dims2()?;
+        let (h, w4) = l3.shape().dims2()?;
+        if d != d2 || w4 != 4 * d + 1 || self.offsets.len() != bsz + 1 || self.offsets[bsz] != n {
+            candle_core::bail!(
+                "din-first-layer: shapes t {:?} s {:?} w {:?} do not agree",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let (t, s, wb) = (
+            slice(s1, l1, "target")?,
+            slice(s2, l2, "seq")?,
+            slice(s3, l3, "weight")?,
+        );
+        let (wt, wc, bias) = split_weights(wb, h, d);
+        // t-term once per sample: [B, h]
+        let mut tt = vec![0f32; bsz * h];
+        sgemm(Mat::new(t, bsz, d), Mat::new(&wt, h, d).t(), &mut tt, false);
+        for row in tt.chunks_exact_mut(h) {
+            row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
+        }
+        let x = build_x(t, s, &self.offsets, d);
+        let mut out = vec![0f32; n * h];
+        sgemm(
+            Mat::new(&x, n, 2 * d),
+            Mat::new(&wc, h, 2 * d).t(),
+            &mut out,
+            false,
+        );
+        let op = SendPtr(out.as_mut_ptr());
+        ranges(&self.offsets).for_each(|(b, s0, s1)| {
+            let op = op;
+            let tb = &tt[b * h..(b + 1) * h];
+            for j in s0..s1 {
+                // SAFETY: disjoint sample ranges.
+                let row = unsafe { std::slice::from_raw_parts_mut(op.0.add(j * h), h) };
+                row.iter_mut().zip(tb).for_each(|(x, v)| *x += v);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, h))))
+    }
+
+    fn bwd(
+        &self,
+        target: &Tensor,
+        seq: &Tensor,
+        wb: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (bsz, d) = target.dims2()?;
+        let (n, _) = seq.dims2()?;
+        let (h, _) = wb.dims2()?;
+        let offsets = &self.offsets;
+        let (dt, ds, dwb) = with_data(target, |t| {
+            with_data(seq, |s| {
+                with_data(wb, |wbv| {
+                    with_data(grad, |dh| {
+                        let (wt, wc, _) = split_weights(wbv, h, d);
+                        let x = build_x(t, s, offsets, d);
+                        // dX = dH·Wc  [n, 2d]
+                        let mut dx = vec![0f32; n * 2 * d];
+                        sgemm(Mat::new(dh, n, h), Mat::new(&wc, h, 2 * d), &mut dx, false);
+                        // dWc = dHᵀ·X  [h, 2d]
+                        let mut dwc = vec![0f32; h * 2 * d];
+                        sgemm(
+                            Mat::new(dh, n, h).t(),
+                            Mat::new(&x, n, 2 * d),
+                            &mut dwc,
+                            false,
+                        );
+                        // Per sample: G_b = Σ dH_j, dS_j, Σ dP_j ⊙ e_j.
+                        let mut g = vec![0f32; bsz * h];
+                        let mut dt = vec![0f32; bsz * d];
+                        let mut ds = vec![0f32; n * d];
+                        let (gp, dtp, dsp) = (
+                            SendPtr(g.as_mut_ptr()),
+                            SendPtr(dt.as_mut_ptr()),
+                            SendPtr(ds.as_mut_ptr()),
+                        );
+                        ranges(offsets).for_each(|(b, s0, s1)| {
+                            let (gp, dtp, dsp) = (gp, dtp, dsp);
+                            // SAFETY: sample b owns row b of g and dt and rows s0..s1 of ds.
+                            let gb = unsafe { std::slice::from_raw_parts_mut(gp.0.add(b * h), h) };
+                            let dtb =
+                                unsafe { std::slice::from_raw_parts_mut(dtp.0.add(b * d), d) };
+                            let tb = &t[b * d..(b + 1) * d];
+                            for j in s0..s1 {
+                                let dsj =
+                                    unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
+                                let dxj = &dx[j * 2 * d..(j + 1) * 2 * d];
+                                let e = &s[j * d..(j + 1) * d];
+                                for c in 0..d {
+                                    dsj[c] = dxj[c] + dxj[d + c] * tb[c];
+                                    dtb[c] += dxj[d + c] * e[c];
+                                }
+                                gb.iter_mut()
+                                    .zip(&dh[j * h..(j + 1) * h])
+                                    .for_each(|(a, v)| *a += v);
+                            }
+                        });
+                        // dT += G·Wt  [B, d]
+                        sgemm(Mat::new(&g, bsz, h), Mat::new(&wt, h, d), &mut dt, true);
+                        // dWt = Gᵀ·T  [h, d]; db = Σ_b G_b
+                        let mut dwt = vec![0f32; h * d];
+                        sgemm(
+                            Mat::new(&g, bsz, h).t(),
+                            Mat::new(t, bsz, d),
+                            &mut dwt,
+                            false,
+                        );
+                        let mut db = vec![0f32; h];
+                        for row in g.chunks_exact(h) {
+                            db.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                        }
+                        // Back to W = [W1 | W2 | W3 | W4 | b]: dW1 = dWt, dW2 = dWe,
+                        // dW3 = dWt − dWe, dW4 = dW4.
+                        let stride = 4 * d + 1;
+                        let mut dwb = vec![0f32; h * stride];
+                        for r in 0..h {
+                            let o = &mut dwb[r * stride..(r + 1) * stride];
+                            for c in 0..d {
+                                let (dwt_rc, dwe_rc) = (dwt[r * d + c], dwc[r * 2 * d + c]);
+                                o[c] = dwt_rc;
+                                o[d + c] = dwe_rc;
+                                o[2 * d + c] = dwt_rc - dwe_rc;
+                                o[3 * d + c] = dwc[r * 2 * d + d + c];
+                            }
+                            o[4 * d] = db[r];
+                        }
+                        Ok((dt, ds, dwb))
+                    })
+                })
+            })
+        })?;
+        let dev = target.device();
+        Ok((
+            Some(Tensor::from_vec(dt, (bsz, d), dev)?),
+            Some(Tensor::from_vec(ds, (n, d), dev)?),
+            Some(Tensor::from_vec(dwb, (h, 4 * d + 1), dev)?),
+        ))
+    }
+}
+
+/// Attention scores and weighted pooling on packed behaviors.
+///
+/// # Shapes
+/// hidden `[n, h]`, seq `[n, d]`, `wo = [w | c]` `[h+1]` → `[B, d]`
+pub fn pool(
+    hidden: &Tensor,
+    seq: &Tensor,
+    wo: &Tensor,
+    offsets: Arc<Vec<usize>>,
+    softmax: bool,
+) -> Result<Tensor> {
+    hidden.apply_op3(seq, wo, Pool { offsets, softmax })
+}
+
+struct Pool {
+    offsets: Arc<Vec<usize>>,
+    softmax: bool,
+}
+
+impl Pool {
+    /// The weights of every packed row: scores, or their softmax per sample.
+    fn weights(&self, a: &[f32], wo: &[f32], h: usize) -> Vec<f32> {
+        let n = a.len() / h;
+        let (w, c) = (&wo[..h], wo[h]);
+        let mut out = vec![0f32; n];
+        let op = SendPtr(out.as_mut_ptr());
+        ranges(&self.offsets).for_each(|(_, s0, s1)| {
+            let op = op;
+            // SAFETY: disjoint sample ranges.
+            let o = unsafe { std::slice::from_raw_parts_mut(op.0.add(s0), s1 - s0) };
+            for (k, j) in (s0..s1).enumerate() {
+                o[k] = a[j * h..(j + 1) * h]
+                    .iter()
+                    .zip(w)
+                    .map(|(x, y)| x * y)
+                    .sum::<f32>()
+                    + c;
+            }
+            if self.softmax && !o.is_empty() {
+                let m = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut z = 0f32;
+                o.iter_mut().for_each(|x| {
+                    *x = (*x - m).exp();
+                    z += *x;
+                });
+                o.iter_mut().for_each(|x| *x /= z);
+            }
+        });
+        out
+    }
+}
+
+impl CustomOp3 for Pool {
+    fn name(&self) -> &'static str {
+        "din-pool"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, h) = l1.shape().dims2()?;
+        let (n2, d) = l2.shape().dims2()?;
+        let bsz = self.offsets.len().saturating_sub(1);
+        if n != n2 || l3.shape().elem_count() != h + 1 || self.offsets.last() != Some(&n) {
+            candle_core::bail!(
+                "din-pool: shapes a {:?} s {:?} w {:?} do not agree",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let (a, s, wo) = (
+            slice(s1, l1, "hidden")?,
+            slice(s2, l2, "seq")?,
+            slice(s3, l3, "weight")?,
+        );
+        let wts = self.weights(a, wo, h);
+        let mut u = vec![0f32; bsz * d];
+        u.par_chunks_mut(d.max(1))
+            .zip(self.offsets.par_windows(2))
+            .for_each(|(ub, w)| {
+                for j in w[0]..w[1] {
+                    let wj = wts[j];
+                    ub.iter_mut()
+                        .zip(&s[j * d..(j + 1) * d])
+                        .for_each(|(x, e)| *x += wj * e);
+                }
+            });
+        Ok((CpuStorage::F32(u), Shape::from((bsz, d))))
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        seq: &Tensor,
+        wo: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, h) = hidden.dims2()?;
+        let (_, d) = seq.dims2()?;
+        let (da_out, ds, dwo) = with_data(hidden, |a| {
+            with_data(seq, |s| {
+                with_data(wo, |wov| {
+                    with_data(grad, |du| {
+                        let wts = self.weights(a, wov, h);
+                        // ∂L/∂weight_j = dU_b · e_j; through the softmax if any.
+                        let mut dscore = vec![0f32; n];
+                        let mut ds = vec![0f32; n * d];
+                        let (dp, dsp) = (SendPtr(dscore.as_mut_ptr()), SendPtr(ds.as_mut_ptr()));
+                        ranges(&self.offsets).for_each(|(b, s0, s1)| {
+                            let (dp, dsp) = (dp, dsp);
+                            let dub = &du[b * d..(b + 1) * d];
+                            // SAFETY: disjoint sample ranges.
+                            let dsc =
+                                unsafe { std::slice::from_raw_parts_mut(dp.0.add(s0), s1 - s0) };
+                            for (k, j) in (s0..s1).enumerate() {
+                                let e = &s[j * d..(j + 1) * d];
+                                dsc[k] = dub.iter().zip(e).map(|(x, y)| x * y).sum();
+                                let dsj =
+                                    unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
+                                dsj.iter_mut().zip(dub).for_each(|(o, g)| *o = wts[j] * g);
+                            }
+                            if self.softmax {
+                                let p = &wts[s0..s1];
+                                let dot: f32 = p.iter().zip(dsc.iter()).map(|(x, y)| x * y).sum();
+                                dsc.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
+                            }
+                        });
+                        // dA = dscore ⊗ w; dw = Aᵀ·dscore; dc = Σ dscore.
+                        let w = &wov[..h];
+                        let mut da = vec![0f32; n * h];
+                        da.par_chunks_mut(h)
+                            .zip(dscore.par_iter())
+                            .with_min_len(256)
+                            .for_each(|(row, &g)| {
+                                row.iter_mut().zip(w).for_each(|(o, wk)| *o = g * wk);
+                            });
+                        let mut dwo = vec![0f32; h + 1];
+                        sgemm(
+                            Mat::new(a, n, h).t(),
+                            Mat::new(&dscore, n, 1),
+                            &mut dwo[..h],
+                            false,
+                        );
+                        dwo[h] = dscore.iter().sum();
+                        Ok((da, ds, dwo))
+                    })
+                })
+            })
+        })?;
+        let dev = hidden.device();
+        Ok((
+            Some(Tensor::from_vec(da_out, (n, h), dev)?),
+            Some(Tensor::from_vec(ds, (n, d), dev)?),
+            Some(Tensor::from_vec(dwo, wo.shape(), dev)?),
+        ))
+    }
+}
+
+/// Statistics Dice normalises with: running ones (evaluation) or the batch's (training).
+#[derive(Debug, Clone)]
+pub(crate) enum DiceNorm {
+    /// Running mean and variance.
+    Fixed(Arc<Vec<f32>>, Arc<Vec<f32>>),
+    /// Batch statistics; the forward pass leaves them here for the running update.
+    Batch(Arc<Mutex<Option<DiceStats>>>),
+}
+
+/// The whole activation unit with one Dice hidden layer, fused: first layer (factored), Dice,
+/// scores, optional softmax, pooling. Only the history and the target get `[n, d]`/`[B, d]`
+/// gradients; nothing else of size n enters candle's graph.
+///
+/// `params = [W (h·4d) | b (h) | α (h) | w_out (h) | c (1)]`, flat.
+///
+/// # Shapes
+/// target `[B, d]`, seq `[n, d]`, params `[h·4d + 3h + 1]` → `[B, d]`
+pub(crate) fn attention_unit(
+    target: &Tensor,
+    seq: &Tensor,
+    params: &Tensor,
+    offsets: Arc<Vec<usize>>,
+    h: usize,
+    softmax: bool,
+    eps: f32,
+    norm: DiceNorm,
+) -> Result<Tensor> {
+    let op = AttentionUnit {
+        offsets,
+        h,
+        softmax,
+        eps,
+        norm,
+        saved: Arc::new(Mutex::new(None)),
+    };
+    target.apply_op3(seq, params, op)
+}
+
+struct Saved {
+    /// First-layer output (Dice input) `[n, h]`.
+    hid: Vec<f32>,
+    /// `[e | t ⊙ e]` `[n, 2d]`.
+    x: Vec<f32>,
+    /// Pooling weights (scores or their softmax) `[n]`.
+    wts: Vec<f32>,
+    /// Dice mean and 1/sqrt(var + ε) `[h]`.
+    mean: Vec<f32>,
+    inv: Vec<f32>,
+}
+
+struct AttentionUnit {
+    offsets: Arc<Vec<usize>>,
+    h: usize,
+    softmax: bool,
+    eps: f32,
+    norm: DiceNorm,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+/// Views of the flat parameter vector.
+struct UnitParams<'a> {
+    wb: Vec<f32>,
+    alpha: &'a [f32],
+    w_out: &'a [f32],
+    c: f32,
+}
+
+fn unit_params(p: &[f32], h: usize, d: usize) -> UnitParams<'_> {
+    let nw = h * 4 * d;
+    // [W | b] as [h, 4d+1] for split_weights.
+    let mut wb = vec![0f32; h * (4 * d + 1)];
+    for r in 0..h {
+        wb[r * (4 * d + 1)..r * (4 * d + 1) + 4 * d]
+            .copy_from_slice(&p[r * 4 * d..(r + 1) * 4 * d]);
+        wb[r * (4 * d + 1) + 4 * d] = p[nw + r];
+    }
+    UnitParams {
+        wb,
+        alpha: &p[nw + h..nw + 2 * h],
+        w_out: &p[nw + 2 * h..nw + 3 * h],
+        c: p[nw + 3 * h],
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg("attention unit: poisoned lock".into()))
+}
+
+impl CustomOp3 for AttentionUnit {
+    fn name(&self) -> &'static str {
+        "din-attention-unit"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (bsz, d) = l1.shape().dims2()?;
+        let (n, d2) = l2.shape().dims2()?;
+        let h = self.h;
+        if d != d2
+            || l3.shape().elem_count() != h * 4 * d + 3 * h + 1
+            || self.offsets.len() != bsz + 1
+            || self.offsets[bsz] != n
+        {
+            candle_core::bail!(
+                "din-attention-unit: shapes t {:?} s {:?} p {:?} do not agree",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let (t, s, p) = (
+            slice(s1, l1, "target")?,
+            slice(s2, l2, "seq")?,
+            slice(s3, l3, "params")?,
+        );
+        let up = unit_params(p, h, d);
+        let (wt, wc, bias) = split_weights(&up.wb, h, d);
+        let mut tt = vec![0f32; bsz * h];
+        sgemm(Mat::new(t, bsz, d), Mat::new(&wt, h, d).t(), &mut tt, false);
+        for row in tt.chunks_exact_mut(h) {
+            row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
+        }
+        let x = build_x(t, s, &self.offsets, d);
+        let mut hid = vec![0f32; n * h];
+        sgemm(
+            Mat::new(&x, n, 2 * d),
+            Mat::new(&wc, h, 2 * d).t(),
+            &mut hid,
+            false,
+        );
+        let hp = SendPtr(hid.as_mut_ptr());
+        ranges(&self.offsets).for_each(|(b, s0, s1)| {
+            let hp = hp;
+            let tb = &tt[b * h..(b + 1) * h];
+            // SAFETY: disjoint sample ranges.
+            let rows = unsafe { std::slice::from_raw_parts_mut(hp.0.add(s0 * h), (s1 - s0) * h) };
+            for row in rows.chunks_exact_mut(h) {
+                row.iter_mut().zip(tb).for_each(|(x, v)| *x += v);
+            }
+        });
+        let (mean, inv) = match &self.norm {
+            DiceNorm::Fixed(m, v) => (
+                m.to_vec(),
+                v.iter()
+                    .map(|&v| 1.0 / (v + self.eps).sqrt())
+                    .collect::<Vec<_>>(),
+            ),
+            DiceNorm::Batch(slot) => {
+                let st = column_stats(&hid, h);
+                let mean = st.mean.iter().map(|&m| m as f32).collect();
+                let inv = st
+                    .var
+                    .iter()
+                    .map(|&v| (1.0 / (v + self.eps as f64).sqrt()) as f32)
+                    .collect();
+                *lock(slot)? = Some(st);
+                (mean, inv)
+            }
+        };
+        // Scores a_j = Σ_k dice(H_jk)·w_k + c, then per-sample softmax, then pooling.
+        let mut wts = vec![0f32; n];
+        let mut u = vec![0f32; bsz * d];
+        let (wp, up_) = (SendPtr(wts.as_mut_ptr()), SendPtr(u.as_mut_ptr()));
+        ranges(&self.offsets).for_each(|(b, s0, s1)| {
+            let (wp, upp) = (wp, up_);
+            // SAFETY: sample b owns wts[s0..s1] and row b of u.
+            let w = unsafe { std::slice::from_raw_parts_mut(wp.0.add(s0), s1 - s0) };
+            let ub = unsafe { std::slice::from_raw_parts_mut(upp.0.add(b * d), d) };
+            for (k, j) in (s0..s1).enumerate() {
+                let row = &hid[j * h..(j + 1) * h];
+                let mut a = up.c;
+                for q in 0..h {
+                    let v = row[q];
+                    let pq = sigmoid((v - mean[q]) * inv[q]);
+                    a += v * (up.alpha[q] + pq * (1.0 - up.alpha[q])) * up.w_out[q];
+                }
+                w[k] = a;
+            }
+            if self.softmax && !w.is_empty() {
+                let m = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut z = 0f32;
+                w.iter_mut().for_each(|x| {
+                    *x = (*x - m).exp();
+                    z += *x;
+                });
+                w.iter_mut().for_each(|x| *x /= z);
+            }
+            for (k, j) in (s0..s1).enumerate() {
+                let wj = w[k];
+                ub.iter_mut()
+                    .zip(&s[j * d..(j + 1) * d])
+                    .for_each(|(o, e)| *o += wj * e);
+            }
+        });
+        *lock(&self.saved)? = Some(Saved {
+            hid,
+            x,
+            wts,
+            mean,
+            inv,
+        });
+        Ok((CpuStorage::F32(u), Shape::from((bsz, d))))
+    }
+
+    fn bwd(
+        &self,
+        target: &Tensor,
+        seq: &Tensor,
+        params: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (bsz, d) = target.dims2()?;
+        let (n, _) = seq.dims2()?;
+        let h = self.h;
+        let saved = lock(&self.saved)?.take();
+        let Some(sv) = saved else {
+            candle_core::bail!("din-attention-unit: backward without forward")
+        };
+        let batch_norm = matches!(self.norm, DiceNorm::Batch(_));
+        let (dt, ds, dp) = with_data(target, |t| {
+            with_data(seq, |s| {
+                with_data(params, |p| {
+                    with_data(grad, |du| {
+                        let up = unit_params(p, h, d);
+                        let (wt, wc, _) = split_weights(&up.wb, h, d);
+                        // 1. Pooling: ∂/∂weight_j and the history's pooling gradient.
+                        let mut da = vec![0f32; n];
+                        let mut ds = vec![0f32; n * d];
+                        let (dap, dsp) = (SendPtr(da.as_mut_ptr()), SendPtr(ds.as_mut_ptr()));
+                        ranges(&self.offsets).for_each(|(b, s0, s1)| {
+                            let (dap, dsp) = (dap, dsp);
+                            let dub = &du[b * d..(b + 1) * d];
+                            // SAFETY: sample b owns da[s0..s1] and rows s0..s1 of ds.
+                            let dab =
+                                unsafe { std::slice::from_raw_parts_mut(dap.0.add(s0), s1 - s0) };
+                            for (k, j) in (s0..s1).enumerate() {
+                                let e = &s[j * d..(j + 1) * d];
+                                dab[k] = dub.iter().zip(e).map(|(x, y)| x * y).sum();
+                                let dsj =
+                                    unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
+                                let wj = sv.wts[j];
+                                dsj.iter_mut().zip(dub).for_each(|(o, g)| *o = wj * g);
+                            }
+                            if self.softmax {
+                                let pw = &sv.wts[s0..s1];
+                                let dot: f32 = pw.iter().zip(dab.iter()).map(|(x, y)| x * y).sum();
+                                dab.iter_mut()
+                                    .zip(pw)
+                                    .for_each(|(g, p)| *g = p * (*g - dot));
+                            }
+                        });
+                        // 2. Scores and Dice: dH (direct term), Dice's h-term, and column sums
+                        //    [Σh, Σh·x̂, Σ g·x·(1−p) (∂α), Σ da·dice (∂w_out)] per chunk.
+                        let mut dh = vec![0f32; n * h];
+                        let mut hv = vec![0f32; n * h];
+                        let partial: Vec<Vec<f64>> = dh
+                            .par_chunks_mut(CHUNK_ROWS * h)
+                            .zip(hv.par_chunks_mut(CHUNK_ROWS * h))
+                            .enumerate()
+                            .map(|(c, (dhc, hvc))| {
+                                let mut acc = vec![0f64; 4 * h];
+                                let r0 = c * CHUNK_ROWS;
+                                for i in 0..dhc.len() / h {
+                                    let j = r0 + i;
+                                    let aj = da[j];
+                                    for q in 0..h {
+                                        let x = sv.hid[j * h + q];
+                                        let xh = (x - sv.mean[q]) * sv.inv[q];
+                                        let pq = sigmoid(xh);
+                                        let al = up.alpha[q];
+                                        let gate = al + pq * (1.0 - al);
+                                        let g = aj * up.w_out[q];
+                                        dhc[i * h + q] = g * gate;
+                                        let hq = g * x * (1.0 - al) * pq * (1.0 - pq);
+                                        hvc[i * h + q] = hq;
+                                        acc[q] += hq as f64;
+                                        acc[h + q] += (hq * xh) as f64;
+                                        acc[2 * h + q] += (g * x * (1.0 - pq)) as f64;
+                                        acc[3 * h + q] += (aj * x * gate) as f64;
+                                    }
+                                }
+                                acc
+                            })
+                            .collect();
+                        let mut tot = vec![0f64; 4 * h];
+                        for pc in &partial {
+                            tot.iter_mut().zip(pc).for_each(|(a, v)| *a += v);
+                        }
+                        let nf = n.max(1) as f64;
+                        let mh: Vec<f32> = (0..h).map(|q| (tot[q] / nf) as f32).collect();
+                        let mhx: Vec<f32> = (0..h).map(|q| (tot[h + q] / nf) as f32).collect();
+                        dh.par_chunks_mut(CHUNK_ROWS * h)
+                            .zip(hv.par_chunks(CHUNK_ROWS * h))
+                            .enumerate()
+                            .for_each(|(c, (dhc, hvc))| {
+                                let r0 = c * CHUNK_ROWS;
+                                for i in 0..dhc.len() / h {
+                                    for q in 0..h {
+                                        let k = i * h + q;
+                                        let term = if batch_norm {
+                                            let xh =
+                                                (sv.hid[(r0 + i) * h + q] - sv.mean[q]) * sv.inv[q];
+                                            hvc[k] - mh[q] - xh * mhx[q]
+                                        } else {
+                                            hvc[k]
+                                        };
+                                        dhc[k] += sv.inv[q] * term;
+                                    }
+                                }
+                            });
+                        drop(hv);
+                        // 3. First layer.
+                        let mut dx = vec![0f32; n * 2 * d];
+                        sgemm(Mat::new(&dh, n, h), Mat::new(&wc, h, 2 * d), &mut dx, false);
+                        let mut dwc = vec![0f32; h * 2 * d];
+                        sgemm(
+                            Mat::new(&dh, n, h).t(),
+                            Mat::new(&sv.x, n, 2 * d),
+                            &mut dwc,
+                            false,
+                        );
+                        let mut g = vec![0f32; bsz * h];
+                        let mut dt = vec![0f32; bsz * d];
+                        let (gp, dtp, dsp) = (
+                            SendPtr(g.as_mut_ptr()),
+                            SendPtr(dt.as_mut_ptr()),
+                            SendPtr(ds.as_mut_ptr()),
+                        );
+                        ranges(&self.offsets).for_each(|(b, s0, s1)| {
+                            let (gp, dtp, dsp) = (gp, dtp, dsp);
+                            // SAFETY: sample b owns row b of g and dt, rows s0..s1 of ds.
+                            let gb = unsafe { std::slice::from_raw_parts_mut(gp.0.add(b * h), h) };
+                            let dtb =
+                                unsafe { std::slice::from_raw_parts_mut(dtp.0.add(b * d), d) };
+                            let tb = &t[b * d..(b + 1) * d];
+                            for j in s0..s1 {
+                                let dsj =
+                                    unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
+                                let dxj = &dx[j * 2 * d..(j + 1) * 2 * d];
+                                let e = &s[j * d..(j + 1) * d];
+                                for c in 0..d {
+                                    dsj[c] += dxj[c] + dxj[d + c] * tb[c];
+                                    dtb[c] += dxj[d + c] * e[c];
+                                }
+                                gb.iter_mut()
+                                    .zip(&dh[j * h..(j + 1) * h])
+                                    .for_each(|(a, v)| *a += v);
+                            }
+                        });
+                        sgemm(Mat::new(&g, bsz, h), Mat::new(&wt, h, d), &mut dt, true);
+                        let mut dwt = vec![0f32; h * d];
+                        sgemm(
+                            Mat::new(&g, bsz, h).t(),
+                            Mat::new(t, bsz, d),
+                            &mut dwt,
+                            false,
+                        );
+                        // 4. Assemble ∂params = [dW | db | dα | dw_out | dc].
+                        let nw = h * 4 * d;
+                        let mut dp = vec![0f32; nw + 3 * h + 1];
+                        for r in 0..h {
+                            let o = &mut dp[r * 4 * d..(r + 1) * 4 * d];
+                            for c in 0..d {
+                                let (a, e) = (dwt[r * d + c], dwc[r * 2 * d + c]);
+                                o[c] = a;
+                                o[d + c] = e;
+                                o[2 * d + c] = a - e;
+                                o[3 * d + c] = dwc[r * 2 * d + d + c];
+                            }
+                        }
+                        for row in g.chunks_exact(h) {
+                            dp[nw..nw + h]
+                                .iter_mut()
+                                .zip(row)
+                                .for_each(|(a, v)| *a += v);
+                        }
+                        for q in 0..h {
+                            dp[nw + h + q] = tot[2 * h + q] as f32;
+                            dp[nw + 2 * h + q] = tot[3 * h + q] as f32;
+                        }
+                        dp[nw + 3 * h] = da.iter().sum();
+                        Ok((dt, ds, dp))
+                    })
+                })
+            })
+        })?;
+        let dev = target.device();
+        Ok((
+            Some(Tensor::from_vec(dt, (bsz, d), dev)?),
+            Some(Tensor::from_vec(ds, (n, d), dev)?),
+            Some(Tensor::from_vec(dp, params.shape(), dev)?),
+        ))
+    }
+}

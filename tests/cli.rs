@@ -1,0 +1,687 @@
+//! The `lifelong` binary end to end: synth → prepare → train → eval (JSON metrics checked
+//! against the predictions file and the prepared split), resuming a finished run, `--help` of
+//! every subcommand, and bad input turned into exit status 2 with a one-line `error:` naming
+//! the offending file, column, key or row (never a panic).
+
+use arrow_array::{Array, ArrayRef, Float32Array, Int32Array, Int64Array, Int8Array, RecordBatch};
+use lifelong::checkpoint::read_metadata;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the binary with `args`, in `cwd` (so relative paths of a config never land in the
+/// repository).
+fn lifelong(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lifelong"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the lifelong binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts exit status 0 and returns stdout.
+fn ok(cwd: &Path, args: &[&str]) -> String {
+    let o = lifelong(cwd, args);
+    assert!(
+        o.status.success(),
+        "lifelong {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// Asserts exit status 2, no panic, and a last stderr line `error: ...` containing every string
+/// of `needles`; returns that line.
+fn fails(cwd: &Path, args: &[&str], needles: &[&str]) -> String {
+    let o = lifelong(cwd, args);
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "lifelong {args:?}: expected exit status 2\nstdout:\n{}\nstderr:\n{err}",
+        stdout(&o)
+    );
+    assert!(
+        !err.contains("panicked"),
+        "lifelong {args:?} panicked:\n{err}"
+    );
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        last.starts_with("error:"),
+        "lifelong {args:?}: last stderr line is not an error: {last:?}\n{err}"
+    );
+    for n in needles {
+        assert!(
+            last.contains(n),
+            "lifelong {args:?}: error line does not mention {n:?}: {last}"
+        );
+    }
+    last
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// `synth` into `dir`; returns the events file.
+fn synth(cwd: &Path, dir: &Path, users: usize, items: usize) -> PathBuf {
+    let (u, i) = (users.to_string(), items.to_string());
+    let out = ok(
+        cwd,
+        &[
+            "synth",
+            "--out",
+            s(dir),
+            "--users",
+            &u,
+            "--items",
+            &i,
+            "--cates",
+            "20",
+            "--len",
+            "30",
+        ],
+    );
+    let events = dir.join("events.parquet");
+    assert!(events.is_file(), "synth did not write {}", events.display());
+    assert!(out.contains("events.parquet"), "synth stdout: {out}");
+    events
+}
+
+fn prepare(cwd: &Path, events: &Path, out: &Path) {
+    ok(cwd, &["prepare", "--events", s(events), "--out", s(out)]);
+    assert!(out.join("meta.json").is_file());
+}
+
+fn meta(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap()
+}
+
+/// A tiny DIN config whose `data.dir` and `train.out` point nowhere: the tests pass `--data`
+/// and `--out`, so a run that works proves the flags override the TOML.
+fn write_config(dir: &Path, extra_model: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[data]
+dir = "no/such/prepared"
+max_len = 30
+
+[model]
+kind = "din"
+item_dim = 8
+cate_dim = 8
+attention_hidden = [8]
+head_hidden = [16]
+{extra_model}
+
+[train]
+epochs = 1
+batch_size = 128
+eval_batch_size = 512
+lr = 0.003
+sparse_lr = 0.01
+seed = 5
+out = "no/such/run"
+"#
+    );
+    let path = dir.join("din.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// synth (150 users, 500 items) → prepare → train; returns (prepared dir, run dir).
+fn trained_run(tmp: &Path) -> (PathBuf, PathBuf) {
+    let events = synth(tmp, &tmp.join("events"), 150, 500);
+    let data = tmp.join("prepared");
+    prepare(tmp, &events, &data);
+    let config = write_config(tmp, "");
+    let run = tmp.join("run");
+    let out = ok(
+        tmp,
+        &[
+            "train",
+            "--config",
+            s(&config),
+            "--data",
+            s(&data),
+            "--out",
+            s(&run),
+        ],
+    );
+    assert!(out.contains("trained"), "train stdout: {out}");
+    for f in ["best.safetensors", "last.safetensors", "metrics.jsonl"] {
+        assert!(run.join(f).is_file(), "train did not write {f}");
+    }
+    // The config's own (bogus) directories were never used.
+    assert!(!tmp.join("no").exists());
+    (data, run)
+}
+
+/// Every record batch of a parquet file, read with plain arrow-rs.
+fn read_batches(path: &Path) -> Vec<RecordBatch> {
+    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// Column `name` of every batch, concatenated, through `f` (downcast + copy).
+fn column<T>(batches: &[RecordBatch], name: &str, f: impl Fn(&ArrayRef) -> Vec<T>) -> Vec<T> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            f(b.column_by_name(name)
+                .unwrap_or_else(|| panic!("no column {name}")))
+        })
+        .collect()
+}
+
+fn f32s(a: &ArrayRef) -> Vec<f32> {
+    a.as_any()
+        .downcast_ref::<Float32Array>()
+        .expect("float32")
+        .values()
+        .to_vec()
+}
+fn i32s(a: &ArrayRef) -> Vec<i32> {
+    a.as_any()
+        .downcast_ref::<Int32Array>()
+        .expect("int32")
+        .values()
+        .to_vec()
+}
+fn i64s(a: &ArrayRef) -> Vec<i64> {
+    a.as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("int64")
+        .values()
+        .to_vec()
+}
+fn i8s(a: &ArrayRef) -> Vec<i8> {
+    a.as_any()
+        .downcast_ref::<Int8Array>()
+        .expect("int8")
+        .values()
+        .to_vec()
+}
+
+/// Writes `batches` (one schema) as a parquet file with plain arrow-rs.
+fn write_batches(path: &Path, batches: &[RecordBatch]) {
+    let mut w = ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        batches[0].schema(),
+        None,
+    )
+    .unwrap();
+    for b in batches {
+        w.write(b).unwrap();
+    }
+    w.close().unwrap();
+}
+
+/// Writes an event log with the given Int64 columns.
+fn write_log(path: &Path, cols: Vec<(&str, Vec<i64>)>) {
+    let batch = RecordBatch::try_from_iter(
+        cols.into_iter()
+            .map(|(n, v)| (n, Arc::new(Int64Array::from(v)) as ArrayRef)),
+    )
+    .unwrap();
+    write_batches(path, &[batch]);
+}
+
+/// A tiny log: 4 users × 6 behaviors over 9 items in 3 categories (item k in category k % 3).
+fn tiny_log() -> (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) {
+    let (mut u, mut i, mut c, mut t) = (vec![], vec![], vec![], vec![]);
+    for user in 0..4i64 {
+        for k in 0..6i64 {
+            let item = (user * 2 + k) % 9;
+            u.push(100 + user);
+            i.push(1000 + item);
+            c.push(50 + item % 3);
+            t.push(k * 10 + user);
+        }
+    }
+    (u, i, c, t)
+}
+
+/// Pairwise AUC (ties count one half), computed directly.
+fn pairwise_auc(labels: &[i8], scores: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (i, &li) in labels.iter().enumerate() {
+        if li != 1 {
+            continue;
+        }
+        for (j, &lj) in labels.iter().enumerate() {
+            if lj != 0 {
+                continue;
+            }
+            den += 1.0;
+            if scores[i] > scores[j] {
+                num += 1.0;
+            } else if scores[i] == scores[j] {
+                num += 0.5;
+            }
+        }
+    }
+    num / den
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pipeline
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn pipeline_synth_prepare_train_eval_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let (data, run) = trained_run(tmp);
+
+    // The test split's row count, independently: parquet footer and meta.json.
+    let test_file = data.join("test.parquet");
+    let reader = SerializedFileReader::new(std::fs::File::open(&test_file).unwrap()).unwrap();
+    let n_test = reader.metadata().file_metadata().num_rows() as u64;
+    assert!(n_test > 0);
+    assert_eq!(meta(&data)["n_test"].as_u64(), Some(n_test));
+
+    let preds = tmp.join("preds.parquet");
+    let out = ok(
+        tmp,
+        &[
+            "eval",
+            "--checkpoint",
+            s(&run),
+            "--data",
+            s(&data),
+            "--json",
+            "--predictions",
+            s(&preds),
+        ],
+    );
+    let last = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("last line {last:?}: {e}"));
+    for k in ["auc", "gauc", "logloss", "n"] {
+        assert!(j.get(k).is_some(), "no `{k}` in {j}");
+    }
+    assert_eq!(j["n"].as_u64(), Some(n_test), "{j}");
+    let auc = j["auc"].as_f64().expect("numeric auc");
+    assert!(auc > 0.0 && auc <= 1.0, "auc {auc}");
+    let logloss = j["logloss"].as_f64().expect("numeric logloss");
+    assert!(logloss.is_finite() && logloss > 0.0, "logloss {logloss}");
+    assert!(j["gauc"].is_null() || j["gauc"].as_f64().is_some_and(|g| (0.0..=1.0).contains(&g)));
+    // The human-readable line names the checkpoint file that was used (the run's best).
+    assert!(out.contains("best.safetensors"), "{out}");
+
+    // Predictions: one row per test row, in order, prob = sigmoid(logit).
+    let pb = read_batches(&preds);
+    let logit = column(&pb, "logit", f32s);
+    let prob = column(&pb, "prob", f32s);
+    let row = column(&pb, "row", i64s);
+    let label = column(&pb, "label", i8s);
+    let item = column(&pb, "item", i32s);
+    assert_eq!(logit.len() as u64, n_test);
+    assert_eq!(row, (0..n_test as i64).collect::<Vec<_>>());
+    for (k, (&x, &p)) in logit.iter().zip(&prob).enumerate() {
+        let want = 1.0 / (1.0 + (-(x as f64)).exp());
+        assert!(
+            x.is_finite() && (p as f64 - want).abs() <= 1e-6,
+            "row {k}: logit {x}, prob {p}, sigmoid {want}"
+        );
+    }
+    let tb = read_batches(&test_file);
+    assert_eq!(label, column(&tb, "label", i8s));
+    assert_eq!(item, column(&tb, "item", i32s));
+    // The JSON metrics agree with the predictions file.
+    let want_auc = pairwise_auc(&label, &logit);
+    assert!(
+        (auc - want_auc).abs() < 1e-6,
+        "auc {auc} vs pairwise {want_auc}"
+    );
+    let want_ll = label
+        .iter()
+        .zip(&logit)
+        .map(|(&y, &x)| {
+            let x = x as f64;
+            // -log σ(x) = log(1 + e^-x), -log(1 - σ(x)) = log(1 + e^x)
+            if y == 1 {
+                (-x).exp().ln_1p()
+            } else {
+                x.exp().ln_1p()
+            }
+        })
+        .sum::<f64>()
+        / label.len() as f64;
+    assert!(
+        (logloss - want_ll).abs() < 1e-4,
+        "logloss {logloss} vs {want_ll}"
+    );
+
+    // Resuming a finished run trains nothing and leaves `last` untouched.
+    let last_file = run.join("last.safetensors");
+    let step_of = |p: &Path| -> u64 {
+        let m = read_metadata(p).unwrap();
+        let t: serde_json::Value = serde_json::from_str(&m["trainer"]).unwrap();
+        t["step"].as_u64().unwrap()
+    };
+    let step = step_of(&last_file);
+    assert!(step > 0);
+    let before = std::fs::read(&last_file).unwrap();
+    let config = tmp.join("din.toml");
+    let out = ok(
+        tmp,
+        &[
+            "train",
+            "--config",
+            s(&config),
+            "--data",
+            s(&data),
+            "--out",
+            s(&run),
+            "--resume",
+        ],
+    );
+    assert!(
+        out.contains(&format!("trained {step} steps (0 samples")),
+        "resume stdout: {out}"
+    );
+    assert_eq!(step_of(&last_file), step);
+    assert!(
+        std::fs::read(&last_file).unwrap() == before,
+        "resume rewrote last.safetensors"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// --help
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn help_works_for_every_subcommand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            "synth",
+            &["--out", "--users", "--items", "--cates", "--len", "--seed"],
+        ),
+        (
+            "prepare",
+            &[
+                "--events",
+                "--out",
+                "--negatives",
+                "--seed",
+                "--min-history",
+                "--stride",
+                "--user-col",
+                "--item-col",
+                "--cate-col",
+                "--ts-col",
+                "--label-col",
+            ],
+        ),
+        ("train", &["--config", "--data", "--out", "--resume"]),
+        (
+            "eval",
+            &[
+                "--checkpoint",
+                "--data",
+                "--split",
+                "--json",
+                "--predictions",
+            ],
+        ),
+        ("demo", &["--help"]),
+    ];
+    let top = ok(tmp.path(), &["--help"]);
+    for (sub, flags) in cases {
+        assert!(
+            top.contains(sub),
+            "top-level help does not list {sub}:\n{top}"
+        );
+        let out = ok(tmp.path(), &[sub, "--help"]);
+        assert!(
+            out.contains("Usage:") && out.contains(sub),
+            "{sub} --help:\n{out}"
+        );
+        for f in flags {
+            assert!(out.contains(f), "{sub} --help does not mention {f}:\n{out}");
+        }
+        // `help SUB` is the same text.
+        assert_eq!(ok(tmp.path(), &["help", sub]), out);
+    }
+    // No subcommand is a usage error (clap's status 2), not a panic.
+    let o = lifelong(tmp.path(), &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!stderr(&o).contains("panicked"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: status 2 and a named error
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn prepare_without_the_category_column_names_file_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let (u, i, _, t) = tiny_log();
+    let log = tmp.join("no_cate.parquet");
+    write_log(&log, vec![("user_id", u), ("item_id", i), ("ts", t)]);
+    let out = tmp.join("out");
+    fails(
+        tmp,
+        &["prepare", "--events", s(&log), "--out", s(&out)],
+        &[s(&log), "cate_id"],
+    );
+    assert!(!out.join("meta.json").exists());
+}
+
+#[test]
+fn prepare_reads_a_renamed_category_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let (u, i, c, t) = tiny_log();
+    let log = tmp.join("renamed.parquet");
+    let n_events = u.len();
+    let distinct = |v: &[i64]| v.iter().collect::<std::collections::HashSet<_>>().len();
+    let (nu, ni, nc) = (distinct(&u), distinct(&i), distinct(&c));
+    write_log(
+        &log,
+        vec![
+            ("user_id", u),
+            ("item_id", i),
+            ("category_id", c),
+            ("ts", t),
+        ],
+    );
+    let out = tmp.join("out");
+    // The default name fails, naming the column it looked for ...
+    fails(
+        tmp,
+        &["prepare", "--events", s(&log), "--out", s(&out)],
+        &["cate_id"],
+    );
+    // ... and `--cate-col` reads the file.
+    ok(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&log),
+            "--out",
+            s(&out),
+            "--cate-col",
+            "category_id",
+        ],
+    );
+    let m = meta(&out);
+    assert_eq!(m["n_cates"].as_u64(), Some(nc as u64 + 2), "{m}");
+    assert_eq!(m["n_items"].as_u64(), Some(ni as u64 + 2), "{m}");
+    assert_eq!(m["n_users"].as_u64(), Some(nu as u64 + 2), "{m}");
+    assert_eq!(m["n_behaviors"].as_u64(), Some(n_events as u64), "{m}");
+    // Every user has 6 behaviors: one test and one validation positive each (plus negatives).
+    assert!(m["n_test"].as_u64().unwrap() >= nu as u64, "{m}");
+    assert_eq!(
+        SerializedFileReader::new(std::fs::File::open(out.join("test.parquet")).unwrap())
+            .unwrap()
+            .metadata()
+            .file_metadata()
+            .num_rows() as u64,
+        m["n_test"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn prepare_of_a_missing_path_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let missing = tmp.join("nowhere").join("events.parquet");
+    fails(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&missing),
+            "--out",
+            s(&tmp.join("out")),
+        ],
+        &[s(&missing)],
+    );
+}
+
+#[test]
+fn prepare_of_a_truncated_parquet_names_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let (u, i, c, t) = tiny_log();
+    let good = tmp.join("good.parquet");
+    write_log(
+        &good,
+        vec![("user_id", u), ("item_id", i), ("cate_id", c), ("ts", t)],
+    );
+    // The intact file prepares, so the failure below is the truncation's.
+    ok(
+        tmp,
+        &["prepare", "--events", s(&good), "--out", s(&tmp.join("ok"))],
+    );
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = tmp.join("cut.parquet");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    fails(
+        tmp,
+        &["prepare", "--events", s(&cut), "--out", s(&tmp.join("out"))],
+        &[s(&cut)],
+    );
+}
+
+#[test]
+fn train_with_a_misspelt_config_key_names_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let config = write_config(tmp, "atention_hidden = [8]");
+    fails(
+        tmp,
+        &[
+            "train",
+            "--config",
+            s(&config),
+            "--data",
+            s(&tmp.join("data")),
+            "--out",
+            s(&tmp.join("run")),
+        ],
+        &["atention_hidden"],
+    );
+    assert!(!tmp.join("run").exists());
+}
+
+#[test]
+fn eval_errors_name_the_checkpoint_the_vocabulary_and_the_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let (data, run) = trained_run(tmp);
+
+    // A truncated checkpoint: a run directory whose best.safetensors is cut in half.
+    let broken = tmp.join("broken_run");
+    std::fs::create_dir_all(&broken).unwrap();
+    let bytes = std::fs::read(run.join("best.safetensors")).unwrap();
+    let best = broken.join("best.safetensors");
+    std::fs::write(&best, &bytes[..bytes.len() / 2]).unwrap();
+    fails(
+        tmp,
+        &["eval", "--checkpoint", s(&broken), "--data", s(&data)],
+        &[s(&best)],
+    );
+    // The same file named directly.
+    fails(
+        tmp,
+        &["eval", "--checkpoint", s(&best), "--data", s(&data)],
+        &[s(&best)],
+    );
+
+    // A dataset with a bigger item vocabulary than the checkpoint's table (same users).
+    let big_events = synth(tmp, &tmp.join("big_events"), 150, 2000);
+    let big = tmp.join("big");
+    prepare(tmp, &big_events, &big);
+    let (small_items, big_items) = (
+        meta(&data)["n_items"].as_u64().unwrap(),
+        meta(&big)["n_items"].as_u64().unwrap(),
+    );
+    assert!(big_items > small_items, "{big_items} vs {small_items}");
+    let line = fails(
+        tmp,
+        &["eval", "--checkpoint", s(&run), "--data", s(&big)],
+        &[
+            s(&big),
+            "`item`",
+            "vocabulary",
+            "table",
+            &big_items.to_string(),
+            &small_items.to_string(),
+        ],
+    );
+    eprintln!("{line}");
+
+    // test.parquet with an item index equal to the vocabulary size, same schema otherwise.
+    let test_file = data.join("test.parquet");
+    let n_items = i32::try_from(small_items).unwrap();
+    let mut batches = read_batches(&test_file);
+    let b0 = &batches[0];
+    let k = b0.schema().index_of("item").unwrap();
+    let mut items = i32s(b0.column(k));
+    items[0] = n_items;
+    let mut cols = b0.columns().to_vec();
+    cols[k] = Arc::new(Int32Array::from(items));
+    batches[0] = RecordBatch::try_new(b0.schema(), cols).unwrap();
+    write_batches(&test_file, &batches);
+    let line = fails(
+        tmp,
+        &["eval", "--checkpoint", s(&run), "--data", s(&data)],
+        &[s(&test_file), "row 0", "`item`", &n_items.to_string()],
+    );
+    eprintln!("{line}");
+}
