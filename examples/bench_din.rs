@@ -122,7 +122,7 @@ lr = 1e-3
 sparse_lr = 1e-3
 clip_grad_norm = 10.0
 patience = 0
-eval_batch_size = 8192
+eval_batch_size = 1024
 out = "{}"
 "#,
         data.display(),

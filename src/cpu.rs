@@ -108,3 +108,127 @@ pub struct SendPtr(pub *mut f32);
 // SAFETY: only used for disjoint writes, documented at each use.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+/// `e^x` for f32 without a libm call, so loops that use it vectorise: range reduction
+/// `x = k·ln2 + r` (|r| ≤ ln2/2, two-constant Cody–Waite), a degree-6 polynomial for `e^r`,
+/// and `2^k` built in the exponent bits. Relative error below 2e-7 on [−87, 88]; inputs are
+/// clamped there (so it never returns inf/NaN for finite input).
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest with the 1.5·2²³ trick (|x·log2 e| < 2²²): `f32::round` is a libm call
+    // that would stop the loop from vectorising.
+    const MAGIC: f32 = 12_582_912.0;
+    let k = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    let bits = ((k as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// `1 / (1 + e^−x)` with [`fast_exp`].
+#[inline(always)]
+pub fn fast_sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + fast_exp(-x))
+}
+
+/// Dot product with 16 independent accumulators (LLVM does not reorder float sums, so a plain
+/// `zip().sum()` runs one lane at a time).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_matches_std_exp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let rel = ((fast_exp(x) as f64) - (x as f64).exp()).abs() / (x as f64).exp();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 2e-7 * 4.0, "worst relative error {worst}");
+        assert_eq!(fast_exp(-1000.0), fast_exp(-87.0));
+        assert!(fast_sigmoid(1000.0) == 1.0 && fast_sigmoid(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn dot_matches_naive_sum() {
+        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b: Vec<f32> = (0..37).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let naive: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+        assert!((dot(&a, &b) as f64 - naive).abs() < 1e-3);
+    }
+}
+
+/// Runs `f` on a CPU tensor's contiguous f32 data without copying it (a copy is made only for a
+/// non-contiguous layout).
+///
+/// # Errors
+/// A candle error for a non-f32 or non-CPU tensor.
+pub fn with_data<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (st, l) = t.storage_and_layout();
+    match &*st {
+        candle_core::Storage::Cpu(c) => {
+            let data = c.as_slice::<f32>()?;
+            match l.contiguous_offsets() {
+                Some((a, b)) => f(&data[a..b]),
+                None => candle_core::bail!("expected a contiguous tensor"),
+            }
+        }
+        _ => candle_core::bail!("expected a CPU tensor"),
+    }
+}
+
+/// Large f32 buffers kept between training steps, so the fused ops do not zero (or fault in)
+/// hundreds of MB of fresh memory every step.
+static POOL: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers smaller than this are not pooled.
+const POOL_MIN: usize = 1 << 16;
+/// At most this many buffers are kept.
+const POOL_MAX: usize = 16;
+
+/// A buffer of `n` f32 whose contents are **unspecified** (zeros or data of an earlier use): the
+/// caller must write every element before reading it. Return it with [`recycle`].
+pub fn scratch(n: usize) -> Vec<f32> {
+    let taken = {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let best = pool.iter().enumerate().filter(|(_, v)| v.capacity() >= n).min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i);
+        best.map(|i| pool.swap_remove(i))
+    };
+    let mut v = taken.unwrap_or_default();
+    if v.len() >= n {
+        v.truncate(n);
+    } else {
+        v.resize(n, 0.0);
+    }
+    v
+}
+
+/// Gives a buffer back to the pool used by [`scratch`].
+pub fn recycle(v: Vec<f32>) {
+    if v.capacity() < POOL_MIN {
+        return;
+    }
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < POOL_MAX {
+        pool.push(v);
+    }
+}

@@ -243,17 +243,15 @@ impl LookupConcat {
     ) -> candle_core::Result<Tensor> {
         let (rows, d) = leaf.dims2()?;
         let (n, width) = grad.dims2()?;
-        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let ids = &self.ids[t][self.range.0..self.range.1];
         let mut out = vec![0f32; rows * d];
-        for i in 0..n {
-            let r = ids[i] as usize;
-            let src = &g[i * width + col..i * width + col + d];
-            out[r * d..(r + 1) * d]
-                .iter_mut()
-                .zip(src)
-                .for_each(|(o, v)| *o += v);
-        }
+        crate::cpu::with_data(grad, |g| {
+            for (i, &r) in ids.iter().enumerate().take(n) {
+                let (r, src) = (r as usize, &g[i * width + col..i * width + col + d]);
+                out[r * d..(r + 1) * d].iter_mut().zip(src).for_each(|(o, v)| *o += v);
+            }
+            Ok(())
+        })?;
         Tensor::from_vec(out, (rows, d), leaf.device())
     }
 }

@@ -386,10 +386,7 @@ pub(crate) fn column_stats(x: &[f32], dim: usize) -> DiceStats {
     DiceStats { mean, var }
 }
 
-#[inline]
-pub(crate) fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
+
 
 impl DiceOp {
     /// (mean, 1/sqrt(var + ε)) per column, from the fixed or the batch statistics.
@@ -442,7 +439,7 @@ impl CustomOp2 for DiceOp {
                 for (orow, xrow) in o.chunks_exact_mut(dim).zip(xc.chunks_exact(dim)) {
                     for j in 0..dim {
                         let v = xrow[j];
-                        let p = sigmoid((v - mean[j]) * inv[j]);
+                        let p = crate::cpu::fast_sigmoid((v - mean[j]) * inv[j]);
                         orow[j] = v * (alpha[j] + p * (1.0 - alpha[j]));
                     }
                 }
@@ -538,7 +535,7 @@ impl CustomOp3 for DiceBwdOp {
                         let k = i * dim + j;
                         let v = xc[k];
                         let xh = (v - mean[j]) * inv[j];
-                        let p = sigmoid(xh);
+                        let p = crate::cpu::fast_sigmoid(xh);
                         let a = alpha[j];
                         gxc[k] = gc[k] * (a + p * (1.0 - a));
                         let hv = gc[k] * v * (1.0 - a) * p * (1.0 - p);

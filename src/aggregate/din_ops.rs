@@ -11,9 +11,9 @@
 //! on the thread count. `crate::aggregate::ActivationUnit` checks both against the paper's
 //! formula in tests.
 
-use crate::cpu::{sgemm, Mat, SendPtr};
-use crate::nn::{column_stats, sigmoid, DiceStats, CHUNK_ROWS};
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use crate::cpu::{dot, fast_sigmoid, recycle, scratch, sgemm, with_data, Mat, SendPtr};
+use crate::nn::{column_stats, DiceStats, CHUNK_ROWS};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -22,16 +22,6 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
-    }
-}
-
-/// Runs `f` on a CPU tensor's contiguous f32 data.
-fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (st, l) = t.storage_and_layout();
-    match &*st {
-        Storage::Cpu(c) => f(slice(c, l, "tensor")?),
-        _ => candle_core::bail!("fused DIN ops run on the CPU"),
     }
 }
 
@@ -63,7 +53,8 @@ fn split_weights(wb: &[f32], h: usize, d: usize) -> (Vec<f32>, Vec<f32>, Vec<f32
 /// `X = [e | t_seg ⊙ e]`, `[n, 2d]`.
 fn build_x(t: &[f32], s: &[f32], offsets: &[usize], d: usize) -> Vec<f32> {
     let n = offsets.last().copied().unwrap_or(0);
-    let mut x = vec![0f32; n * 2 * d];
+    // Every row 0..n belongs to one sample range and is fully written.
+    let mut x = scratch(n * 2 * d);
     let xp = SendPtr(x.as_mut_ptr());
     ranges(offsets).for_each(|(b, s0, s1)| {
         let xp = xp;
@@ -382,7 +373,7 @@ impl CustomOp3 for Pool {
                                 unsafe { std::slice::from_raw_parts_mut(dp.0.add(s0), s1 - s0) };
                             for (k, j) in (s0..s1).enumerate() {
                                 let e = &s[j * d..(j + 1) * d];
-                                dsc[k] = dub.iter().zip(e).map(|(x, y)| x * y).sum();
+                                dsc[k] = dot(dub, e);
                                 let dsj =
                                     unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
                                 dsj.iter_mut().zip(dub).for_each(|(o, g)| *o = wts[j] * g);
@@ -555,7 +546,7 @@ impl CustomOp3 for AttentionUnit {
             row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
         }
         let x = build_x(t, s, &self.offsets, d);
-        let mut hid = vec![0f32; n * h];
+        let mut hid = scratch(n * h); // fully written by the GEMM below
         sgemm(
             Mat::new(&x, n, 2 * d),
             Mat::new(&wc, h, 2 * d).t(),
@@ -600,15 +591,17 @@ impl CustomOp3 for AttentionUnit {
             // SAFETY: sample b owns wts[s0..s1] and row b of u.
             let w = unsafe { std::slice::from_raw_parts_mut(wp.0.add(s0), s1 - s0) };
             let ub = unsafe { std::slice::from_raw_parts_mut(upp.0.add(b * d), d) };
+            let mut y = vec![0f32; h];
+            let (alpha, mean, inv) = (&up.alpha[..h], &mean[..h], &inv[..h]);
             for (k, j) in (s0..s1).enumerate() {
                 let row = &hid[j * h..(j + 1) * h];
-                let mut a = up.c;
+                // Elementwise over the h units (vectorised), then one dot product.
                 for q in 0..h {
                     let v = row[q];
-                    let pq = sigmoid((v - mean[q]) * inv[q]);
-                    a += v * (up.alpha[q] + pq * (1.0 - up.alpha[q])) * up.w_out[q];
+                    let pq = fast_sigmoid((v - mean[q]) * inv[q]);
+                    y[q] = v * (alpha[q] + pq * (1.0 - alpha[q]));
                 }
-                w[k] = a;
+                w[k] = dot(&y, up.w_out) + up.c;
             }
             if self.softmax && !w.is_empty() {
                 let m = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -660,7 +653,7 @@ impl CustomOp3 for AttentionUnit {
                         let (wt, wc, _) = split_weights(&up.wb, h, d);
                         // 1. Pooling: ∂/∂weight_j and the history's pooling gradient.
                         let mut da = vec![0f32; n];
-                        let mut ds = vec![0f32; n * d];
+                        let mut ds = scratch(n * d); // every row is set (=) in the pooling pass first
                         let (dap, dsp) = (SendPtr(da.as_mut_ptr()), SendPtr(ds.as_mut_ptr()));
                         ranges(&self.offsets).for_each(|(b, s0, s1)| {
                             let (dap, dsp) = (dap, dsp);
@@ -670,7 +663,7 @@ impl CustomOp3 for AttentionUnit {
                                 unsafe { std::slice::from_raw_parts_mut(dap.0.add(s0), s1 - s0) };
                             for (k, j) in (s0..s1).enumerate() {
                                 let e = &s[j * d..(j + 1) * d];
-                                dab[k] = dub.iter().zip(e).map(|(x, y)| x * y).sum();
+                                dab[k] = dot(dub, e);
                                 let dsj =
                                     unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
                                 let wj = sv.wts[j];
@@ -686,35 +679,44 @@ impl CustomOp3 for AttentionUnit {
                         });
                         // 2. Scores and Dice: dH (direct term), Dice's h-term, and column sums
                         //    [Σh, Σh·x̂, Σ g·x·(1−p) (∂α), Σ da·dice (∂w_out)] per chunk.
-                        let mut dh = vec![0f32; n * h];
-                        let mut hv = vec![0f32; n * h];
+                        let mut dh = scratch(n * h); // fully written in pass 1
+                        let mut hv = scratch(n * h); // fully written in pass 1
                         let partial: Vec<Vec<f64>> = dh
                             .par_chunks_mut(CHUNK_ROWS * h)
                             .zip(hv.par_chunks_mut(CHUNK_ROWS * h))
                             .enumerate()
                             .map(|(c, (dhc, hvc))| {
-                                let mut acc = vec![0f64; 4 * h];
+                                // f32 sums within a chunk of CHUNK_ROWS rows, f64 across chunks.
+                                let mut acc = vec![0f32; 4 * h];
+                                let (a0, rest) = acc.split_at_mut(h);
+                                let (a1, rest) = rest.split_at_mut(h);
+                                let (a2, a3) = rest.split_at_mut(h);
+                                let (alpha, w_out) = (&up.alpha[..h], &up.w_out[..h]);
+                                let (mean, inv) = (&sv.mean[..h], &sv.inv[..h]);
                                 let r0 = c * CHUNK_ROWS;
                                 for i in 0..dhc.len() / h {
                                     let j = r0 + i;
                                     let aj = da[j];
+                                    let xr = &sv.hid[j * h..(j + 1) * h];
+                                    let dr = &mut dhc[i * h..(i + 1) * h];
+                                    let hr = &mut hvc[i * h..(i + 1) * h];
                                     for q in 0..h {
-                                        let x = sv.hid[j * h + q];
-                                        let xh = (x - sv.mean[q]) * sv.inv[q];
-                                        let pq = sigmoid(xh);
-                                        let al = up.alpha[q];
+                                        let x = xr[q];
+                                        let xh = (x - mean[q]) * inv[q];
+                                        let pq = fast_sigmoid(xh);
+                                        let al = alpha[q];
                                         let gate = al + pq * (1.0 - al);
-                                        let g = aj * up.w_out[q];
-                                        dhc[i * h + q] = g * gate;
+                                        let g = aj * w_out[q];
+                                        dr[q] = g * gate;
                                         let hq = g * x * (1.0 - al) * pq * (1.0 - pq);
-                                        hvc[i * h + q] = hq;
-                                        acc[q] += hq as f64;
-                                        acc[h + q] += (hq * xh) as f64;
-                                        acc[2 * h + q] += (g * x * (1.0 - pq)) as f64;
-                                        acc[3 * h + q] += (aj * x * gate) as f64;
+                                        hr[q] = hq;
+                                        a0[q] += hq;
+                                        a1[q] += hq * xh;
+                                        a2[q] += g * x * (1.0 - pq);
+                                        a3[q] += aj * x * gate;
                                     }
                                 }
-                                acc
+                                acc.iter().map(|&v| v as f64).collect::<Vec<f64>>()
                             })
                             .collect();
                         let mut tot = vec![0f64; 4 * h];
@@ -743,9 +745,9 @@ impl CustomOp3 for AttentionUnit {
                                     }
                                 }
                             });
-                        drop(hv);
+                        recycle(hv);
                         // 3. First layer.
-                        let mut dx = vec![0f32; n * 2 * d];
+                        let mut dx = scratch(n * 2 * d); // fully written by the GEMM
                         sgemm(Mat::new(&dh, n, h), Mat::new(&wc, h, 2 * d), &mut dx, false);
                         let mut dwc = vec![0f32; h * 2 * d];
                         sgemm(
@@ -782,6 +784,7 @@ impl CustomOp3 for AttentionUnit {
                                     .for_each(|(a, v)| *a += v);
                             }
                         });
+                        recycle(dx);
                         sgemm(Mat::new(&g, bsz, h), Mat::new(&wt, h, d), &mut dt, true);
                         let mut dwt = vec![0f32; h * d];
                         sgemm(
@@ -814,11 +817,14 @@ impl CustomOp3 for AttentionUnit {
                             dp[nw + 2 * h + q] = tot[3 * h + q] as f32;
                         }
                         dp[nw + 3 * h] = da.iter().sum();
+                        recycle(dh);
                         Ok((dt, ds, dp))
                     })
                 })
             })
         })?;
+        recycle(sv.hid);
+        recycle(sv.x);
         let dev = target.device();
         Ok((
             Some(Tensor::from_vec(dt, (bsz, d), dev)?),
