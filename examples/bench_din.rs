@@ -132,6 +132,7 @@ out = "{}"
 }
 
 fn main() -> anyhow::Result<()> {
+    lifelong::cpu::tune_mimalloc();
     let args = Args::parse();
     if let Some(len) = args.generate_only {
         generate(&args.cache, len)?;
@@ -187,6 +188,11 @@ fn main() -> anyhow::Result<()> {
             Arc::new(train),
             Arc::new(valid),
         )?;
+        let tm = trainer.times;
+        println!(
+            "L={len} step phases (s): wait {:.2}, gather {:.2}, forward {:.2}, backward {:.2}, update {:.2}",
+            tm.wait, tm.gather, tm.forward, tm.backward, tm.update
+        );
         let auc = s
             .state
             .evals

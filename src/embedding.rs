@@ -248,7 +248,10 @@ impl LookupConcat {
         crate::cpu::with_data(grad, |g| {
             for (i, &r) in ids.iter().enumerate().take(n) {
                 let (r, src) = (r as usize, &g[i * width + col..i * width + col + d]);
-                out[r * d..(r + 1) * d].iter_mut().zip(src).for_each(|(o, v)| *o += v);
+                out[r * d..(r + 1) * d]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(o, v)| *o += v);
             }
             Ok(())
         })?;

@@ -386,8 +386,6 @@ pub(crate) fn column_stats(x: &[f32], dim: usize) -> DiceStats {
     DiceStats { mean, var }
 }
 
-
-
 impl DiceOp {
     /// (mean, 1/sqrt(var + ε)) per column, from the fixed or the batch statistics.
     fn norm(&self, x: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>, Option<DiceStats>) {

@@ -592,15 +592,8 @@ impl CustomOp3 for AttentionUnit {
             let w = unsafe { std::slice::from_raw_parts_mut(wp.0.add(s0), s1 - s0) };
             let ub = unsafe { std::slice::from_raw_parts_mut(upp.0.add(b * d), d) };
             let mut y = vec![0f32; h];
-            let (alpha, mean, inv) = (&up.alpha[..h], &mean[..h], &inv[..h]);
             for (k, j) in (s0..s1).enumerate() {
-                let row = &hid[j * h..(j + 1) * h];
-                // Elementwise over the h units (vectorised), then one dot product.
-                for q in 0..h {
-                    let v = row[q];
-                    let pq = fast_sigmoid((v - mean[q]) * inv[q]);
-                    y[q] = v * (alpha[q] + pq * (1.0 - alpha[q]));
-                }
+                dice_row(&hid[j * h..(j + 1) * h], &mean, &inv, up.alpha, &mut y);
                 w[k] = dot(&y, up.w_out) + up.c;
             }
             if self.softmax && !w.is_empty() {
@@ -677,44 +670,24 @@ impl CustomOp3 for AttentionUnit {
                                     .for_each(|(g, p)| *g = p * (*g - dot));
                             }
                         });
-                        // 2. Scores and Dice: dH (direct term), Dice's h-term, and column sums
-                        //    [Σh, Σh·x̂, Σ g·x·(1−p) (∂α), Σ da·dice (∂w_out)] per chunk.
-                        let mut dh = scratch(n * h); // fully written in pass 1
-                        let mut hv = scratch(n * h); // fully written in pass 1
-                        let partial: Vec<Vec<f64>> = dh
-                            .par_chunks_mut(CHUNK_ROWS * h)
-                            .zip(hv.par_chunks_mut(CHUNK_ROWS * h))
-                            .enumerate()
-                            .map(|(c, (dhc, hvc))| {
+                        // 2. Scores and Dice, in two passes that recompute p from H rather than
+                        //    store per-element temporaries (the passes are memory-bound): column
+                        //    sums [Σh, Σh·x̂, ∂α, ∂w_out] over fixed chunks, then ∂H.
+                        let partial: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK_ROWS))
+                            .into_par_iter()
+                            .map(|c| {
                                 // f32 sums within a chunk of CHUNK_ROWS rows, f64 across chunks.
                                 let mut acc = vec![0f32; 4 * h];
-                                let (a0, rest) = acc.split_at_mut(h);
-                                let (a1, rest) = rest.split_at_mut(h);
-                                let (a2, a3) = rest.split_at_mut(h);
-                                let (alpha, w_out) = (&up.alpha[..h], &up.w_out[..h]);
-                                let (mean, inv) = (&sv.mean[..h], &sv.inv[..h]);
-                                let r0 = c * CHUNK_ROWS;
-                                for i in 0..dhc.len() / h {
-                                    let j = r0 + i;
-                                    let aj = da[j];
-                                    let xr = &sv.hid[j * h..(j + 1) * h];
-                                    let dr = &mut dhc[i * h..(i + 1) * h];
-                                    let hr = &mut hvc[i * h..(i + 1) * h];
-                                    for q in 0..h {
-                                        let x = xr[q];
-                                        let xh = (x - mean[q]) * inv[q];
-                                        let pq = fast_sigmoid(xh);
-                                        let al = alpha[q];
-                                        let gate = al + pq * (1.0 - al);
-                                        let g = aj * w_out[q];
-                                        dr[q] = g * gate;
-                                        let hq = g * x * (1.0 - al) * pq * (1.0 - pq);
-                                        hr[q] = hq;
-                                        a0[q] += hq;
-                                        a1[q] += hq * xh;
-                                        a2[q] += g * x * (1.0 - pq);
-                                        a3[q] += aj * x * gate;
-                                    }
+                                for j in c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(n) {
+                                    dice_bwd_stats_row(
+                                        &sv.hid[j * h..(j + 1) * h],
+                                        &sv.mean,
+                                        &sv.inv,
+                                        up.alpha,
+                                        up.w_out,
+                                        da[j],
+                                        &mut acc,
+                                    );
                                 }
                                 acc.iter().map(|&v| v as f64).collect::<Vec<f64>>()
                             })
@@ -726,36 +699,33 @@ impl CustomOp3 for AttentionUnit {
                         let nf = n.max(1) as f64;
                         let mh: Vec<f32> = (0..h).map(|q| (tot[q] / nf) as f32).collect();
                         let mhx: Vec<f32> = (0..h).map(|q| (tot[h + q] / nf) as f32).collect();
+                        let mut dh = scratch(n * h); // every row is written below
                         dh.par_chunks_mut(CHUNK_ROWS * h)
-                            .zip(hv.par_chunks(CHUNK_ROWS * h))
                             .enumerate()
-                            .for_each(|(c, (dhc, hvc))| {
+                            .for_each(|(c, dhc)| {
                                 let r0 = c * CHUNK_ROWS;
                                 for i in 0..dhc.len() / h {
-                                    for q in 0..h {
-                                        let k = i * h + q;
-                                        let term = if batch_norm {
-                                            let xh =
-                                                (sv.hid[(r0 + i) * h + q] - sv.mean[q]) * sv.inv[q];
-                                            hvc[k] - mh[q] - xh * mhx[q]
-                                        } else {
-                                            hvc[k]
-                                        };
-                                        dhc[k] += sv.inv[q] * term;
-                                    }
+                                    let j = r0 + i;
+                                    let x = &sv.hid[j * h..(j + 1) * h];
+                                    dice_bwd_out_row(
+                                        x,
+                                        &sv.mean,
+                                        &sv.inv,
+                                        up.alpha,
+                                        up.w_out,
+                                        da[j],
+                                        &mh,
+                                        &mhx,
+                                        batch_norm,
+                                        &mut dhc[i * h..(i + 1) * h],
+                                    );
                                 }
                             });
-                        recycle(hv);
                         // 3. First layer.
                         let mut dx = scratch(n * 2 * d); // fully written by the GEMM
                         sgemm(Mat::new(&dh, n, h), Mat::new(&wc, h, 2 * d), &mut dx, false);
                         let mut dwc = vec![0f32; h * 2 * d];
-                        sgemm(
-                            Mat::new(&dh, n, h).t(),
-                            Mat::new(&sv.x, n, 2 * d),
-                            &mut dwc,
-                            false,
-                        );
+                        sgemm_tn_tall(&dh, &sv.x, n, h, 2 * d, &mut dwc);
                         let mut g = vec![0f32; bsz * h];
                         let mut dt = vec![0f32; bsz * d];
                         let (gp, dtp, dsp) = (
@@ -831,5 +801,131 @@ impl CustomOp3 for AttentionUnit {
             Some(Tensor::from_vec(ds, (n, d), dev)?),
             Some(Tensor::from_vec(dp, params.shape(), dev)?),
         ))
+    }
+}
+
+// Row kernels. Separate functions so every slice is a `&`/`&mut` argument (noalias for LLVM)
+// and the loops over the h units vectorise; inside one big closure they stayed scalar.
+
+/// Dice output of one row: `y = x·(α + p(1 − α))`, `p = sigmoid((x − μ)·r)`.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn dice_row(x: &[f32], mean: &[f32], inv: &[f32], alpha: &[f32], y: &mut [f32]) {
+    let h = x.len();
+    let (mean, inv, alpha, y) = (&mean[..h], &inv[..h], &alpha[..h], &mut y[..h]);
+    for q in 0..h {
+        let p = fast_sigmoid((x[q] - mean[q]) * inv[q]);
+        y[q] = x[q] * (alpha[q] + p * (1.0 - alpha[q]));
+    }
+}
+
+/// Column sums for Dice + score backward of one row with score gradient `aj`: adds
+/// `[Σh, Σh·x̂, ∂α, ∂w_out]` into `acc` (`[4h]`), where `g = aj·w_out` is ∂L/∂dice(x) and
+/// `h = g·x·(1 − α)·p·(1 − p)`. Nothing of size n is written (the pass is memory-bound).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+#[allow(clippy::too_many_arguments)]
+fn dice_bwd_stats_row(
+    x: &[f32],
+    mean: &[f32],
+    inv: &[f32],
+    alpha: &[f32],
+    w_out: &[f32],
+    aj: f32,
+    acc: &mut [f32],
+) {
+    let h = x.len();
+    let (mean, inv, alpha, w_out) = (&mean[..h], &inv[..h], &alpha[..h], &w_out[..h]);
+    let (a0, rest) = acc.split_at_mut(h);
+    let (a1, rest) = rest.split_at_mut(h);
+    let (a2, a3) = rest.split_at_mut(h);
+    let (a0, a1, a2, a3) = (&mut a0[..h], &mut a1[..h], &mut a2[..h], &mut a3[..h]);
+    for q in 0..h {
+        let xv = x[q];
+        let xh = (xv - mean[q]) * inv[q];
+        let p = fast_sigmoid(xh);
+        let al = alpha[q];
+        let gate = al + p * (1.0 - al);
+        let g = aj * w_out[q];
+        let hq = g * xv * (1.0 - al) * p * (1.0 - p);
+        a0[q] += hq;
+        a1[q] += hq * xh;
+        a2[q] += g * xv * (1.0 - p);
+        a3[q] += aj * xv * gate;
+    }
+}
+
+/// ∂L/∂H of one row: `g·(α + p(1 − α)) + r·(h − mean(h) − x̂·mean(h·x̂))` with batch statistics,
+/// `g·(α + p(1 − α)) + r·h` with fixed ones.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+#[allow(clippy::too_many_arguments)]
+fn dice_bwd_out_row(
+    x: &[f32],
+    mean: &[f32],
+    inv: &[f32],
+    alpha: &[f32],
+    w_out: &[f32],
+    aj: f32,
+    mh: &[f32],
+    mhx: &[f32],
+    batch: bool,
+    dr: &mut [f32],
+) {
+    let h = x.len();
+    let (mean, inv, alpha, w_out, mh, mhx, dr) = (
+        &mean[..h],
+        &inv[..h],
+        &alpha[..h],
+        &w_out[..h],
+        &mh[..h],
+        &mhx[..h],
+        &mut dr[..h],
+    );
+    let bf = if batch { 1.0f32 } else { 0.0 };
+    for q in 0..h {
+        let xv = x[q];
+        let xh = (xv - mean[q]) * inv[q];
+        let p = fast_sigmoid(xh);
+        let al = alpha[q];
+        let gate = al + p * (1.0 - al);
+        let g = aj * w_out[q];
+        let hq = g * xv * (1.0 - al) * p * (1.0 - p);
+        dr[q] = g * gate + inv[q] * (hq - bf * (mh[q] + xh * mhx[q]));
+    }
+}
+
+/// `out = aᵀ·b` for tall `a [n, m]`, `b [n, k]` (n ≫ m, k): GEMMs over fixed blocks of rows in
+/// parallel, summed in block order (a single GEMM parallelises poorly over the long reduction;
+/// fixed blocks keep the result independent of the thread count).
+pub(crate) fn sgemm_tn_tall(a: &[f32], b: &[f32], n: usize, m: usize, k: usize, out: &mut [f32]) {
+    const BLOCK: usize = 8192;
+    if n <= BLOCK {
+        sgemm(Mat::new(a, n, m).t(), Mat::new(b, n, k), out, false);
+        return;
+    }
+    let parts: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|blk| {
+            let (r0, r1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(n));
+            let mut o = vec![0f32; m * k];
+            sgemm(
+                Mat::new(&a[r0 * m..r1 * m], r1 - r0, m).t(),
+                Mat::new(&b[r0 * k..r1 * k], r1 - r0, k),
+                &mut o,
+                false,
+            );
+            o
+        })
+        .collect();
+    out[..m * k].copy_from_slice(&parts[0]);
+    for p in &parts[1..] {
+        out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
     }
 }
