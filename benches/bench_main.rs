@@ -1,1 +1,66 @@
-fn main() {}
+//! Criterion benchmarks: the GEMM rate of candle at DIN's activation-unit shapes, and the
+//! activation unit's forward + backward (fused CPU op) at B = 1024.
+//!
+//! ```text
+//! cargo bench --bench bench_main
+//! ```
+//! The end-to-end training throughput against FuxiCTR is `examples/bench_din.rs`.
+
+use candle_core::{Device, Tensor, Var};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lifelong::aggregate::{ActivationUnit, Packed};
+use lifelong::config::Activation;
+use lifelong::nn::ParamStore;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn gemm(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let mut g = c.benchmark_group("gemm");
+    g.sample_size(10);
+    // [B·L, 4d]×[4d, h] (no factoring) and [B·L, 2d]×[2d, h] (factored first layer), B = 1024.
+    for (m, k, n) in [(51_200, 256, 64), (51_200, 128, 64), (204_800, 256, 64), (204_800, 128, 64)] {
+        let a = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., (n, k), &dev).unwrap().t().unwrap();
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64)); // FLOPs
+        g.bench_function(format!("cpu_matmul_{m}x{k}x{n}"), |bch| bch.iter(|| a.matmul(&b).unwrap()));
+    }
+    g.finish();
+}
+
+fn activation_unit(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let (b, d, h) = (1024usize, 64usize, 64usize);
+    let mut g = c.benchmark_group("din_activation_unit");
+    g.sample_size(10);
+    for l in [50usize, 200] {
+        let n = b * l;
+        let mut ps = ParamStore::new(dev.clone(), ChaCha8Rng::seed_from_u64(1));
+        let unit = ActivationUnit::new(&mut ps, "att", d, &[h], Activation::Dice, false, 1e-8, 0.1).unwrap();
+        let target = Var::from_tensor(&Tensor::randn(0f32, 1., (b, d), &dev).unwrap()).unwrap();
+        let seq = Var::from_tensor(&Tensor::randn(0f32, 1., (n, d), &dev).unwrap()).unwrap();
+        let seg: Vec<u32> = (0..n as u32).map(|i| i / l as u32).collect();
+        let packed = Packed {
+            seg: Tensor::from_vec(seg.clone(), n, &dev).unwrap(),
+            pos: Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &dev).unwrap(),
+            mask: Tensor::ones((b, l), candle_core::DType::F32, &dev).unwrap(),
+            batch: b,
+            len: l,
+            offsets: Packed::offsets_from_lens(&vec![l as u32; b]),
+        };
+        // Forward ≈ L·2·(2d·h + h) + 2·d·h FLOPs per sample with the factored first layer;
+        // backward ≈ 2× forward.
+        let flops = 3 * b * (l * 2 * (2 * d * h + h) + 2 * d * h);
+        g.throughput(Throughput::Elements(flops as u64));
+        g.bench_function(format!("cpu_fwd_bwd_b{b}_l{l}"), |bch| {
+            bch.iter(|| {
+                let u = unit.forward_t(target.as_tensor(), seq.as_tensor(), &packed, true).unwrap();
+                u.sum_all().unwrap().backward().unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, gemm, activation_unit);
+criterion_main!(benches);
