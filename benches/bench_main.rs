@@ -19,11 +19,18 @@ fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm");
     g.sample_size(10);
     // [B·L, 4d]×[4d, h] (no factoring) and [B·L, 2d]×[2d, h] (factored first layer), B = 1024.
-    for (m, k, n) in [(51_200, 256, 64), (51_200, 128, 64), (204_800, 256, 64), (204_800, 128, 64)] {
+    for (m, k, n) in [
+        (51_200, 256, 64),
+        (51_200, 128, 64),
+        (204_800, 256, 64),
+        (204_800, 128, 64),
+    ] {
         let a = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
         let b = Tensor::randn(0f32, 1., (n, k), &dev).unwrap().t().unwrap();
         g.throughput(Throughput::Elements((2 * m * k * n) as u64)); // FLOPs
-        g.bench_function(format!("cpu_matmul_{m}x{k}x{n}"), |bch| bch.iter(|| a.matmul(&b).unwrap()));
+        g.bench_function(format!("cpu_matmul_{m}x{k}x{n}"), |bch| {
+            bch.iter(|| a.matmul(&b).unwrap())
+        });
     }
     g.finish();
 }
@@ -36,7 +43,8 @@ fn activation_unit(c: &mut Criterion) {
     for l in [50usize, 200] {
         let n = b * l;
         let mut ps = ParamStore::new(dev.clone(), ChaCha8Rng::seed_from_u64(1));
-        let unit = ActivationUnit::new(&mut ps, "att", d, &[h], Activation::Dice, false, 1e-8, 0.1).unwrap();
+        let unit = ActivationUnit::new(&mut ps, "att", d, &[h], Activation::Dice, false, 1e-8, 0.1)
+            .unwrap();
         let target = Var::from_tensor(&Tensor::randn(0f32, 1., (b, d), &dev).unwrap()).unwrap();
         let seq = Var::from_tensor(&Tensor::randn(0f32, 1., (n, d), &dev).unwrap()).unwrap();
         let seg: Vec<u32> = (0..n as u32).map(|i| i / l as u32).collect();
@@ -54,7 +62,9 @@ fn activation_unit(c: &mut Criterion) {
         g.throughput(Throughput::Elements(flops as u64));
         g.bench_function(format!("cpu_fwd_bwd_b{b}_l{l}"), |bch| {
             bch.iter(|| {
-                let u = unit.forward_t(target.as_tensor(), seq.as_tensor(), &packed, true).unwrap();
+                let u = unit
+                    .forward_t(target.as_tensor(), seq.as_tensor(), &packed, true)
+                    .unwrap();
                 u.sum_all().unwrap().backward().unwrap()
             })
         });

@@ -270,7 +270,8 @@ impl Config {
         if t.batch_size == 0 || t.eval_batch_size == 0 {
             return bad("train.batch_size and train.eval_batch_size must be at least 1");
         }
-        if !(t.lr > 0.0 && t.lr.is_finite()) || !(t.sparse_lr > 0.0 && t.sparse_lr.is_finite()) {
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !positive(t.lr) || !positive(t.sparse_lr) {
             return bad("train.lr and train.sparse_lr must be positive");
         }
         if t.embedding_l2 < 0.0 || t.weight_decay < 0.0 {

@@ -162,37 +162,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fast_exp_matches_std_exp() {
-        let mut worst = 0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let rel = ((fast_exp(x) as f64) - (x as f64).exp()).abs() / (x as f64).exp();
-            worst = worst.max(rel);
-            x += 0.0137;
-        }
-        assert!(worst < 2e-7 * 4.0, "worst relative error {worst}");
-        assert_eq!(fast_exp(-1000.0), fast_exp(-87.0));
-        assert!(fast_sigmoid(1000.0) == 1.0 && fast_sigmoid(-1000.0) < 1e-37);
-    }
-
-    #[test]
-    fn dot_matches_naive_sum() {
-        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.5 - 3.0).collect();
-        let b: Vec<f32> = (0..37).map(|i| 1.0 - i as f32 * 0.25).collect();
-        let naive: f64 = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (*x as f64) * (*y as f64))
-            .sum();
-        assert!((dot(&a, &b) as f64 - naive).abs() < 1e-3);
-    }
-}
-
 /// Runs `f` on a CPU tensor's contiguous f32 data without copying it (a copy is made only for a
 /// non-contiguous layout).
 ///
@@ -269,5 +238,36 @@ pub fn tune_mimalloc() {
     unsafe {
         libmimalloc_sys::mi_option_set(6, 1);
         libmimalloc_sys::mi_option_set(15, -1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_matches_std_exp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let rel = ((fast_exp(x) as f64) - (x as f64).exp()).abs() / (x as f64).exp();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 2e-7 * 4.0, "worst relative error {worst}");
+        assert_eq!(fast_exp(-1000.0), fast_exp(-87.0));
+        assert!(fast_sigmoid(1000.0) == 1.0 && fast_sigmoid(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn dot_matches_naive_sum() {
+        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b: Vec<f32> = (0..37).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let naive: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (*x as f64) * (*y as f64))
+            .sum();
+        assert!((dot(&a, &b) as f64 - naive).abs() < 1e-3);
     }
 }

@@ -336,6 +336,9 @@ pub(crate) struct DiceStats {
     pub(crate) var: Vec<f64>,
 }
 
+/// Running mean and variance for evaluation (`None` = batch statistics).
+type FixedStats = Option<(Arc<Vec<f32>>, Arc<Vec<f32>>)>;
+
 /// Rows per chunk for the parallel loops. Fixed (not derived from the thread count) so the
 /// summation order, and so every result, is the same on any machine.
 pub(crate) const CHUNK_ROWS: usize = 512;
@@ -343,7 +346,7 @@ pub(crate) const CHUNK_ROWS: usize = 512;
 struct DiceOp {
     eps: f32,
     /// Running statistics (evaluation); `None` = batch statistics.
-    fixed: Option<(Arc<Vec<f32>>, Arc<Vec<f32>>)>,
+    fixed: FixedStats,
     /// Batch statistics computed by the forward pass, read by `bwd` and by the running update.
     batch: Arc<Mutex<Option<DiceStats>>>,
 }
@@ -478,7 +481,7 @@ impl CustomOp2 for DiceOp {
 /// h = g·x·(1 − α)·p·(1 − p) (batch statistics; with fixed statistics the last term is r·h).
 struct DiceBwdOp {
     eps: f32,
-    fixed: Option<(Arc<Vec<f32>>, Arc<Vec<f32>>)>,
+    fixed: FixedStats,
     stats: Option<DiceStats>,
 }
 

@@ -335,7 +335,7 @@ impl Trainer {
                 ema = Some(ema.map_or(loss as f64, |e| 0.98 * e + 0.02 * loss as f64));
                 if let Some(b) = &bar {
                     b.inc(1);
-                    if self.state.step % 10 == 0 {
+                    if self.state.step.is_multiple_of(10) {
                         let el = train_secs + clock.elapsed().as_secs_f64();
                         b.set_message(format!(
                             "loss {:.4}  {:.0} samples/s",
@@ -345,11 +345,12 @@ impl Trainer {
                     }
                 }
                 let end_of_epoch = self.state.batch >= n_batches;
-                let do_eval =
-                    !end_of_epoch && t.eval_every > 0 && self.state.step % t.eval_every as u64 == 0;
+                let do_eval = !end_of_epoch
+                    && t.eval_every > 0
+                    && self.state.step.is_multiple_of(t.eval_every as u64);
                 let do_ckpt = !end_of_epoch
                     && t.checkpoint_every > 0
-                    && self.state.step % t.checkpoint_every as u64 == 0;
+                    && self.state.step.is_multiple_of(t.checkpoint_every as u64);
                 let stop_steps = t.max_steps > 0 && self.state.step >= t.max_steps;
                 if do_eval || do_ckpt || end_of_epoch || stop_steps {
                     train_secs += clock.elapsed().as_secs_f64();

@@ -11,6 +11,15 @@
 //! on the thread count. `crate::aggregate::ActivationUnit` checks both against the paper's
 //! formula in tests.
 
+// `let p = p;` inside the parallel closures is deliberate: it makes the closure capture the whole
+// `SendPtr` (which is Send + Sync) rather than its raw-pointer field (edition-2021 disjoint
+// captures), so clippy's redundant_locals does not apply.
+#![allow(
+    clippy::redundant_locals,
+    clippy::too_many_arguments,
+    clippy::needless_range_loop
+)]
+
 use crate::cpu::{dot, fast_sigmoid, recycle, scratch, sgemm, with_data, Mat, SendPtr};
 use crate::nn::{column_stats, DiceStats, CHUNK_ROWS};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
