@@ -81,6 +81,126 @@ fn build_x(t: &[f32], s: &[f32], offsets: &[usize], d: usize) -> Vec<f32> {
     x
 }
 
+/// Forward of the factored first layer on slices: `H = X·Wcᵀ + (T·Wtᵀ + b)[seg]` with
+/// `X = [e | t ⊙ e]`. Returns `(H [n, h], X [n, 2d])` (both from the scratch pool).
+fn first_layer_fwd(
+    t: &[f32],
+    s: &[f32],
+    wb: &[f32],
+    offsets: &[usize],
+    h: usize,
+    d: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let bsz = offsets.len() - 1;
+    let n = offsets[bsz];
+    let (wt, wc, bias) = split_weights(wb, h, d);
+    // t-term once per sample: [B, h]
+    let mut tt = vec![0f32; bsz * h];
+    sgemm(Mat::new(t, bsz, d), Mat::new(&wt, h, d).t(), &mut tt, false);
+    for row in tt.chunks_exact_mut(h) {
+        row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
+    }
+    let x = build_x(t, s, offsets, d);
+    let mut hid = scratch(n * h); // fully written by the GEMM
+    sgemm(
+        Mat::new(&x, n, 2 * d),
+        Mat::new(&wc, h, 2 * d).t(),
+        &mut hid,
+        false,
+    );
+    let hp = SendPtr(hid.as_mut_ptr());
+    ranges(offsets).for_each(|(b, s0, s1)| {
+        let hp = hp;
+        let tb = &tt[b * h..(b + 1) * h];
+        // SAFETY: disjoint sample ranges.
+        let rows = unsafe { std::slice::from_raw_parts_mut(hp.0.add(s0 * h), (s1 - s0) * h) };
+        for row in rows.chunks_exact_mut(h) {
+            row.iter_mut().zip(tb).for_each(|(x, v)| *x += v);
+        }
+    });
+    (hid, x)
+}
+
+/// Backward of [`first_layer_fwd`] given `dH`: adds ∂L/∂e into `ds` and returns
+/// `(∂L/∂t [B, d], ∂L/∂[W | b] [h, 4d+1])`.
+///
+/// With `dX = dH·Wc`, `G_b = Σ_{j∈b} dH_j`: `∂e_j = dX_j[..d] + dX_j[d..] ⊙ t_b`,
+/// `∂t_b = Σ_j dX_j[d..] ⊙ e_j + G_b·Wt`, `∂Wc = dHᵀ·X`, `∂Wt = Gᵀ·T`, `∂b = Σ_b G_b`, and back to
+/// `W = [W1 | W2 | W3 | W4]`: `∂W1 = ∂Wt`, `∂W2 = ∂We`, `∂W3 = ∂Wt − ∂We`, `∂W4 = ∂W4`.
+#[allow(clippy::too_many_arguments)]
+fn first_layer_bwd(
+    t: &[f32],
+    s: &[f32],
+    x: &[f32],
+    dh: &[f32],
+    wb: &[f32],
+    offsets: &[usize],
+    h: usize,
+    d: usize,
+    ds: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let bsz = offsets.len() - 1;
+    let n = offsets[bsz];
+    let (wt, wc, _) = split_weights(wb, h, d);
+    let mut dx = scratch(n * 2 * d); // fully written by the GEMM
+    sgemm(Mat::new(dh, n, h), Mat::new(&wc, h, 2 * d), &mut dx, false);
+    let mut dwc = vec![0f32; h * 2 * d];
+    sgemm_tn_tall(dh, x, n, h, 2 * d, &mut dwc);
+    let mut g = vec![0f32; bsz * h];
+    let mut dt = vec![0f32; bsz * d];
+    let (gp, dtp, dsp) = (
+        SendPtr(g.as_mut_ptr()),
+        SendPtr(dt.as_mut_ptr()),
+        SendPtr(ds.as_mut_ptr()),
+    );
+    ranges(offsets).for_each(|(b, s0, s1)| {
+        let (gp, dtp, dsp) = (gp, dtp, dsp);
+        // SAFETY: sample b owns row b of g and dt, and rows s0..s1 of ds.
+        let gb = unsafe { std::slice::from_raw_parts_mut(gp.0.add(b * h), h) };
+        let dtb = unsafe { std::slice::from_raw_parts_mut(dtp.0.add(b * d), d) };
+        let tb = &t[b * d..(b + 1) * d];
+        for j in s0..s1 {
+            let dsj = unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
+            let dxj = &dx[j * 2 * d..(j + 1) * 2 * d];
+            let e = &s[j * d..(j + 1) * d];
+            for c in 0..d {
+                dsj[c] += dxj[c] + dxj[d + c] * tb[c];
+                dtb[c] += dxj[d + c] * e[c];
+            }
+            gb.iter_mut()
+                .zip(&dh[j * h..(j + 1) * h])
+                .for_each(|(a, v)| *a += v);
+        }
+    });
+    recycle(dx);
+    sgemm(Mat::new(&g, bsz, h), Mat::new(&wt, h, d), &mut dt, true);
+    let mut dwt = vec![0f32; h * d];
+    sgemm(
+        Mat::new(&g, bsz, h).t(),
+        Mat::new(t, bsz, d),
+        &mut dwt,
+        false,
+    );
+    let stride = 4 * d + 1;
+    let mut dwb = vec![0f32; h * stride];
+    for r in 0..h {
+        let o = &mut dwb[r * stride..(r + 1) * stride];
+        for c in 0..d {
+            let (a, e) = (dwt[r * d + c], dwc[r * 2 * d + c]);
+            o[c] = a;
+            o[d + c] = e;
+            o[2 * d + c] = a - e;
+            o[3 * d + c] = dwc[r * 2 * d + d + c];
+        }
+    }
+    for row in g.chunks_exact(h) {
+        for (r, v) in row.iter().enumerate() {
+            dwb[r * stride + 4 * d] += v;
+        }
+    }
+    (dt, dwb)
+}
+
 /// The first layer of the activation unit on packed behaviors.
 ///
 /// # Shapes
@@ -128,31 +248,8 @@ impl CustomOp3 for FirstLayer {
             slice(s2, l2, "seq")?,
             slice(s3, l3, "weight")?,
         );
-        let (wt, wc, bias) = split_weights(wb, h, d);
-        // t-term once per sample: [B, h]
-        let mut tt = vec![0f32; bsz * h];
-        sgemm(Mat::new(t, bsz, d), Mat::new(&wt, h, d).t(), &mut tt, false);
-        for row in tt.chunks_exact_mut(h) {
-            row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
-        }
-        let x = build_x(t, s, &self.offsets, d);
-        let mut out = vec![0f32; n * h];
-        sgemm(
-            Mat::new(&x, n, 2 * d),
-            Mat::new(&wc, h, 2 * d).t(),
-            &mut out,
-            false,
-        );
-        let op = SendPtr(out.as_mut_ptr());
-        ranges(&self.offsets).for_each(|(b, s0, s1)| {
-            let op = op;
-            let tb = &tt[b * h..(b + 1) * h];
-            for j in s0..s1 {
-                // SAFETY: disjoint sample ranges.
-                let row = unsafe { std::slice::from_raw_parts_mut(op.0.add(j * h), h) };
-                row.iter_mut().zip(tb).for_each(|(x, v)| *x += v);
-            }
-        });
+        let (out, x) = first_layer_fwd(t, s, wb, &self.offsets, h, d);
+        drop(x);
         Ok((CpuStorage::F32(out), Shape::from((n, h))))
     }
 
@@ -172,78 +269,9 @@ impl CustomOp3 for FirstLayer {
             with_data(seq, |s| {
                 with_data(wb, |wbv| {
                     with_data(grad, |dh| {
-                        let (wt, wc, _) = split_weights(wbv, h, d);
                         let x = build_x(t, s, offsets, d);
-                        // dX = dH·Wc  [n, 2d]
-                        let mut dx = vec![0f32; n * 2 * d];
-                        sgemm(Mat::new(dh, n, h), Mat::new(&wc, h, 2 * d), &mut dx, false);
-                        // dWc = dHᵀ·X  [h, 2d]
-                        let mut dwc = vec![0f32; h * 2 * d];
-                        sgemm(
-                            Mat::new(dh, n, h).t(),
-                            Mat::new(&x, n, 2 * d),
-                            &mut dwc,
-                            false,
-                        );
-                        // Per sample: G_b = Σ dH_j, dS_j, Σ dP_j ⊙ e_j.
-                        let mut g = vec![0f32; bsz * h];
-                        let mut dt = vec![0f32; bsz * d];
                         let mut ds = vec![0f32; n * d];
-                        let (gp, dtp, dsp) = (
-                            SendPtr(g.as_mut_ptr()),
-                            SendPtr(dt.as_mut_ptr()),
-                            SendPtr(ds.as_mut_ptr()),
-                        );
-                        ranges(offsets).for_each(|(b, s0, s1)| {
-                            let (gp, dtp, dsp) = (gp, dtp, dsp);
-                            // SAFETY: sample b owns row b of g and dt and rows s0..s1 of ds.
-                            let gb = unsafe { std::slice::from_raw_parts_mut(gp.0.add(b * h), h) };
-                            let dtb =
-                                unsafe { std::slice::from_raw_parts_mut(dtp.0.add(b * d), d) };
-                            let tb = &t[b * d..(b + 1) * d];
-                            for j in s0..s1 {
-                                let dsj =
-                                    unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
-                                let dxj = &dx[j * 2 * d..(j + 1) * 2 * d];
-                                let e = &s[j * d..(j + 1) * d];
-                                for c in 0..d {
-                                    dsj[c] = dxj[c] + dxj[d + c] * tb[c];
-                                    dtb[c] += dxj[d + c] * e[c];
-                                }
-                                gb.iter_mut()
-                                    .zip(&dh[j * h..(j + 1) * h])
-                                    .for_each(|(a, v)| *a += v);
-                            }
-                        });
-                        // dT += G·Wt  [B, d]
-                        sgemm(Mat::new(&g, bsz, h), Mat::new(&wt, h, d), &mut dt, true);
-                        // dWt = Gᵀ·T  [h, d]; db = Σ_b G_b
-                        let mut dwt = vec![0f32; h * d];
-                        sgemm(
-                            Mat::new(&g, bsz, h).t(),
-                            Mat::new(t, bsz, d),
-                            &mut dwt,
-                            false,
-                        );
-                        let mut db = vec![0f32; h];
-                        for row in g.chunks_exact(h) {
-                            db.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                        }
-                        // Back to W = [W1 | W2 | W3 | W4 | b]: dW1 = dWt, dW2 = dWe,
-                        // dW3 = dWt − dWe, dW4 = dW4.
-                        let stride = 4 * d + 1;
-                        let mut dwb = vec![0f32; h * stride];
-                        for r in 0..h {
-                            let o = &mut dwb[r * stride..(r + 1) * stride];
-                            for c in 0..d {
-                                let (dwt_rc, dwe_rc) = (dwt[r * d + c], dwc[r * 2 * d + c]);
-                                o[c] = dwt_rc;
-                                o[d + c] = dwe_rc;
-                                o[2 * d + c] = dwt_rc - dwe_rc;
-                                o[3 * d + c] = dwc[r * 2 * d + d + c];
-                            }
-                            o[4 * d] = db[r];
-                        }
+                        let (dt, dwb) = first_layer_bwd(t, s, &x, dh, wbv, offsets, h, d, &mut ds);
                         Ok((dt, ds, dwb))
                     })
                 })
@@ -548,30 +576,7 @@ impl CustomOp3 for AttentionUnit {
             slice(s3, l3, "params")?,
         );
         let up = unit_params(p, h, d);
-        let (wt, wc, bias) = split_weights(&up.wb, h, d);
-        let mut tt = vec![0f32; bsz * h];
-        sgemm(Mat::new(t, bsz, d), Mat::new(&wt, h, d).t(), &mut tt, false);
-        for row in tt.chunks_exact_mut(h) {
-            row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
-        }
-        let x = build_x(t, s, &self.offsets, d);
-        let mut hid = scratch(n * h); // fully written by the GEMM below
-        sgemm(
-            Mat::new(&x, n, 2 * d),
-            Mat::new(&wc, h, 2 * d).t(),
-            &mut hid,
-            false,
-        );
-        let hp = SendPtr(hid.as_mut_ptr());
-        ranges(&self.offsets).for_each(|(b, s0, s1)| {
-            let hp = hp;
-            let tb = &tt[b * h..(b + 1) * h];
-            // SAFETY: disjoint sample ranges.
-            let rows = unsafe { std::slice::from_raw_parts_mut(hp.0.add(s0 * h), (s1 - s0) * h) };
-            for row in rows.chunks_exact_mut(h) {
-                row.iter_mut().zip(tb).for_each(|(x, v)| *x += v);
-            }
-        });
+        let (hid, x) = first_layer_fwd(t, s, &up.wb, &self.offsets, h, d);
         let (mean, inv) = match &self.norm {
             DiceNorm::Fixed(m, v) => (
                 m.to_vec(),
@@ -652,7 +657,6 @@ impl CustomOp3 for AttentionUnit {
                 with_data(params, |p| {
                     with_data(grad, |du| {
                         let up = unit_params(p, h, d);
-                        let (wt, wc, _) = split_weights(&up.wb, h, d);
                         // 1. Pooling: ∂/∂weight_j and the history's pooling gradient.
                         let mut da = vec![0f32; n];
                         let mut ds = scratch(n * d); // every row is set (=) in the pooling pass first
@@ -731,65 +735,15 @@ impl CustomOp3 for AttentionUnit {
                                 }
                             });
                         // 3. First layer.
-                        let mut dx = scratch(n * 2 * d); // fully written by the GEMM
-                        sgemm(Mat::new(&dh, n, h), Mat::new(&wc, h, 2 * d), &mut dx, false);
-                        let mut dwc = vec![0f32; h * 2 * d];
-                        sgemm_tn_tall(&dh, &sv.x, n, h, 2 * d, &mut dwc);
-                        let mut g = vec![0f32; bsz * h];
-                        let mut dt = vec![0f32; bsz * d];
-                        let (gp, dtp, dsp) = (
-                            SendPtr(g.as_mut_ptr()),
-                            SendPtr(dt.as_mut_ptr()),
-                            SendPtr(ds.as_mut_ptr()),
-                        );
-                        ranges(&self.offsets).for_each(|(b, s0, s1)| {
-                            let (gp, dtp, dsp) = (gp, dtp, dsp);
-                            // SAFETY: sample b owns row b of g and dt, rows s0..s1 of ds.
-                            let gb = unsafe { std::slice::from_raw_parts_mut(gp.0.add(b * h), h) };
-                            let dtb =
-                                unsafe { std::slice::from_raw_parts_mut(dtp.0.add(b * d), d) };
-                            let tb = &t[b * d..(b + 1) * d];
-                            for j in s0..s1 {
-                                let dsj =
-                                    unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
-                                let dxj = &dx[j * 2 * d..(j + 1) * 2 * d];
-                                let e = &s[j * d..(j + 1) * d];
-                                for c in 0..d {
-                                    dsj[c] += dxj[c] + dxj[d + c] * tb[c];
-                                    dtb[c] += dxj[d + c] * e[c];
-                                }
-                                gb.iter_mut()
-                                    .zip(&dh[j * h..(j + 1) * h])
-                                    .for_each(|(a, v)| *a += v);
-                            }
-                        });
-                        recycle(dx);
-                        sgemm(Mat::new(&g, bsz, h), Mat::new(&wt, h, d), &mut dt, true);
-                        let mut dwt = vec![0f32; h * d];
-                        sgemm(
-                            Mat::new(&g, bsz, h).t(),
-                            Mat::new(t, bsz, d),
-                            &mut dwt,
-                            false,
-                        );
+                        let (dt, dwb) =
+                            first_layer_bwd(t, s, &sv.x, &dh, &up.wb, &self.offsets, h, d, &mut ds);
                         // 4. Assemble ∂params = [dW | db | dα | dw_out | dc].
                         let nw = h * 4 * d;
                         let mut dp = vec![0f32; nw + 3 * h + 1];
                         for r in 0..h {
-                            let o = &mut dp[r * 4 * d..(r + 1) * 4 * d];
-                            for c in 0..d {
-                                let (a, e) = (dwt[r * d + c], dwc[r * 2 * d + c]);
-                                o[c] = a;
-                                o[d + c] = e;
-                                o[2 * d + c] = a - e;
-                                o[3 * d + c] = dwc[r * 2 * d + d + c];
-                            }
-                        }
-                        for row in g.chunks_exact(h) {
-                            dp[nw..nw + h]
-                                .iter_mut()
-                                .zip(row)
-                                .for_each(|(a, v)| *a += v);
+                            let row = &dwb[r * (4 * d + 1)..(r + 1) * (4 * d + 1)];
+                            dp[r * 4 * d..(r + 1) * 4 * d].copy_from_slice(&row[..4 * d]);
+                            dp[nw + r] = row[4 * d];
                         }
                         for q in 0..h {
                             dp[nw + h + q] = tot[2 * h + q] as f32;
