@@ -286,6 +286,39 @@ impl CustomOp3 for FirstLayer {
     }
 }
 
+/// Backward of the pooling `u_b = Σ_{j∈b} w_j e_j` (w = scores, or their softmax per sample):
+/// **sets** `ds_j = w_j·dU_b` and returns ∂L/∂score_j (through the softmax when `softmax`).
+fn pool_bwd(
+    s: &[f32],
+    du: &[f32],
+    wts: &[f32],
+    offsets: &[usize],
+    softmax: bool,
+    d: usize,
+    ds: &mut [f32],
+) -> Vec<f32> {
+    let n = wts.len();
+    let mut dscore = vec![0f32; n];
+    let (dp, dsp) = (SendPtr(dscore.as_mut_ptr()), SendPtr(ds.as_mut_ptr()));
+    ranges(offsets).for_each(|(b, s0, s1)| {
+        let (dp, dsp) = (dp, dsp);
+        let dub = &du[b * d..(b + 1) * d];
+        // SAFETY: sample b owns dscore[s0..s1] and rows s0..s1 of ds.
+        let dsc = unsafe { std::slice::from_raw_parts_mut(dp.0.add(s0), s1 - s0) };
+        for (k, j) in (s0..s1).enumerate() {
+            dsc[k] = dot(dub, &s[j * d..(j + 1) * d]);
+            let dsj = unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
+            dsj.iter_mut().zip(dub).for_each(|(o, g)| *o = wts[j] * g);
+        }
+        if softmax {
+            let p = &wts[s0..s1];
+            let pd: f32 = p.iter().zip(dsc.iter()).map(|(x, y)| x * y).sum();
+            dsc.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - pd));
+        }
+    });
+    dscore
+}
+
 /// Attention scores and weighted pooling on packed behaviors.
 ///
 /// # Shapes
@@ -398,29 +431,8 @@ impl CustomOp3 for Pool {
                 with_data(wo, |wov| {
                     with_data(grad, |du| {
                         let wts = self.weights(a, wov, h);
-                        // ∂L/∂weight_j = dU_b · e_j; through the softmax if any.
-                        let mut dscore = vec![0f32; n];
                         let mut ds = vec![0f32; n * d];
-                        let (dp, dsp) = (SendPtr(dscore.as_mut_ptr()), SendPtr(ds.as_mut_ptr()));
-                        ranges(&self.offsets).for_each(|(b, s0, s1)| {
-                            let (dp, dsp) = (dp, dsp);
-                            let dub = &du[b * d..(b + 1) * d];
-                            // SAFETY: disjoint sample ranges.
-                            let dsc =
-                                unsafe { std::slice::from_raw_parts_mut(dp.0.add(s0), s1 - s0) };
-                            for (k, j) in (s0..s1).enumerate() {
-                                let e = &s[j * d..(j + 1) * d];
-                                dsc[k] = dot(dub, e);
-                                let dsj =
-                                    unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
-                                dsj.iter_mut().zip(dub).for_each(|(o, g)| *o = wts[j] * g);
-                            }
-                            if self.softmax {
-                                let p = &wts[s0..s1];
-                                let dot: f32 = p.iter().zip(dsc.iter()).map(|(x, y)| x * y).sum();
-                                dsc.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
-                            }
-                        });
+                        let dscore = pool_bwd(s, du, &wts, &self.offsets, self.softmax, d, &mut ds);
                         // dA = dscore ⊗ w; dw = Aᵀ·dscore; dc = Σ dscore.
                         let w = &wov[..h];
                         let mut da = vec![0f32; n * h];
@@ -657,32 +669,9 @@ impl CustomOp3 for AttentionUnit {
                 with_data(params, |p| {
                     with_data(grad, |du| {
                         let up = unit_params(p, h, d);
-                        // 1. Pooling: ∂/∂weight_j and the history's pooling gradient.
-                        let mut da = vec![0f32; n];
-                        let mut ds = scratch(n * d); // every row is set (=) in the pooling pass first
-                        let (dap, dsp) = (SendPtr(da.as_mut_ptr()), SendPtr(ds.as_mut_ptr()));
-                        ranges(&self.offsets).for_each(|(b, s0, s1)| {
-                            let (dap, dsp) = (dap, dsp);
-                            let dub = &du[b * d..(b + 1) * d];
-                            // SAFETY: sample b owns da[s0..s1] and rows s0..s1 of ds.
-                            let dab =
-                                unsafe { std::slice::from_raw_parts_mut(dap.0.add(s0), s1 - s0) };
-                            for (k, j) in (s0..s1).enumerate() {
-                                let e = &s[j * d..(j + 1) * d];
-                                dab[k] = dot(dub, e);
-                                let dsj =
-                                    unsafe { std::slice::from_raw_parts_mut(dsp.0.add(j * d), d) };
-                                let wj = sv.wts[j];
-                                dsj.iter_mut().zip(dub).for_each(|(o, g)| *o = wj * g);
-                            }
-                            if self.softmax {
-                                let pw = &sv.wts[s0..s1];
-                                let dot: f32 = pw.iter().zip(dab.iter()).map(|(x, y)| x * y).sum();
-                                dab.iter_mut()
-                                    .zip(pw)
-                                    .for_each(|(g, p)| *g = p * (*g - dot));
-                            }
-                        });
+                        // 1. Pooling: ∂/∂score_j and the history's pooling gradient.
+                        let mut ds = scratch(n * d); // every row is set (=) by pool_bwd
+                        let da = pool_bwd(s, du, &sv.wts, &self.offsets, self.softmax, d, &mut ds);
                         // 2. Scores and Dice, in two passes that recompute p from H rather than
                         //    store per-element temporaries (the passes are memory-bound): column
                         //    sums [Σh, Σh·x̂, ∂α, ∂w_out] over fixed chunks, then ∂H.
