@@ -70,7 +70,7 @@ fn splits(
 
 /// DIN on planted data vs the same model with every history removed (seq_len = 0), which can
 /// only use the target's own embedding. Negatives are popularity-sampled, so popularity alone
-/// separates little. Measured at this seed: DIN ≈ 0.85, blind ≈ 0.62 (test AUC).
+/// separates little. Measured at this seed (test AUC): DIN 0.861, history-blind 0.617.
 #[test]
 fn din_learns_planted_signal_that_history_blind_model_cannot() {
     let dir = tempfile::tempdir().unwrap();
