@@ -287,6 +287,8 @@ fn eval_cmd(
     let (cfg, model, file) = train::load_model(checkpoint, &dev)?;
     let ds = Dataset::open(data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
     train::check_vocab(&model, &ds)?;
+    let meta = lifelong::checkpoint::read_metadata(&file)?;
+    train::check_fingerprint(&meta, &train::vocab_fingerprint(&ds.dir)?, &file, &ds)?;
     let imp = Arc::new(ds.load_split(split)?);
     anyhow::ensure!(
         !imp.is_empty(),

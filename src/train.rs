@@ -113,6 +113,8 @@ pub struct Trainer {
     pub progress: bool,
     /// Time per phase since the trainer was created.
     pub times: StepTimes,
+    /// [`vocab_fingerprint`] of the dataset the model is trained on.
+    vocab_fingerprint: String,
 }
 
 fn din_cfg(cfg: &Config) -> &crate::config::DinConfig {
@@ -166,6 +168,7 @@ impl Trainer {
             run_dir: run_dir.to_path_buf(),
             progress: console_is_tty(),
             times: StepTimes::default(),
+            vocab_fingerprint: vocab_fingerprint(&data.dir)?,
         })
     }
 
@@ -481,6 +484,10 @@ impl Trainer {
             serde_json::to_string(&self.model.vocab()).unwrap_or_default(),
         );
         meta.insert("model".to_string(), "din".to_string());
+        meta.insert(
+            "vocab_fingerprint".to_string(),
+            self.vocab_fingerprint.clone(),
+        );
         if with_optimizer {
             tensors.extend(self.dense.state_tensors());
             tensors.extend(self.sparse.state_tensors(&self.model.tables())?);
@@ -641,4 +648,37 @@ pub fn write_predictions(path: &Path, imp: &Impressions, logits: &[f32]) -> Resu
     ];
     let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::corrupt(path, e))?;
     crate::data::io::write_parquet(path, schema, [Ok(batch)], 1 << 20)
+}
+
+/// A fingerprint of a prepared dataset's vocabularies (CRC32 of `vocab/{user,item,cate}.parquet`,
+/// which `prepare` writes byte-deterministically). Checkpoints store it, so scoring a dataset
+/// whose indices mean different ids is an error instead of silently wrong predictions.
+pub fn vocab_fingerprint(dir: &Path) -> Result<String> {
+    let mut h = crc32fast::Hasher::new();
+    for field in ["user", "item", "cate"] {
+        let p = dir.join("vocab").join(format!("{field}.parquet"));
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    Ok(format!("{:08x}", h.finalize()))
+}
+
+/// Errors when a checkpoint's stored [`vocab_fingerprint`] differs from `data`'s (a checkpoint
+/// without one is accepted).
+pub fn check_fingerprint(
+    meta: &BTreeMap<String, String>,
+    data_fp: &str,
+    ckpt: &Path,
+    data: &Dataset,
+) -> Result<()> {
+    match meta.get("vocab_fingerprint") {
+        Some(fp) if fp != data_fp => Err(Error::InvalidArgument(format!(
+            "{}: its vocabularies (fingerprint {data_fp}) are not the ones checkpoint {} was trained with \
+             (fingerprint {fp}); prepare the data from the same event log",
+            data.dir.display(),
+            ckpt.display()
+        ))),
+        _ => Ok(()),
+    }
 }

@@ -220,3 +220,47 @@ fn corrupt_checkpoint_is_a_named_error_and_best_reproduces_validation() {
     let err = train::load_model(&best, &Device::Cpu).unwrap_err();
     assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
 }
+
+/// A checkpoint remembers which vocabularies its tables index: the same dataset passes, a dataset
+/// prepared from another log (indices meaning other ids) is refused, also on resume.
+#[test]
+fn checkpoint_refuses_a_dataset_with_other_vocabularies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared(dir.path(), 150, 20);
+    let other_dir = dir.path().join("other");
+    let cfg = SynthConfig {
+        users: 150,
+        items: 2000,
+        cates: 40,
+        len: 20,
+        seed: 99,
+    };
+    let events = write_synth(&cfg, &other_dir.join("events")).unwrap();
+    prepare(
+        &events,
+        &other_dir.join("prepared"),
+        &PrepareConfig::default(),
+    )
+    .unwrap();
+    let other = Dataset::open(&other_dir.join("prepared")).unwrap();
+
+    let (hist, tr, va, _) = splits(&ds);
+    let run = dir.path().join("run");
+    let mut t = Trainer::new(config(&ds.dir, &run, "epochs = 1"), &ds, &run, &Device::Cpu).unwrap();
+    t.progress = false;
+    t.fit(hist, tr, va).unwrap();
+    let best = run.join("best.safetensors");
+    let meta = lifelong::checkpoint::read_metadata(&best).unwrap();
+    let same = train::vocab_fingerprint(&ds.dir).unwrap();
+    let diff = train::vocab_fingerprint(&other.dir).unwrap();
+    assert_ne!(same, diff);
+    train::check_fingerprint(&meta, &same, &best, &ds).unwrap();
+    let e = train::check_fingerprint(&meta, &diff, &best, &other)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("vocabularies") && e.contains("best.safetensors"),
+        "{e}"
+    );
+    assert!(Trainer::resume(&other, &run, &Device::Cpu).is_err());
+}
