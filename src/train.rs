@@ -178,17 +178,8 @@ impl Trainer {
     /// [`Error::Checkpoint`] when the checkpoint is missing, corrupt, or does not match `data`.
     pub fn resume(data: &Dataset, run_dir: &Path, device: &Device) -> Result<Self> {
         let path = run_dir.join(LAST);
-        let loaded = checkpoint::load(&path, &Device::Cpu)?;
-        let ck = |reason: String| Error::Checkpoint {
-            path: path.clone(),
-            reason,
-        };
-        let cfg = Config::from_json(
-            loaded
-                .metadata
-                .get("config")
-                .ok_or_else(|| ck("no `config` in metadata".into()))?,
-        )?;
+        let (loaded, cfg) = load_checkpoint(&path)?;
+        let ck = |reason: String| ckpt_err(&path, reason);
         let state: TrainerState =
             serde_json::from_str(loaded.metadata.get("trainer").ok_or_else(|| {
                 ck("no `trainer` state in metadata: not a resumable checkpoint".into())
@@ -524,18 +515,8 @@ pub fn load_model(path: &Path, device: &Device) -> Result<(Config, Din, PathBuf)
     } else {
         path.to_path_buf()
     };
-    let loaded = checkpoint::load(&file, &Device::Cpu)?;
-    let ck = |reason: String| Error::Checkpoint {
-        path: file.clone(),
-        reason,
-    };
-    let cfg = Config::from_json(
-        loaded
-            .metadata
-            .get("config")
-            .ok_or_else(|| ck("no `config` in metadata".into()))?,
-    )
-    .map_err(|e| ck(e.to_string()))?;
+    let (loaded, cfg) = load_checkpoint(&file)?;
+    let ck = |reason: String| ckpt_err(&file, reason);
     let vocab: VocabSizes = serde_json::from_str(
         loaded
             .metadata
@@ -681,4 +662,22 @@ pub fn check_fingerprint(
         ))),
         _ => Ok(()),
     }
+}
+
+fn ckpt_err(path: &Path, reason: impl ToString) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads a checkpoint file and the config stored in it.
+fn load_checkpoint(file: &Path) -> Result<(checkpoint::Loaded, Config)> {
+    let loaded = checkpoint::load(file, &Device::Cpu)?;
+    let text = loaded
+        .metadata
+        .get("config")
+        .ok_or_else(|| ckpt_err(file, "no `config` in metadata"))?;
+    let cfg = Config::from_json(text).map_err(|e| ckpt_err(file, e))?;
+    Ok((loaded, cfg))
 }
