@@ -399,3 +399,41 @@ fn din_fused_ops_match_composite_gradients() {
         }
     }
 }
+
+/// A batch in which no sample has any history (n = 0) trains without error: the interest is
+/// zero and only the target and head get gradients.
+#[test]
+fn din_handles_a_batch_without_any_history() {
+    let (model, _) = tiny_din(false, 2, 0);
+    let hist = Histories {
+        offsets: vec![0, 0, 0, 3],
+        items: vec![2, 3, 4],
+        cates: vec![2, 2, 3],
+        ts: vec![0; 3],
+    };
+    let imp = Impressions {
+        label: vec![1., 0.],
+        user: vec![2, 2],
+        item: vec![5, 6],
+        cate: vec![3, 4],
+        seq_len: vec![0, 0],
+    };
+    let batch = collate(&hist, &imp, &[0, 1], 4);
+    assert_eq!((batch.len, batch.n_packed()), (0, 0));
+    let leaves = model.leaves(&batch).unwrap();
+    let logits = model.forward_t(&batch, &leaves, true).unwrap();
+    let labels = Tensor::from_slice(&batch.label, 2, &Device::Cpu).unwrap();
+    let loss = bce_with_logits(&logits, &labels).unwrap();
+    assert!(loss.to_scalar::<f32>().unwrap().is_finite());
+    let grads = loss.backward().unwrap();
+    let g = grads
+        .get(leaves.item.as_tensor())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(g > 0.0, "the target items must get a gradient");
+}
