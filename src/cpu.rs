@@ -103,11 +103,17 @@ pub fn sgemm(a: Mat, b: Mat, out: &mut [f32], accumulate: bool) {
 
 /// A raw pointer that may cross threads, for parallel writes to provably disjoint parts of one
 /// buffer (each user states why its parts are disjoint).
-#[derive(Debug, Clone, Copy)]
-pub struct SendPtr(pub *mut f32);
+#[derive(Debug)]
+pub struct SendPtr<T = f32>(pub *mut T);
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
 // SAFETY: only used for disjoint writes, documented at each use.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
 /// `e^x` for f32 without a libm call, so loops that use it vectorise: range reduction
 /// `x = k·ln2 + r` (|r| ≤ ln2/2, two-constant Cody–Waite), a degree-6 polynomial for `e^r`,

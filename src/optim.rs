@@ -9,6 +9,7 @@
 //! accumulator per row (`acc += mean(g²)`), as TorchRec's.
 
 use crate::config::SparseOptimizer;
+use crate::cpu::SendPtr;
 use crate::embedding::EmbeddingTable;
 use crate::{Error, Result};
 use candle_core::{backprop::GradStore, Tensor, Var};
@@ -168,12 +169,6 @@ pub struct RowWise {
     states: BTreeMap<String, RowState>,
 }
 
-/// A raw pointer that may cross threads: rows updated in parallel are distinct (checked).
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
 impl RowWise {
     /// A row-wise optimiser of `kind` (Adagrad uses `params.lr` and `params.eps`).
     pub fn new(kind: SparseOptimizer, params: AdamParams) -> Self {
@@ -232,11 +227,11 @@ impl RowWise {
         table.check_ids(ids)?;
         let p = self.params;
         let (b1, b2, eps, lr) = (p.beta1 as f32, p.beta2 as f32, p.eps as f32, p.lr as f32);
-        let wptr = SyncPtr(table.data_mut().as_mut_ptr());
+        let wptr = SendPtr(table.data_mut().as_mut_ptr());
         match self.state_for(table) {
             RowState::Adam { m, v, steps } => {
-                let (mp, vp) = (SyncPtr(m.as_mut_ptr()), SyncPtr(v.as_mut_ptr()));
-                let sp = steps.as_mut_ptr() as usize;
+                let (mp, vp) = (SendPtr(m.as_mut_ptr()), SendPtr(v.as_mut_ptr()));
+                let sp = SendPtr(steps.as_mut_ptr());
                 ids.par_iter()
                     .enumerate()
                     .with_min_len(64)
@@ -244,7 +239,7 @@ impl RowWise {
                         if id == crate::data::PAD {
                             return;
                         }
-                        let (wp, mp, vp) = (wptr, mp, vp);
+                        let (wp, mp, vp, sp) = (wptr, mp, vp, sp);
                         let off = id as usize * dim;
                         // SAFETY: ids are distinct and in range (checked above), so each task
                         // writes a disjoint row of w, m, v and a distinct step counter.
@@ -253,7 +248,7 @@ impl RowWise {
                                 std::slice::from_raw_parts_mut(wp.0.add(off), dim),
                                 std::slice::from_raw_parts_mut(mp.0.add(off), dim),
                                 std::slice::from_raw_parts_mut(vp.0.add(off), dim),
-                                &mut *(sp as *mut u32).add(id as usize),
+                                &mut *sp.0.add(id as usize),
                             )
                         };
                         *s += 1;
@@ -273,7 +268,7 @@ impl RowWise {
                     });
             }
             RowState::Adagrad { acc } => {
-                let ap = SyncPtr(acc.as_mut_ptr());
+                let ap = SendPtr(acc.as_mut_ptr());
                 ids.par_iter()
                     .enumerate()
                     .with_min_len(64)
