@@ -28,8 +28,8 @@ use std::sync::Arc;
 pub struct SparseIds {
     /// Sorted, distinct table rows touched by the batch.
     pub unique: Vec<u32>,
-    /// For each lookup, the index into `unique`.
-    pub local: Vec<u32>,
+    /// For each lookup, the index into `unique` (shared, so the lookup op takes it without a copy).
+    pub local: Arc<Vec<u32>>,
 }
 
 /// Sorts and deduplicates `ids` and maps each to its position among the unique ones.
@@ -37,11 +37,12 @@ pub fn unique_remap(ids: &[u32]) -> SparseIds {
     let mut unique = ids.to_vec();
     unique.par_sort_unstable();
     unique.dedup();
-    let local = ids
+    let local: Vec<u32> = ids
         .par_iter()
         .with_min_len(4096)
         .map(|id| unique.binary_search(id).unwrap_or(0) as u32)
         .collect();
+    let local = Arc::new(local);
     SparseIds { unique, local }
 }
 

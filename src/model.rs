@@ -216,10 +216,7 @@ impl Din {
             )));
         }
         // Lookups are [targets (B), packed history (n)] in every id list.
-        let mut ids = vec![
-            Arc::new(batch.items.local.clone()),
-            Arc::new(batch.cates.local.clone()),
-        ];
+        let mut ids = vec![batch.items.local.clone(), batch.cates.local.clone()];
         let mut tabs = vec![leaves.item.as_tensor(), leaves.cate.as_tensor()];
         if let Some(p) = &leaves.pos {
             let mut pos_ids = vec![0u32; b];
