@@ -186,6 +186,7 @@ impl Trainer {
             })?)
             .map_err(|e| ck(format!("trainer state: {e}")))?;
         let mut t = Self::new(cfg, data, run_dir, device)?;
+        check_fingerprint(&loaded.metadata, &t.vocab_fingerprint, &path, data)?;
         t.model
             .load_tensors(&loaded.tensors)
             .map_err(|e| ck(e.to_string()))?;
