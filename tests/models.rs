@@ -109,6 +109,23 @@ fn dice_running_statistics_follow_momentum() {
     );
 }
 
+/// An activation unit with Dice layers `hidden` over tokens of width `d`, seeded.
+fn dice_unit(d: usize, hidden: &[usize], softmax: bool, seed: u64) -> (ParamStore, ActivationUnit) {
+    let mut ps = ParamStore::new(Device::Cpu, ChaCha8Rng::seed_from_u64(seed));
+    let unit = ActivationUnit::new(
+        &mut ps,
+        "att",
+        d,
+        hidden,
+        Activation::Dice,
+        softmax,
+        1e-8,
+        0.1,
+    )
+    .unwrap();
+    (ps, unit)
+}
+
 /// A tiny padded batch: B = 3 samples with history lengths 4, 0 and 2 (L = 4).
 fn tiny_packed(rng: &mut ChaCha8Rng, d: usize) -> (Tensor, Tensor, Tensor, Tensor, Packed) {
     let lens = [4usize, 0, 2];
@@ -157,18 +174,7 @@ fn din_activation_unit_packed_trick_matches_paper_formula() {
     ] {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let d = 6;
-        let mut ps = ParamStore::new(Device::Cpu, ChaCha8Rng::seed_from_u64(4));
-        let unit = ActivationUnit::new(
-            &mut ps,
-            "att",
-            d,
-            &hidden,
-            Activation::Dice,
-            softmax,
-            1e-8,
-            0.1,
-        )
-        .unwrap();
+        let (_ps, unit) = dice_unit(d, &hidden, softmax, 4);
         let (target, seq_padded, packed_seq, mask, packed) = tiny_packed(&mut rng, d);
         let fast = unit.forward_t(&target, &packed_seq, &packed, true).unwrap();
         let reference = unit
@@ -351,18 +357,7 @@ fn din_fused_ops_match_composite_gradients() {
     ] {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let d = 6;
-        let mut ps = ParamStore::new(Device::Cpu, ChaCha8Rng::seed_from_u64(8));
-        let unit = ActivationUnit::new(
-            &mut ps,
-            "att",
-            d,
-            &hidden,
-            Activation::Dice,
-            softmax,
-            1e-8,
-            0.1,
-        )
-        .unwrap();
+        let (ps, unit) = dice_unit(d, &hidden, softmax, 8);
         let (target, _, packed_seq, _, packed) = tiny_packed(&mut rng, d);
         let t = Var::from_tensor(&target).unwrap();
         let s = Var::from_tensor(&packed_seq).unwrap();
