@@ -11,8 +11,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lifelong::aggregate::{ActivationUnit, Packed};
 use lifelong::config::Activation;
 use lifelong::nn::ParamStore;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 fn gemm(c: &mut Criterion) {
     let dev = Device::Cpu;
@@ -42,20 +40,12 @@ fn activation_unit(c: &mut Criterion) {
     g.sample_size(10);
     for l in [50usize, 200] {
         let n = b * l;
-        let mut ps = ParamStore::new(dev.clone(), ChaCha8Rng::seed_from_u64(1));
+        let mut ps = ParamStore::new(dev.clone(), 1);
         let unit = ActivationUnit::new(&mut ps, "att", d, &[h], Activation::Dice, false, 1e-8, 0.1)
             .unwrap();
         let target = Var::from_tensor(&Tensor::randn(0f32, 1., (b, d), &dev).unwrap()).unwrap();
         let seq = Var::from_tensor(&Tensor::randn(0f32, 1., (n, d), &dev).unwrap()).unwrap();
-        let seg: Vec<u32> = (0..n as u32).map(|i| i / l as u32).collect();
-        let packed = Packed {
-            seg: Tensor::from_vec(seg.clone(), n, &dev).unwrap(),
-            pos: Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &dev).unwrap(),
-            mask: Tensor::ones((b, l), candle_core::DType::F32, &dev).unwrap(),
-            batch: b,
-            len: l,
-            offsets: Packed::offsets_from_lens(&vec![l as u32; b]),
-        };
+        let packed = Packed::from_lens(&vec![l as u32; b]);
         // Forward ≈ L·2·(2d·h + h) + 2·d·h FLOPs per sample with the factored first layer;
         // backward ≈ 2× forward.
         let flops = 3 * b * (l * 2 * (2 * d * h + h) + 2 * d * h);

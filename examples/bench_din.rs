@@ -108,13 +108,15 @@ dir = "{}"
 max_len = {len}
 [model]
 kind = "din"
+[model.embedding]
 item_dim = 32
 cate_dim = 32
 user_dim = 32
-attention_hidden = [64]
-attention_activation = "dice"
-head_hidden = [200, 80]
-head_activation = "relu"
+[[model.aggregate]]
+hidden = [64]
+activation = "dice"
+[model.head]
+activation = "relu"
 [train]
 epochs = 1
 batch_size = {batch}

@@ -26,10 +26,14 @@ pub mod cpu;
 pub mod data;
 pub mod embedding;
 pub mod error;
+pub mod eval;
 pub mod metrics;
 pub mod model;
+pub mod model_file;
 pub mod nn;
 pub mod optim;
+pub mod search;
 pub mod train;
+pub mod window;
 
 pub use error::{Error, Result};

@@ -4,7 +4,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lifelong::config::Config;
 use lifelong::data::{self, ColumnNames, Dataset, PrepareConfig, Split, SynthConfig};
-use lifelong::train::{self, Trainer};
+use lifelong::eval;
+use lifelong::model_file::ModelFile;
+use lifelong::train::Trainer;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -284,11 +286,9 @@ fn eval_cmd(
     predictions: Option<&Path>,
 ) -> Result<()> {
     let dev = candle_core::Device::Cpu;
-    let (cfg, model, file) = train::load_model(checkpoint, &dev)?;
+    let mf = ModelFile::open(checkpoint, &dev)?;
     let ds = Dataset::open(data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
-    train::check_vocab(&model, &ds)?;
-    let meta = lifelong::checkpoint::read_metadata(&file)?;
-    train::check_fingerprint(&meta, &train::vocab_fingerprint(&ds.dir)?, &file, &ds)?;
+    mf.check_dataset(&ds)?;
     let imp = Arc::new(ds.load_split(split)?);
     anyhow::ensure!(
         !imp.is_empty(),
@@ -297,9 +297,9 @@ fn eval_cmd(
         split.name()
     );
     let hist = Arc::new(ds.histories.clone());
-    let (m, logits) = train::evaluate(&model, &hist, &imp, cfg.train.eval_batch_size)?;
+    let (m, logits) = eval::evaluate(&mf.model, &hist, &imp, mf.config.train.eval_batch_size)?;
     if let Some(p) = predictions {
-        train::write_predictions(p, &imp, &logits)?;
+        eval::write_predictions(p, &imp, &logits)?;
     }
     let f = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     println!(
@@ -307,7 +307,7 @@ fn eval_cmd(
         ds.dir.display(),
         split.name(),
         m.n,
-        file.display(),
+        mf.file.display(),
         f(m.auc),
         f(m.gauc),
         m.logloss

@@ -11,31 +11,37 @@
 use crate::config::Activation;
 use crate::{Error, Result};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor, Var, D};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-/// Named trainable parameters and non-trainable buffers (Dice running statistics), created with
-/// a seeded RNG so a run is reproducible. Names mirror the module tree (`att.l0.weight`).
+/// Named trainable parameters and non-trainable buffers (Dice running statistics, SimHash
+/// projections). Names mirror the module tree (`agg.0.din.0.weight`). Each parameter draws its
+/// initial values from its own seed, derived from the store's seed and its name, so a run is
+/// reproducible and adding a module never changes another's initial values.
 #[derive(Debug)]
 pub struct ParamStore {
     device: Device,
-    rng: ChaCha8Rng,
+    seed: u64,
     params: BTreeMap<String, Var>,
     buffers: BTreeMap<String, Var>,
 }
 
 impl ParamStore {
-    /// An empty store whose initialisation draws from `rng`.
-    pub fn new(device: Device, rng: ChaCha8Rng) -> Self {
+    /// An empty store whose initialisation derives from `seed`.
+    pub fn new(device: Device, seed: u64) -> Self {
         Self {
             device,
-            rng,
+            seed,
             params: BTreeMap::new(),
             buffers: BTreeMap::new(),
         }
+    }
+    /// The seed of the named piece `name` (parameters, SimHash projections).
+    pub fn seed_of(&self, name: &str) -> u64 {
+        crate::embedding::named_seed(self.seed, name)
     }
     /// The device parameters live on.
     pub fn device(&self) -> &Device {
@@ -44,9 +50,8 @@ impl ParamStore {
     /// A new parameter with entries drawn from U(−bound, bound).
     pub fn uniform(&mut self, name: &str, shape: &[usize], bound: f32) -> Result<Var> {
         let n = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|_| self.rng.random_range(-bound..=bound))
-            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed_of(&format!("param/{name}")));
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..=bound)).collect();
         self.insert_param(name, Tensor::from_vec(v, shape, &self.device)?)
     }
     /// A new parameter filled with `value`.
@@ -65,7 +70,12 @@ impl ParamStore {
     }
     /// A new non-trainable buffer filled with `value`.
     pub fn buffer(&mut self, name: &str, shape: &[usize], value: f32) -> Result<Var> {
-        let v = Var::from_tensor(&Tensor::full(value, shape, &self.device)?)?;
+        let t = Tensor::full(value, shape, &self.device)?;
+        self.buffer_from(name, t)
+    }
+    /// A new non-trainable buffer holding `t`.
+    pub fn buffer_from(&mut self, name: &str, t: Tensor) -> Result<Var> {
+        let v = Var::from_tensor(&t.to_device(&self.device)?)?;
         if self.buffers.insert(name.to_string(), v.clone()).is_some() {
             return Err(Error::InvalidArgument(format!(
                 "buffer `{name}` defined twice"
@@ -229,19 +239,6 @@ impl Dice {
     /// `[n, dim]` → `[n, dim]`
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let (n, _) = xs.dims2()?;
-        if !xs.device().is_cpu() {
-            // Composite path (CUDA until the fused kernel lands).
-            let fixed = if train {
-                None
-            } else {
-                Some((self.running_mean.as_tensor(), self.running_var.as_tensor()))
-            };
-            let (out, stats) = dice_reference(xs, self.alpha.as_tensor(), fixed, self.eps)?;
-            if let (true, Some((m, v))) = (train, stats) {
-                self.fold(&m, &v, n)?;
-            }
-            return Ok(out);
-        }
         let fixed = if train {
             None
         } else {

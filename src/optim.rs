@@ -197,7 +197,7 @@ impl RowWise {
     }
 
     /// Applies one update to rows `ids` of `table` with gradient rows `grad` (`[ids.len(), dim]`,
-    /// row `i` belongs to `ids[i]`), each multiplied by `scale`. The padding row is never changed.
+    /// row `i` belongs to `ids[i]`), each multiplied by `scale`. A table's padding row is never changed.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when `ids` are not strictly increasing (so not distinct), an
@@ -227,6 +227,9 @@ impl RowWise {
         table.check_ids(ids)?;
         let p = self.params;
         let (b1, b2, eps, lr) = (p.beta1 as f32, p.beta2 as f32, p.eps as f32, p.lr as f32);
+        // The padding row (when the table has one) stays zero; a position table's row 0 is the
+        // target's position and is trained like any other.
+        let pad = table.has_padding();
         let wptr = SendPtr(table.data_mut().as_mut_ptr());
         match self.state_for(table) {
             RowState::Adam { m, v, steps } => {
@@ -236,7 +239,7 @@ impl RowWise {
                     .enumerate()
                     .with_min_len(64)
                     .for_each(|(k, &id)| {
-                        if id == crate::data::PAD {
+                        if pad && id == crate::data::PAD {
                             return;
                         }
                         let (wp, mp, vp, sp) = (wptr, mp, vp, sp);
@@ -273,7 +276,7 @@ impl RowWise {
                     .enumerate()
                     .with_min_len(64)
                     .for_each(|(k, &id)| {
-                        if id == crate::data::PAD {
+                        if pad && id == crate::data::PAD {
                             return;
                         }
                         let (wp, ap) = (wptr, ap);

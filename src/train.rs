@@ -13,10 +13,16 @@
 //! an uninterrupted run.
 
 use crate::checkpoint;
-use crate::config::{Config, ModelConfig};
+use crate::config::Config;
 use crate::data::{Batch, Batcher, BatcherConfig, Dataset, Histories, Impressions};
-use crate::metrics::{self, Metrics};
-use crate::model::{Din, VocabSizes};
+use crate::eval::evaluate;
+use crate::metrics::Metrics;
+use crate::model::{CtrModel, VocabSizes};
+use crate::model_file::{
+    build_model, check_fingerprint, read_checkpoint, vocab_fingerprint, KEY_CONFIG, KEY_TRAINER,
+    KEY_VOCAB, KEY_VOCAB_FINGERPRINT,
+};
+pub use crate::model_file::{BEST, LAST};
 use crate::nn::bce_with_logits;
 use crate::optim::{Adam, AdamParams, RowWise};
 use crate::{Error, Result};
@@ -26,11 +32,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// File name of the resume checkpoint in a run directory.
-pub const LAST: &str = "last.safetensors";
-/// File name of the best checkpoint in a run directory.
-pub const BEST: &str = "best.safetensors";
 
 /// Where training stands; saved in every checkpoint's metadata.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -104,7 +105,7 @@ pub struct StepTimes {
 #[derive(Debug)]
 pub struct Trainer {
     cfg: Config,
-    model: Din,
+    model: CtrModel,
     dense: Adam,
     sparse: RowWise,
     state: TrainerState,
@@ -117,20 +118,20 @@ pub struct Trainer {
     vocab_fingerprint: String,
 }
 
-fn din_cfg(cfg: &Config) -> &crate::config::DinConfig {
-    match &cfg.model {
-        ModelConfig::Din(d) => d,
-    }
-}
-
-/// Builds the model a config describes, for tables of `vocab`.
-pub fn build_model(cfg: &Config, vocab: VocabSizes, device: &Device) -> Result<Din> {
-    Din::new(
-        din_cfg(cfg),
-        cfg.data.max_len,
-        vocab,
-        cfg.train.seed,
-        device,
+/// Dense Adam(W) over the model's parameters.
+fn dense_optimizer(model: &CtrModel, cfg: &Config) -> Result<Adam> {
+    let vars = model
+        .params()
+        .params()
+        .iter()
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    Adam::new(
+        vars,
+        AdamParams {
+            weight_decay: cfg.train.weight_decay,
+            ..AdamParams::with_lr(cfg.train.lr)
+        },
     )
 }
 
@@ -144,19 +145,7 @@ impl Trainer {
         };
         let model = build_model(&cfg, vocab, device)?;
         let t = &cfg.train;
-        let dense_vars = model
-            .params()
-            .params()
-            .iter()
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
-        let dense = Adam::new(
-            dense_vars,
-            AdamParams {
-                weight_decay: t.weight_decay,
-                ..AdamParams::with_lr(t.lr)
-            },
-        )?;
+        let dense = dense_optimizer(&model, &cfg)?;
         let sparse = RowWise::new(t.sparse_optimizer, AdamParams::with_lr(t.sparse_lr));
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         Ok(Self {
@@ -178,10 +167,13 @@ impl Trainer {
     /// [`Error::Checkpoint`] when the checkpoint is missing, corrupt, or does not match `data`.
     pub fn resume(data: &Dataset, run_dir: &Path, device: &Device) -> Result<Self> {
         let path = run_dir.join(LAST);
-        let (loaded, cfg) = load_checkpoint(&path)?;
-        let ck = |reason: String| ckpt_err(&path, reason);
+        let (loaded, cfg) = read_checkpoint(&path)?;
+        let ck = |reason: String| Error::Checkpoint {
+            path: path.clone(),
+            reason,
+        };
         let state: TrainerState =
-            serde_json::from_str(loaded.metadata.get("trainer").ok_or_else(|| {
+            serde_json::from_str(loaded.metadata.get(KEY_TRAINER).ok_or_else(|| {
                 ck("no `trainer` state in metadata: not a resumable checkpoint".into())
             })?)
             .map_err(|e| ck(format!("trainer state: {e}")))?;
@@ -193,7 +185,7 @@ impl Trainer {
         t.dense
             .load_state(&loaded.tensors, state.step)
             .map_err(|e| ck(e.to_string()))?;
-        let tables = t.model.tables();
+        let tables: Vec<_> = t.model.tables().iter().collect();
         t.sparse
             .load_state(&loaded.tensors, &tables)
             .map_err(|e| ck(e.to_string()))?;
@@ -202,7 +194,7 @@ impl Trainer {
     }
 
     /// The model.
-    pub fn model(&self) -> &Din {
+    pub fn model(&self) -> &CtrModel {
         &self.model
     }
     /// The config.
@@ -225,29 +217,29 @@ impl Trainer {
     /// [`Error::NonFiniteLoss`] when the loss is NaN or infinite (no weight is changed).
     pub fn train_step(&mut self, batch: &Batch) -> Result<f32> {
         let t0 = Instant::now();
-        let leaves = self.model.leaves(batch)?;
+        let plan = self.model.plan(batch)?;
+        let (leaves, look) = self.model.leaves(batch, &plan, true)?;
         let t1 = Instant::now();
-        let logits = self.model.forward_t(batch, &leaves, true)?;
+        let out = self.model.forward(batch, &plan, &leaves, &look, true)?;
         let labels = Tensor::from_slice(&batch.label, batch.size(), self.model.device())?;
-        let bce = bce_with_logits(&logits, &labels)?;
+        let bce = bce_with_logits(&out.logits, &labels)?;
         let value = bce.to_scalar::<f32>()?;
-        if !value.is_finite() {
+        let mut loss = bce;
+        for (w, aux) in &out.aux {
+            loss = (loss + (bce_with_logits(aux, &labels)? * *w)?)?;
+        }
+        let total = loss.to_scalar::<f32>()?;
+        if !value.is_finite() || !total.is_finite() {
             return Err(Error::NonFiniteLoss {
                 epoch: self.state.epoch,
                 step: self.state.step,
-                value,
+                value: if value.is_finite() { total } else { value },
             });
         }
         let l2 = self.cfg.train.embedding_l2;
-        let loss = if l2 > 0.0 {
-            let mut reg = Tensor::new(0f32, self.model.device())?;
-            for v in leaves.all() {
-                reg = (reg + v.as_tensor().sqr()?.sum_all()?)?;
-            }
-            (bce + (reg * l2)?)?
-        } else {
-            bce
-        };
+        if l2 > 0.0 {
+            loss = (loss + (leaves.tensor().sqr()?.sum_all()? * l2)?)?;
+        }
         let t2 = Instant::now();
         let grads = loss.backward()?;
         let t3 = Instant::now();
@@ -255,7 +247,7 @@ impl Trainer {
             Some(max) => {
                 let mut sq = 0f64;
                 let dense = self.model.params().params().values().map(|v| v.as_tensor());
-                for t in dense.chain(leaves.all().into_iter().map(|v| v.as_tensor())) {
+                for t in dense.chain(std::iter::once(leaves.tensor())) {
                     if let Some(g) = grads.get(t) {
                         sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
                     }
@@ -270,8 +262,11 @@ impl Trainer {
             None => 1.0,
         };
         self.dense.step(&grads, scale)?;
-        self.model
-            .apply_sparse(batch, &leaves, &grads, &mut self.sparse, scale as f32)?;
+        for rg in leaves.row_grads(&grads)? {
+            let table = self.model.tables_mut().table_mut(rg.table);
+            self.sparse
+                .update(table, &rg.rows, &rg.grad, scale as f32)?;
+        }
         self.state.step += 1;
         let t4 = Instant::now();
         self.times.gather += (t1 - t0).as_secs_f64();
@@ -305,6 +300,7 @@ impl Trainer {
                 shuffle: true,
                 seed: t.seed,
                 prefetch: t.prefetch,
+                full_ids: self.model.needs_full_ids(),
             },
         );
         let n_batches = batcher.num_batches();
@@ -320,6 +316,7 @@ impl Trainer {
             loop {
                 let tw = Instant::now();
                 let Some(batch) = batches.next() else { break };
+                let batch = batch?;
                 self.times.wait += tw.elapsed().as_secs_f64();
                 let loss = self.train_step(&batch)?;
                 self.state.batch += 1;
@@ -470,21 +467,22 @@ impl Trainer {
     pub fn save(&self, path: &Path, with_optimizer: bool) -> Result<()> {
         let mut tensors = self.model.named_tensors()?;
         let mut meta = BTreeMap::new();
-        meta.insert("config".to_string(), self.cfg.to_json());
+        meta.insert(KEY_CONFIG.to_string(), self.cfg.to_json());
         meta.insert(
-            "vocab".to_string(),
+            KEY_VOCAB.to_string(),
             serde_json::to_string(&self.model.vocab()).unwrap_or_default(),
         );
-        meta.insert("model".to_string(), "din".to_string());
+        meta.insert("model".to_string(), self.cfg.model.kind.name().to_string());
         meta.insert(
-            "vocab_fingerprint".to_string(),
+            KEY_VOCAB_FINGERPRINT.to_string(),
             self.vocab_fingerprint.clone(),
         );
         if with_optimizer {
             tensors.extend(self.dense.state_tensors());
-            tensors.extend(self.sparse.state_tensors(&self.model.tables())?);
+            let tables: Vec<_> = self.model.tables().iter().collect();
+            tensors.extend(self.sparse.state_tensors(&tables)?);
             meta.insert(
-                "trainer".to_string(),
+                KEY_TRAINER.to_string(),
                 serde_json::to_string(&self.state).unwrap_or_default(),
             );
         }
@@ -499,186 +497,4 @@ fn fmt_opt(x: Option<f64>) -> String {
 fn console_is_tty() -> bool {
     use std::io::IsTerminal;
     std::io::stderr().is_terminal()
-}
-
-/// Loads a model from a checkpoint file (or a run directory: its `best`, else `last`).
-///
-/// # Errors
-/// [`Error::Checkpoint`] for a missing, corrupt or incompatible checkpoint.
-pub fn load_model(path: &Path, device: &Device) -> Result<(Config, Din, PathBuf)> {
-    let file = if path.is_dir() {
-        let best = path.join(BEST);
-        if best.exists() {
-            best
-        } else {
-            path.join(LAST)
-        }
-    } else {
-        path.to_path_buf()
-    };
-    let (loaded, cfg) = load_checkpoint(&file)?;
-    let ck = |reason: String| ckpt_err(&file, reason);
-    let vocab: VocabSizes = serde_json::from_str(
-        loaded
-            .metadata
-            .get("vocab")
-            .ok_or_else(|| ck("no `vocab` in metadata".into()))?,
-    )
-    .map_err(|e| ck(format!("vocab: {e}")))?;
-    let mut model = build_model(&cfg, vocab, device)?;
-    model
-        .load_tensors(&loaded.tensors)
-        .map_err(|e| ck(e.to_string()))?;
-    Ok((cfg, model, file))
-}
-
-/// Logits of every row of `imp`, in order (evaluation mode: Dice uses running statistics).
-pub fn predict(
-    model: &Din,
-    hist: &Arc<Histories>,
-    imp: &Arc<Impressions>,
-    batch_size: usize,
-) -> Result<Vec<f32>> {
-    let batcher = Batcher::new(
-        hist.clone(),
-        imp.clone(),
-        BatcherConfig {
-            batch_size,
-            max_len: model.max_len(),
-            shuffle: false,
-            seed: 0,
-            prefetch: 2,
-        },
-    );
-    let mut out = Vec::with_capacity(imp.len());
-    for batch in batcher.iter(0, 0) {
-        let leaves = model.leaves(&batch)?;
-        let logits = model.forward_t(&batch, &leaves, false)?;
-        out.extend(logits.to_vec1::<f32>()?);
-    }
-    Ok(out)
-}
-
-/// Metrics (AUC, GAUC by user, logloss, ...) and logits of `imp`.
-pub fn evaluate(
-    model: &Din,
-    hist: &Arc<Histories>,
-    imp: &Arc<Impressions>,
-    batch_size: usize,
-) -> Result<(Metrics, Vec<f32>)> {
-    let logits = predict(model, hist, imp, batch_size)?;
-    let m = metrics::evaluate(&imp.user, &imp.label, &logits)?;
-    Ok((m, logits))
-}
-
-/// Checks that a dataset fits a model's tables (same or smaller vocabularies).
-pub fn check_vocab(model: &Din, data: &Dataset) -> Result<()> {
-    let v = model.vocab();
-    let m = &data.meta;
-    let has_user = model.user.is_some();
-    for (field, have, need) in [
-        ("user", v.users, m.n_users),
-        ("item", v.items, m.n_items),
-        ("cate", v.cates, m.n_cates),
-    ] {
-        if need > have && (field != "user" || has_user) {
-            return Err(Error::InvalidArgument(format!(
-                "{}: the dataset's `{field}` vocabulary has {need} entries but the checkpoint's table has {have} rows: \
-                 the dataset was not prepared with the checkpoint's vocabulary",
-                data.dir.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Writes predictions of `imp` to a parquet file atomically: `row` (int64, the split's row),
-/// `user`, `item` (int32 indices), `label` (int8), `logit`, `prob` (float32).
-pub fn write_predictions(path: &Path, imp: &Impressions, logits: &[f32]) -> Result<()> {
-    use arrow_array::{ArrayRef, Float32Array, Int32Array, Int64Array, Int8Array, RecordBatch};
-    use arrow_schema::{DataType, Field, Schema};
-    if logits.len() != imp.len() {
-        return Err(Error::InvalidArgument(format!(
-            "{} logits for {} rows",
-            logits.len(),
-            imp.len()
-        )));
-    }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("row", DataType::Int64, false),
-        Field::new("user", DataType::Int32, false),
-        Field::new("item", DataType::Int32, false),
-        Field::new("label", DataType::Int8, false),
-        Field::new("logit", DataType::Float32, false),
-        Field::new("prob", DataType::Float32, false),
-    ]));
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values(0..imp.len() as i64)),
-        Arc::new(Int32Array::from_iter_values(
-            imp.user.iter().map(|&u| u as i32),
-        )),
-        Arc::new(Int32Array::from_iter_values(
-            imp.item.iter().map(|&u| u as i32),
-        )),
-        Arc::new(Int8Array::from_iter_values(
-            imp.label.iter().map(|&l| (l > 0.5) as i8),
-        )),
-        Arc::new(Float32Array::from(logits.to_vec())),
-        Arc::new(Float32Array::from_iter_values(
-            logits.iter().map(|&x| metrics::sigmoid(x)),
-        )),
-    ];
-    let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::corrupt(path, e))?;
-    crate::data::io::write_parquet(path, schema, [Ok(batch)], 1 << 20)
-}
-
-/// A fingerprint of a prepared dataset's vocabularies (CRC32 of `vocab/{user,item,cate}.parquet`,
-/// which `prepare` writes byte-deterministically). Checkpoints store it, so scoring a dataset
-/// whose indices mean different ids is an error instead of silently wrong predictions.
-pub fn vocab_fingerprint(dir: &Path) -> Result<String> {
-    let mut h = crc32fast::Hasher::new();
-    for field in ["user", "item", "cate"] {
-        let p = dir.join("vocab").join(format!("{field}.parquet"));
-        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
-    }
-    Ok(format!("{:08x}", h.finalize()))
-}
-
-/// Errors when a checkpoint's stored [`vocab_fingerprint`] differs from `data`'s (a checkpoint
-/// without one is accepted).
-pub fn check_fingerprint(
-    meta: &BTreeMap<String, String>,
-    data_fp: &str,
-    ckpt: &Path,
-    data: &Dataset,
-) -> Result<()> {
-    match meta.get("vocab_fingerprint") {
-        Some(fp) if fp != data_fp => Err(Error::InvalidArgument(format!(
-            "{}: its vocabularies (fingerprint {data_fp}) are not the ones checkpoint {} was trained with \
-             (fingerprint {fp}); prepare the data from the same event log",
-            data.dir.display(),
-            ckpt.display()
-        ))),
-        _ => Ok(()),
-    }
-}
-
-fn ckpt_err(path: &Path, reason: impl ToString) -> Error {
-    Error::Checkpoint {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
-/// Reads a checkpoint file and the config stored in it.
-fn load_checkpoint(file: &Path) -> Result<(checkpoint::Loaded, Config)> {
-    let loaded = checkpoint::load(file, &Device::Cpu)?;
-    let text = loaded
-        .metadata
-        .get("config")
-        .ok_or_else(|| ckpt_err(file, "no `config` in metadata"))?;
-    let cfg = Config::from_json(text).map_err(|e| ckpt_err(file, e))?;
-    Ok((loaded, cfg))
 }

@@ -131,11 +131,14 @@ max_len = 30
 
 [model]
 kind = "din"
+[model.embedding]
 item_dim = 8
 cate_dim = 8
-attention_hidden = [8]
-head_hidden = [16]
+[[model.aggregate]]
+hidden = [8]
 {extra_model}
+[model.head]
+hidden = [16]
 
 [train]
 epochs = 1
@@ -602,7 +605,7 @@ fn prepare_of_a_truncated_parquet_names_the_file() {
 fn train_with_a_misspelt_config_key_names_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let tmp = tmp.path();
-    let config = write_config(tmp, "atention_hidden = [8]");
+    let config = write_config(tmp, "hiden = [8]");
     fails(
         tmp,
         &[
@@ -614,7 +617,7 @@ fn train_with_a_misspelt_config_key_names_the_key() {
             "--out",
             s(&tmp.join("run")),
         ],
-        &["atention_hidden"],
+        &["hiden", "model.aggregate[0]"],
     );
     assert!(!tmp.join("run").exists());
 }

@@ -12,6 +12,7 @@ fn table(rows: usize, dim: usize) -> EmbeddingTable {
         "item",
         rows,
         dim,
+        true,
         Init::Uniform { bound: 1.0 },
         &mut ChaCha8Rng::seed_from_u64(5),
     )
@@ -144,7 +145,7 @@ fn rowwise_never_touches_padding_and_rejects_bad_ids() {
 fn unique_remap_maps_every_lookup_to_its_row() {
     let ids = [7u32, 3, 7, 0, 3, 9];
     let s = unique_remap(&ids);
-    assert_eq!(s.unique, vec![0, 3, 7, 9]);
+    assert_eq!(*s.unique, vec![0, 3, 7, 9]);
     let back: Vec<u32> = s.local.iter().map(|&l| s.unique[l as usize]).collect();
     assert_eq!(back, ids);
 }

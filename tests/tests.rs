@@ -8,8 +8,11 @@ mod metrics;
 mod checkpoint;
 // Event log → prepared dataset, readers and their named errors.
 mod data;
-// Model pieces: Dice, DIN, BCE against references and gradient checks.
+// Model pieces: Dice, DIN, BCE against references; every preset's gradient check, padding
+// invariance, DARE's decoupling.
 mod models;
+// SimHash, top-k, SDIM buckets and full-attention pooling against brute force.
+mod search;
 // Sparse row-wise optimisers against dense Adam and hand-computed updates.
 mod optim;
 // Training end to end: planted-signal AUC floor, resume, NaN guard, corrupt checkpoints.

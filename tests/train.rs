@@ -7,7 +7,9 @@ use lifelong::config::Config;
 use lifelong::data::{
     prepare, write_synth, Dataset, Impressions, PrepareConfig, Split, SynthConfig,
 };
-use lifelong::train::{self, Trainer, LAST};
+use lifelong::eval;
+use lifelong::model_file::{self, ModelFile};
+use lifelong::train::{Trainer, LAST};
 use lifelong::Error;
 use std::path::Path;
 use std::sync::Arc;
@@ -33,11 +35,14 @@ dir = "{}"
 max_len = 30
 [model]
 kind = "din"
+[model.embedding]
 item_dim = 8
 cate_dim = 8
 user_dim = 4
-attention_hidden = [16]
-head_hidden = [32, 16]
+[[model.aggregate]]
+hidden = [16]
+[model.head]
+hidden = [32, 16]
 [train]
 batch_size = 256
 lr = 0.003
@@ -82,7 +87,7 @@ fn din_learns_planted_signal_that_history_blind_model_cannot() {
             let mut t = Trainer::new(cfg, &ds, &dir.path().join(name), &Device::Cpu).unwrap();
             t.progress = false;
             t.fit(hist.clone(), tr, va).unwrap();
-            let (m, _) = train::evaluate(t.model(), &hist, &te, 4096).unwrap();
+            let (m, _) = eval::evaluate(t.model(), &hist, &te, 4096).unwrap();
             m.auc.unwrap()
         };
     let blind = |imp: &Arc<Impressions>| {
@@ -196,9 +201,9 @@ fn corrupt_checkpoint_is_a_named_error_and_best_reproduces_validation() {
     t.progress = false;
     t.fit(hist.clone(), tr, va.clone()).unwrap();
     // best.safetensors scores the validation split exactly as the trainer measured it.
-    let (_, model, file) = train::load_model(&run, &Device::Cpu).unwrap();
-    assert!(file.ends_with("best.safetensors"));
-    let (m, _) = train::evaluate(&model, &hist, &va, 1000).unwrap();
+    let mf = ModelFile::open(&run, &Device::Cpu).unwrap();
+    assert!(mf.file.ends_with("best.safetensors"));
+    let (m, _) = eval::evaluate(&mf.model, &hist, &va, 1000).unwrap();
     let rec = t.state().evals.last().unwrap().valid;
     assert!(
         (m.auc.unwrap() - rec.auc.unwrap()).abs() < 1e-9 && (m.logloss - rec.logloss).abs() < 1e-6
@@ -217,7 +222,7 @@ fn corrupt_checkpoint_is_a_named_error_and_best_reproduces_validation() {
     let n = b.len();
     b[n - 5] ^= 0x55;
     std::fs::write(&best, &b).unwrap();
-    let err = train::load_model(&best, &Device::Cpu).unwrap_err();
+    let err = ModelFile::open(&best, &Device::Cpu).unwrap_err();
     assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
 }
 
@@ -251,11 +256,11 @@ fn checkpoint_refuses_a_dataset_with_other_vocabularies() {
     t.fit(hist, tr, va).unwrap();
     let best = run.join("best.safetensors");
     let meta = lifelong::checkpoint::read_metadata(&best).unwrap();
-    let same = train::vocab_fingerprint(&ds.dir).unwrap();
-    let diff = train::vocab_fingerprint(&other.dir).unwrap();
+    let same = model_file::vocab_fingerprint(&ds.dir).unwrap();
+    let diff = model_file::vocab_fingerprint(&other.dir).unwrap();
     assert_ne!(same, diff);
-    train::check_fingerprint(&meta, &same, &best, &ds).unwrap();
-    let e = train::check_fingerprint(&meta, &diff, &best, &other)
+    model_file::check_fingerprint(&meta, &same, &best, &ds).unwrap();
+    let e = model_file::check_fingerprint(&meta, &diff, &best, &other)
         .unwrap_err()
         .to_string();
     assert!(

@@ -106,9 +106,10 @@ impl ActivationUnit {
         Ok(self.out.forward(&h)?.squeeze(1)?)
     }
 
-    /// The interest vector `u = Σ_j a_j e_j` per sample. On the CPU the first layer and the
-    /// scoring + pooling run as fused ops ([`super::din_ops`]); elsewhere as candle ops
-    /// ([`ActivationUnit::forward_composite`]). Both compute the same function.
+    /// The interest vector `u = Σ_j a_j e_j` per sample, through fused ops ([`super::din_ops`]:
+    /// the whole unit when it is one Dice layer, else the first layer and the scoring + pooling
+    /// around generic layers). [`ActivationUnit::forward_composite`] computes the same function
+    /// with candle ops and is the tests' reference.
     ///
     /// # Shapes
     /// target `[B, d]`, seq `[n, d]` (packed, see [`Packed`]) → `[B, d]`
@@ -123,9 +124,6 @@ impl ActivationUnit {
             // No sample has any history: the interest is zero.
             return Ok(target.zeros_like()?);
         }
-        if !target.device().is_cpu() {
-            return self.forward_composite(target, seq, packed, train);
-        }
         if let (true, Act::Dice(dice)) = (self.rest.is_empty(), &self.act0) {
             return self.forward_fused(target, seq, packed, dice, train);
         }
@@ -133,7 +131,7 @@ impl ActivationUnit {
             &[self.w0.as_tensor(), &self.b0.as_tensor().unsqueeze(1)?],
             1,
         )?;
-        let h = super::din_ops::first_layer(target, seq, &wb, packed.offsets.clone())?;
+        let h = super::din_ops::first_layer(target, seq, &wb, packed)?;
         let mut h = self.act0.forward_t(&h, train)?;
         for (lin, act) in &self.rest {
             h = act.forward_t(&lin.forward(&h)?, train)?;
@@ -145,13 +143,7 @@ impl ActivationUnit {
             ],
             0,
         )?;
-        Ok(super::din_ops::pool(
-            &h,
-            seq,
-            &wo,
-            packed.offsets.clone(),
-            self.softmax,
-        )?)
+        Ok(super::din_ops::pool(&h, seq, &wo, packed, self.softmax)?)
     }
 
     /// One hidden Dice layer (the paper's unit): everything in one fused op.
@@ -186,7 +178,7 @@ impl ActivationUnit {
             target,
             seq,
             &params,
-            packed.offsets.clone(),
+            packed,
             h,
             self.softmax,
             dice.eps,
@@ -225,22 +217,17 @@ impl ActivationUnit {
         if n == 0 {
             return Ok(target.zeros_like()?);
         }
-        let mut a = self.scores(target, seq, &packed.seg, train)?; // [n]
+        let dev = target.device();
+        let seg = packed.seg(dev)?;
+        let mut a = self.scores(target, seq, &seg, train)?; // [n]
         if self.softmax {
-            let padded = Tensor::zeros(b * packed.len, a.dtype(), a.device())?.index_add(
-                &packed.pos,
-                &a,
-                0,
-            )?;
-            let p = masked_softmax(&padded.reshape((b, packed.len))?, &packed.mask)?;
-            a = p.flatten_all()?.index_select(&packed.pos, 0)?;
+            let (l, pos) = (packed.len(), packed.pos(dev)?);
+            let padded = Tensor::zeros(b * l, a.dtype(), dev)?.index_add(&pos, &a, 0)?;
+            let p = masked_softmax(&padded.reshape((b, l))?, &packed.mask(dev)?)?;
+            a = p.flatten_all()?.index_select(&pos, 0)?;
         }
         let weighted = seq.broadcast_mul(&a.unsqueeze(1)?)?; // [n, d]
-        Ok(Tensor::zeros((b, d), seq.dtype(), seq.device())?.index_add(
-            &packed.seg,
-            &weighted,
-            0,
-        )?)
+        Ok(Tensor::zeros((b, d), seq.dtype(), dev)?.index_add(&seg, &weighted, 0)?)
     }
 
     /// Reference implementation without the trick or packing: the paper's formula on padded

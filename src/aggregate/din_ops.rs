@@ -6,7 +6,8 @@
 //!   the `t` term once per sample; one GEMM over `[n, 2d]`.
 //! - [`pool`]: `a_j = A_j·w + c` (optionally softmax per history), `u_b = Σ_{j∈b} a_j e_j`.
 //!
-//! Rows are *packed*: sample `b`'s behaviors are rows `offsets[b]..offsets[b+1]`. Every
+//! Rows are *packed*: sample `b`'s behaviors are rows `offsets[b]..offsets[b+1]`, offsets
+//! checked once by [`Packed`] (the ops write per-sample ranges in parallel). Every
 //! reduction runs in a fixed order (per sample, or fixed-size chunks), so results do not depend
 //! on the thread count. `crate::aggregate::ActivationUnit` checks both against the paper's
 //! formula in tests.
@@ -20,6 +21,7 @@
     clippy::needless_range_loop
 )]
 
+use super::Packed;
 use crate::cpu::{dot, fast_sigmoid, recycle, scratch, sgemm, with_data, Mat, SendPtr};
 use crate::nn::{column_stats, DiceStats, CHUNK_ROWS};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -205,13 +207,19 @@ fn first_layer_bwd(
 ///
 /// # Shapes
 /// target `[B, d]`, seq `[n, d]`, `wb = [W | b]` `[h, 4d+1]` → `[n, h]`
-pub fn first_layer(
+pub(crate) fn first_layer(
     target: &Tensor,
     seq: &Tensor,
     wb: &Tensor,
-    offsets: Arc<Vec<usize>>,
+    packed: &Packed,
 ) -> Result<Tensor> {
-    target.apply_op3(seq, wb, FirstLayer { offsets })
+    target.apply_op3(
+        seq,
+        wb,
+        FirstLayer {
+            offsets: packed.offsets.clone(),
+        },
+    )
 }
 
 struct FirstLayer {
@@ -323,14 +331,21 @@ fn pool_bwd(
 ///
 /// # Shapes
 /// hidden `[n, h]`, seq `[n, d]`, `wo = [w | c]` `[h+1]` → `[B, d]`
-pub fn pool(
+pub(crate) fn pool(
     hidden: &Tensor,
     seq: &Tensor,
     wo: &Tensor,
-    offsets: Arc<Vec<usize>>,
+    packed: &Packed,
     softmax: bool,
 ) -> Result<Tensor> {
-    hidden.apply_op3(seq, wo, Pool { offsets, softmax })
+    hidden.apply_op3(
+        seq,
+        wo,
+        Pool {
+            offsets: packed.offsets.clone(),
+            softmax,
+        },
+    )
 }
 
 struct Pool {
@@ -485,14 +500,14 @@ pub(crate) fn attention_unit(
     target: &Tensor,
     seq: &Tensor,
     params: &Tensor,
-    offsets: Arc<Vec<usize>>,
+    packed: &Packed,
     h: usize,
     softmax: bool,
     eps: f32,
     norm: DiceNorm,
 ) -> Result<Tensor> {
     let op = AttentionUnit {
-        offsets,
+        offsets: packed.offsets.clone(),
         h,
         softmax,
         eps,

@@ -1,44 +1,116 @@
-//! Aggregation: turn a target and its (packed) history into an interest vector.
+//! Aggregations: a target and a window of its history → interest vectors for the head.
 //!
-//! Histories arrive *packed*: only real behaviors, `[n, d]` rows with `seg [n]` naming each row's
-//! sample, so padding costs nothing (DIN's activation unit and Dice statistics see real
-//! positions only). `pos [n]` gives each row's flat position `b·L + j` in the padded `[B, L]`
-//! layout for the ops that need it (a softmax over each history).
+//! | aggregation | reads | produces |
+//! |---|---|---|
+//! | [`din`] | window tokens `[m, d]` (packed) | `Σ_j a_j e_j` `[B, d]` |
+//! | [`attention`] | window tokens, padded `[B, K, d]` | multi-head target attention `[B, d_v]` (and `t ⊙ out`) |
+//! | [`sdim`] | the flat leaf through a token index, hash signatures | `mean_g l2norm(bucket_g)` `[B, d]` |
+//! | [`score_pool`] | the flat leaf, a query per sample | `Σ_j w_j v_j` over the whole window (auxiliary heads) |
+//!
+//! Windows arrive *packed* (only real behaviors, sample after sample; [`Packed`]) except where a
+//! regular `[B, K]` layout is cheaper (target attention over at most k rows).
 
+pub mod attention;
 pub mod din;
 pub mod din_ops;
+pub mod score_pool;
+pub mod sdim;
 
+pub use attention::TargetAttention;
 pub use din::ActivationUnit;
+pub use sdim::Sdim;
 
-use candle_core::Tensor;
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
-/// A batch's histories in packed form, with the layout needed to go back to `[B, L]`.
-#[derive(Debug, Clone)]
+/// The layout of packed rows: sample `b`'s rows are `offsets[b]..offsets[b+1]`. Built only by
+/// [`Packed::new`], which checks the offsets, so the fused ops can write per-sample ranges in
+/// parallel without overlapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packed {
-    /// `[n]` u32: the sample (batch row) of each behavior.
-    pub seg: Tensor,
-    /// `[n]` u32: flat position `b·L + j` of each behavior in the padded layout.
-    pub pos: Tensor,
-    /// `[B, L]` f32 mask (1 = real behavior) of the padded layout.
-    pub mask: Tensor,
-    /// Batch size B.
-    pub batch: usize,
-    /// Padded length L.
-    pub len: usize,
-    /// `B + 1` row offsets: sample `b`'s behaviors are packed rows `offsets[b]..offsets[b+1]`
-    /// (rows are grouped by sample, in order).
-    pub offsets: Arc<Vec<usize>>,
+    offsets: Arc<Vec<usize>>,
 }
 
 impl Packed {
-    /// Offsets from per-sample history lengths.
-    pub fn offsets_from_lens(lens: &[u32]) -> Arc<Vec<usize>> {
+    /// Checks `offsets` (`B + 1` entries, starting at 0, non-decreasing).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] otherwise.
+    pub fn new(offsets: Arc<Vec<usize>>) -> Result<Self> {
+        if offsets.first() != Some(&0) || offsets.windows(2).any(|w| w[1] < w[0]) {
+            return Err(Error::InvalidArgument(
+                "packed offsets must start at 0 and never decrease".into(),
+            ));
+        }
+        Ok(Self { offsets })
+    }
+
+    /// Offsets from per-sample lengths.
+    pub fn from_lens(lens: &[u32]) -> Self {
         let mut o = Vec::with_capacity(lens.len() + 1);
         o.push(0);
         for &l in lens {
             o.push(o[o.len() - 1] + l as usize);
         }
-        Arc::new(o)
+        Self {
+            offsets: Arc::new(o),
+        }
+    }
+
+    /// The offsets.
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+    /// Samples B.
+    pub fn batch(&self) -> usize {
+        self.offsets.len() - 1
+    }
+    /// Rows n.
+    pub fn rows(&self) -> usize {
+        self.offsets[self.batch()]
+    }
+    /// The longest sample's row count L.
+    pub fn len(&self) -> usize {
+        self.offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0)
+    }
+    /// No rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows() == 0
+    }
+
+    /// `[n]` u32: the sample of each row (for the op-by-op references).
+    pub fn seg(&self, dev: &Device) -> Result<Tensor> {
+        let mut v = Vec::with_capacity(self.rows());
+        for (b, w) in self.offsets.windows(2).enumerate() {
+            v.extend(std::iter::repeat_n(b as u32, w[1] - w[0]));
+        }
+        let n = v.len();
+        Ok(Tensor::from_vec(v, n, dev)?)
+    }
+    /// `[n]` u32: the flat position `b·L + j` of each row in the padded `[B, L]` layout.
+    pub fn pos(&self, dev: &Device) -> Result<Tensor> {
+        let l = self.len();
+        let mut v = Vec::with_capacity(self.rows());
+        for (b, w) in self.offsets.windows(2).enumerate() {
+            v.extend((0..w[1] - w[0]).map(|j| (b * l + j) as u32));
+        }
+        let n = v.len();
+        Ok(Tensor::from_vec(v, n, dev)?)
+    }
+    /// `[B, L]` f32 mask of the padded layout (1 = real).
+    pub fn mask(&self, dev: &Device) -> Result<Tensor> {
+        let l = self.len();
+        let mut v = vec![0f32; self.batch() * l];
+        for (b, w) in self.offsets.windows(2).enumerate() {
+            v[b * l..b * l + (w[1] - w[0])]
+                .iter_mut()
+                .for_each(|x| *x = 1.0);
+        }
+        Ok(Tensor::from_vec(v, (self.batch(), l), dev)?)
     }
 }

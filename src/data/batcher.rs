@@ -1,22 +1,26 @@
 //! Collation and prefetching.
 //!
 //! A sample's history is the user's first `seq_len` behaviors (stored once per user, never
-//! copied per sample); collation takes the last `min(seq_len, max_len)` of them. A [`Batch`] holds
-//! them twice, both cheap: *padded* `[B, L]` ids with a mask (chronological, real behaviors first,
-//! padding 0 after them; `L` = the longest truncated history in the batch), and *packed* (only the
-//! real behaviors, with their sample `seg` and flat position `pos = b·L + j`), which is what the
-//! models compute on so padding costs nothing. It also carries, per embedding table, the batch's
-//! unique rows and each lookup's position among them ([`SparseIds`]) for sparse updates.
+//! copied per sample); collation takes the last `min(seq_len, max_len)` of them. A [`Batch`]
+//! holds them *packed*: only the real behaviors, sample after sample, chronological within a
+//! sample, with `offsets` giving each sample's range. Models compute on packed rows so padding
+//! costs nothing, and every window a model reads (the whole history, the most recent n, the
+//! search's top-k) is a list of packed rows, so no history is stored twice.
+//!
+//! With [`BatcherConfig::full_ids`], collation also computes each field's sorted unique ids over
+//! the targets and the whole history ([`FullIds`]), which models that read every behavior with
+//! gradient (DIN, SDIM, auxiliary heads) or hash them (ETA) use as their leaf rows.
 //!
 //! [`Batcher::iter`] collates on a producer thread (each batch in parallel on rayon workers) and
 //! keeps `prefetch` batches ready ahead of the training step.
 
 use crate::data::{Histories, Impressions};
-use crate::embedding::{unique_remap, SparseIds};
+use crate::embedding::{unique_remap, Field, SparseIds};
+use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
+use std::borrow::Cow;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -34,15 +38,26 @@ pub struct BatcherConfig {
     pub seed: u64,
     /// Batches collated ahead of the consumer.
     pub prefetch: usize,
+    /// Compute [`FullIds`] in the producer.
+    pub full_ids: bool,
 }
 
-/// One collated batch. Lookups into the item and category tables are ordered
-/// `[targets (B), packed history (n)]`.
+/// Sorted unique ids of the item and category fields over `[targets (B), history (n)]`, and each
+/// lookup's position among them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FullIds {
+    /// Items.
+    pub item: SparseIds,
+    /// Categories.
+    pub cate: SparseIds,
+}
+
+/// One collated batch: targets, and the packed histories.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     /// Row indices into the split.
     pub rows: Vec<u32>,
-    /// Padded length L.
+    /// The longest truncated history in the batch.
     pub len: usize,
     /// `[B]` labels.
     pub label: Vec<f32>,
@@ -52,26 +67,20 @@ pub struct Batch {
     pub target_item: Vec<u32>,
     /// `[B]` target category indices.
     pub target_cate: Vec<u32>,
-    /// `[B·L]` history item indices, 0 = padding.
-    pub seq_item: Vec<u32>,
-    /// `[B·L]` history category indices, 0 = padding.
-    pub seq_cate: Vec<u32>,
-    /// `[B·L]` 1.0 for a real behavior, 0.0 for padding.
-    pub mask: Vec<f32>,
     /// `[B]` truncated history lengths.
     pub seq_lens: Vec<u32>,
-    /// `[n]` sample of each real behavior.
+    /// `[B + 1]`: sample `b`'s behaviors are packed rows `offsets[b]..offsets[b + 1]`.
+    pub offsets: Arc<Vec<usize>>,
+    /// `[n]` item of each packed behavior.
+    pub hist_item: Vec<u32>,
+    /// `[n]` category of each packed behavior.
+    pub hist_cate: Vec<u32>,
+    /// `[n]` relative position of each packed behavior (newest = 1).
+    pub hist_pos: Vec<u32>,
+    /// `[n]` sample of each packed behavior.
     pub seg: Vec<u32>,
-    /// `[n]` flat position `b·L + j` of each real behavior.
-    pub pos: Vec<u32>,
-    /// `[n]` relative position of each real behavior (newest = 1).
-    pub rel_pos: Vec<u32>,
-    /// Item table lookups `[targets, packed history]`.
-    pub items: SparseIds,
-    /// Category table lookups `[targets, packed history]`.
-    pub cates: SparseIds,
-    /// User table lookups `[B]`.
-    pub users: SparseIds,
+    /// Unique ids over targets and history (when the batcher was asked for them).
+    pub full: Option<FullIds>,
 }
 
 impl Batch {
@@ -79,74 +88,121 @@ impl Batch {
     pub fn size(&self) -> usize {
         self.rows.len()
     }
-    /// Number of real behaviors n.
+    /// Number of packed behaviors n.
     pub fn n_packed(&self) -> usize {
-        self.seg.len()
+        self.hist_item.len()
+    }
+    /// The targets' ids of `field` (position: all 0).
+    pub fn target_ids(&self, field: Field) -> Cow<'_, [u32]> {
+        match field {
+            Field::Item => Cow::Borrowed(&self.target_item),
+            Field::Cate => Cow::Borrowed(&self.target_cate),
+            Field::User => Cow::Borrowed(&self.user),
+            Field::Pos => Cow::Owned(vec![0; self.size()]),
+        }
+    }
+    /// The packed history's ids of `field`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for the user field (behaviors have none).
+    pub fn hist_ids(&self, field: Field) -> Result<&[u32]> {
+        match field {
+            Field::Item => Ok(&self.hist_item),
+            Field::Cate => Ok(&self.hist_cate),
+            Field::Pos => Ok(&self.hist_pos),
+            Field::User => Err(Error::InvalidArgument(
+                "behaviors have no user field".into(),
+            )),
+        }
+    }
+    /// Unique ids of `field` (item or category) over `[targets, history]`: precomputed by the
+    /// batcher, or computed now.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for the position and user fields.
+    pub fn full_ids(&self, field: Field) -> Result<SparseIds> {
+        let (t, h) = match field {
+            Field::Item => (&self.target_item, &self.hist_item),
+            Field::Cate => (&self.target_cate, &self.hist_cate),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "no batch-wide ids for the {} field",
+                    field.name()
+                )))
+            }
+        };
+        if let Some(f) = &self.full {
+            return Ok(if field == Field::Item {
+                f.item.clone()
+            } else {
+                f.cate.clone()
+            });
+        }
+        let mut ids = Vec::with_capacity(t.len() + h.len());
+        ids.extend_from_slice(t);
+        ids.extend_from_slice(h);
+        Ok(unique_remap(&ids))
     }
 }
 
-/// Collates `rows` of `imp` (histories from `hist`) into a [`Batch`].
-pub fn collate(hist: &Histories, imp: &Impressions, rows: &[u32], max_len: usize) -> Batch {
+/// Collates `rows` of `imp` (histories from `hist`) into a [`Batch`]; `full_ids` also computes
+/// [`FullIds`].
+pub fn collate(
+    hist: &Histories,
+    imp: &Impressions,
+    rows: &[u32],
+    max_len: usize,
+    full_ids: bool,
+) -> Batch {
     let b = rows.len();
     let lens: Vec<u32> = rows
         .iter()
         .map(|&r| imp.seq_len[r as usize].min(max_len as u32))
         .collect();
     let len = lens.iter().copied().max().unwrap_or(0) as usize;
-    let mut seq_item = vec![0u32; b * len];
-    let mut seq_cate = vec![0u32; b * len];
-    let mut mask = vec![0f32; b * len];
-    if len > 0 {
-        seq_item
-            .par_chunks_mut(len)
-            .zip(seq_cate.par_chunks_mut(len))
-            .zip(mask.par_chunks_mut(len))
-            .zip(rows.par_iter().zip(lens.par_iter()))
-            .with_min_len(32)
-            .for_each(|(((si, sc), m), (&r, &k))| {
-                let r = r as usize;
-                let (items, cates) = hist.get(imp.user[r]);
-                let end = imp.seq_len[r] as usize;
-                let start = end - k as usize;
-                si[..k as usize].copy_from_slice(&items[start..end]);
-                sc[..k as usize].copy_from_slice(&cates[start..end]);
-                m[..k as usize].iter_mut().for_each(|x| *x = 1.0);
-            });
+    let mut offsets = Vec::with_capacity(b + 1);
+    offsets.push(0usize);
+    for &k in &lens {
+        offsets.push(offsets[offsets.len() - 1] + k as usize);
     }
-    let n: usize = lens.iter().map(|&k| k as usize).sum();
+    let n = offsets[b];
+    let mut hist_item = Vec::with_capacity(n);
+    let mut hist_cate = Vec::with_capacity(n);
+    let mut hist_pos = Vec::with_capacity(n);
     let mut seg = Vec::with_capacity(n);
-    let mut pos = Vec::with_capacity(n);
-    let mut rel_pos = Vec::with_capacity(n);
-    let mut item_ids = Vec::with_capacity(b + n);
-    let mut cate_ids = Vec::with_capacity(b + n);
     let (mut target_item, mut target_cate, mut label, mut user) = (
         Vec::with_capacity(b),
         Vec::with_capacity(b),
         Vec::with_capacity(b),
         Vec::with_capacity(b),
     );
-    for &r in rows {
+    for (i, (&r, &k)) in rows.iter().zip(&lens).enumerate() {
         let r = r as usize;
         target_item.push(imp.item[r]);
         target_cate.push(imp.cate[r]);
         label.push(imp.label[r]);
         user.push(imp.user[r]);
+        let (items, cates) = hist.get(imp.user[r]);
+        let end = imp.seq_len[r] as usize;
+        let start = end - k as usize;
+        hist_item.extend_from_slice(&items[start..end]);
+        hist_cate.extend_from_slice(&cates[start..end]);
+        hist_pos.extend((1..=k).rev());
+        seg.extend(std::iter::repeat_n(i as u32, k as usize));
     }
-    item_ids.extend_from_slice(&target_item);
-    cate_ids.extend_from_slice(&target_cate);
-    for (i, &k) in lens.iter().enumerate() {
-        for j in 0..k as usize {
-            seg.push(i as u32);
-            pos.push((i * len + j) as u32);
-            rel_pos.push(k - j as u32);
-            item_ids.push(seq_item[i * len + j]);
-            cate_ids.push(seq_cate[i * len + j]);
-        }
-    }
-    let (items, (cates, users)) = rayon::join(
-        || unique_remap(&item_ids),
-        || rayon::join(|| unique_remap(&cate_ids), || unique_remap(&user)),
-    );
+    let full = full_ids.then(|| {
+        let cat = |t: &[u32], h: &[u32]| {
+            let mut v = Vec::with_capacity(t.len() + h.len());
+            v.extend_from_slice(t);
+            v.extend_from_slice(h);
+            v
+        };
+        let (item, cate) = rayon::join(
+            || unique_remap(&cat(&target_item, &hist_item)),
+            || unique_remap(&cat(&target_cate, &hist_cate)),
+        );
+        FullIds { item, cate }
+    });
     Batch {
         rows: rows.to_vec(),
         len,
@@ -154,16 +210,13 @@ pub fn collate(hist: &Histories, imp: &Impressions, rows: &[u32], max_len: usize
         user,
         target_item,
         target_cate,
-        seq_item,
-        seq_cate,
-        mask,
         seq_lens: lens,
+        offsets: Arc::new(offsets),
+        hist_item,
+        hist_cate,
+        hist_pos,
         seg,
-        pos,
-        rel_pos,
-        items,
-        cates,
-        users,
+        full,
     }
 }
 
@@ -206,11 +259,15 @@ impl Batcher {
     pub fn iter(&self, epoch: usize, start: usize) -> BatchIter {
         let (tx, rx) = sync_channel(self.cfg.prefetch.max(1));
         let (hist, imp) = (self.hist.clone(), self.imp.clone());
-        let (bs, max_len) = (self.cfg.batch_size.max(1), self.cfg.max_len);
+        let (bs, max_len, full) = (
+            self.cfg.batch_size.max(1),
+            self.cfg.max_len,
+            self.cfg.full_ids,
+        );
         let order = self.order(epoch);
         let handle = std::thread::spawn(move || {
             for chunk in order.chunks(bs).skip(start) {
-                let batch = collate(&hist, &imp, chunk, max_len);
+                let batch = collate(&hist, &imp, chunk, max_len, full);
                 if tx.send(batch).is_err() {
                     break; // consumer gone
                 }
@@ -231,9 +288,30 @@ pub struct BatchIter {
 }
 
 impl Iterator for BatchIter {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
-        self.rx.as_ref()?.recv().ok()
+    /// A batch, or the producer's failure (a panic while collating): the epoch did not end.
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
+        match self.rx.as_ref()?.recv() {
+            Ok(b) => Some(Ok(b)),
+            Err(_) => {
+                // The channel closed: the producer either finished or died.
+                self.rx.take();
+                let h = self.handle.take()?;
+                match h.join() {
+                    Ok(()) => None,
+                    Err(p) => {
+                        let why = p
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| p.downcast_ref::<&str>().copied())
+                            .unwrap_or("unknown panic");
+                        Some(Err(Error::InvalidArgument(format!(
+                            "the batch producer failed while collating: {why}"
+                        ))))
+                    }
+                }
+            }
+        }
     }
 }
 

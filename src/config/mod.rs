@@ -2,8 +2,14 @@
 //! checkpoint, so a checkpoint is self-describing.
 //!
 //! Every struct rejects unknown keys, so a misspelt option is an error, not a silent default.
-//! Models are an internally tagged enum (`kind = "din"`) whose variants wrap structs that carry
-//! `deny_unknown_fields` themselves (serde ignores the attribute on a tagged enum's variants).
+//! The model is composed of parts ([`model`]); its `kind` names a preset ([`preset`]) that fills
+//! in the parts a config leaves out. A checkpoint stores the resolved config, every part explicit,
+//! so it rebuilds exactly the model that was trained whatever the presets become.
+
+pub mod model;
+pub mod preset;
+
+pub use model::*;
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -27,6 +33,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// Prepared dataset directory (`lifelong prepare`'s output); `--data` overrides it.
+    #[serde(serialize_with = "lossy_path")]
     pub dir: PathBuf,
     /// Sequences are left-truncated to the most recent `max_len` behaviors.
     #[serde(default = "default_max_len")]
@@ -37,12 +44,9 @@ fn default_max_len() -> usize {
     50
 }
 
-/// Which model, with its options.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ModelConfig {
-    /// DIN (Zhou et al., KDD'18).
-    Din(DinConfig),
+/// Paths serialise as UTF-8, lossily (a checkpoint's paths are provenance only).
+fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
 }
 
 /// Activation function of an MLP layer.
@@ -57,105 +61,6 @@ pub enum Activation {
     Relu,
     /// Sigmoid.
     Sigmoid,
-}
-
-/// How embedding rows are initialised.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Init {
-    /// N(0, std²).
-    Normal {
-        /// Standard deviation.
-        std: f32,
-    },
-    /// U(−bound, bound).
-    Uniform {
-        /// Half-width.
-        bound: f32,
-    },
-}
-
-/// DIN: embeddings per field, the local activation unit over the history, an MLP head.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DinConfig {
-    /// Item embedding width.
-    #[serde(default = "d32")]
-    pub item_dim: usize,
-    /// Category embedding width.
-    #[serde(default = "d32")]
-    pub cate_dim: usize,
-    /// User-id embedding width (0 = no user field). It feeds the head only.
-    #[serde(default)]
-    pub user_dim: usize,
-    /// Relative-position embedding width (0 = no position field). Newest behavior = 1, target = 0.
-    #[serde(default)]
-    pub pos_dim: usize,
-    /// Hidden sizes of the activation unit (the paper: 80-40; FuxiCTR's default: 64).
-    #[serde(default = "default_att_hidden")]
-    pub attention_hidden: Vec<usize>,
-    /// Activation of the activation unit.
-    #[serde(default = "dice")]
-    pub attention_activation: Activation,
-    /// Softmax-normalise the attention weights over each history (the paper does not).
-    #[serde(default)]
-    pub softmax: bool,
-    /// Hidden sizes of the head MLP.
-    #[serde(default = "default_head_hidden")]
-    pub head_hidden: Vec<usize>,
-    /// Activation of the head MLP.
-    #[serde(default = "dice")]
-    pub head_activation: Activation,
-    /// Dice's ε in sqrt(Var + ε).
-    #[serde(default = "default_dice_eps")]
-    pub dice_eps: f32,
-    /// Momentum of Dice's running statistics: running ← (1 − m)·running + m·batch.
-    #[serde(default = "default_dice_momentum")]
-    pub dice_momentum: f32,
-    /// Embedding initialisation.
-    #[serde(default = "default_init")]
-    pub init: Init,
-}
-
-fn d32() -> usize {
-    32
-}
-fn default_att_hidden() -> Vec<usize> {
-    vec![64]
-}
-fn default_head_hidden() -> Vec<usize> {
-    vec![200, 80]
-}
-fn dice() -> Activation {
-    Activation::Dice
-}
-fn default_dice_eps() -> f32 {
-    1e-8
-}
-fn default_dice_momentum() -> f32 {
-    0.1
-}
-fn default_init() -> Init {
-    Init::Normal { std: 0.01 }
-}
-
-impl Default for DinConfig {
-    fn default() -> Self {
-        Self {
-            item_dim: 32,
-            cate_dim: 32,
-            user_dim: 0,
-            pos_dim: 0,
-            attention_hidden: default_att_hidden(),
-            attention_activation: Activation::Dice,
-            softmax: false,
-            head_hidden: default_head_hidden(),
-            head_activation: Activation::Dice,
-            dice_eps: default_dice_eps(),
-            dice_momentum: default_dice_momentum(),
-            init: default_init(),
-        }
-    }
 }
 
 /// Row-wise optimiser for the embedding tables.
@@ -201,6 +106,7 @@ pub struct TrainConfig {
     /// Batch size for evaluation.
     pub eval_batch_size: usize,
     /// Default run directory; `--out` overrides it.
+    #[serde(serialize_with = "lossy_path")]
     pub out: PathBuf,
     /// Stop after this many steps in total (0 = no limit); for smoke tests and benchmarks.
     pub max_steps: u64,
@@ -236,7 +142,7 @@ impl Config {
     /// [`Error::Config`] with TOML's message (line, column, the offending key) or a validation
     /// message naming the field.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| {
             // One line (toml's Display draws a multi-line snippet): "line N: message".
             let line = e
                 .span()
@@ -247,6 +153,20 @@ impl Config {
                 None => msg,
             })
         })?;
+        if let Some(m) = doc.remove("model") {
+            let resolved = preset::resolve(m).map_err(Error::Config)?;
+            doc.insert("model".into(), resolved);
+        }
+        let cfg: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+                let path = e.path().to_string();
+                let msg = e.into_inner().to_string().replace('\n', " ");
+                Error::Config(if path == "." {
+                    msg
+                } else {
+                    format!("{path}: {msg}")
+                })
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -282,41 +202,35 @@ impl Config {
                 return bad("train.clip_grad_norm must be positive");
             }
         }
-        match &self.model {
-            ModelConfig::Din(m) => {
-                if m.item_dim == 0 || m.cate_dim == 0 {
-                    return bad("model.item_dim and model.cate_dim must be at least 1");
-                }
-                if m.attention_hidden.is_empty() || m.attention_hidden.contains(&0) {
-                    return bad("model.attention_hidden needs at least one non-zero layer");
-                }
-                if m.head_hidden.contains(&0) {
-                    return bad("model.head_hidden layers must be non-zero");
-                }
-                if !(m.dice_momentum > 0.0 && m.dice_momentum <= 1.0) {
-                    return bad("model.dice_momentum must be in (0, 1]");
-                }
-                match m.init {
-                    Init::Normal { std } if !(std >= 0.0 && std.is_finite()) => {
-                        return bad("model.init.std must be non-negative")
-                    }
-                    Init::Uniform { bound } if !(bound >= 0.0 && bound.is_finite()) => {
-                        return bad("model.init.bound must be non-negative")
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.model
+            .validate(self.data.max_len)
+            .map_err(Error::Config)?;
         Ok(())
     }
 
-    /// The config as JSON (stored in checkpoints).
+    /// The config as JSON (stored in checkpoints). Paths are stored lossily where they are not
+    /// UTF-8 (they are provenance only: `--data` and `--out` override them).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("config serialises")
+        // Every field serialises (paths lossily, no maps with non-string keys); a failure would
+        // be a bug, and `from_json` would then name it instead of this panicking.
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"unserialisable\": {:?}}}", e.to_string()))
     }
 
-    /// The config back from a checkpoint's JSON.
+    /// The config back from a checkpoint's JSON, validated.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for JSON that is not a config of this build or fails validation.
     pub fn from_json(s: &str) -> Result<Self> {
-        serde_json::from_str(s).map_err(|e| Error::Config(format!("stored config: {e}")))
+        let cfg: Config = serde_path_to_error::deserialize(
+            &mut serde_json::Deserializer::from_str(s),
+        )
+        .map_err(|e| {
+            let path = e.path().to_string();
+            Error::Config(format!("stored config: {path}: {}", e.into_inner()))
+        })?;
+        cfg.validate()
+            .map_err(|e| Error::Config(format!("stored config: {e}")))?;
+        Ok(cfg)
     }
 }

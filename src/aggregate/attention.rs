@@ -1,0 +1,205 @@
+//! Target attention over a window: the exact unit of SIM, ETA, TWIN and DARE, and the short-term
+//! branch of SDIM/ETA/SIM/TWIN.
+//!
+//! With projections (FuxiCTR's `MultiHeadTargetAttention`, `H` heads of width `d_h = dim / H`):
+//! `q = W_q t`, `k_j = W_k e_j`, `v_j = W_v e_j`, `w_hj = softmax_j(⟨q_h, k_hj⟩ / √d_h)` over the
+//! window's real behaviors, `out = W_o [Σ_j w_hj v_hj]_h`.
+//! Without (DARE): one head, `w_j = softmax_j(⟨t, e_j⟩_s)` with the per-field-group scale of
+//! [`crate::embedding::ViewSpec::dot_scale`], `out = Σ_j w_j e^v_j`.
+//! With `product`, the head also gets `t^v ⊙ out` (DARE's target-aware product
+//! `Σ_j w_j (e^rep_j ⊙ e^rep_t)`).
+//!
+//! A sample whose window is empty gets `out = 0` (never NaN).
+//!
+//! | tensor | shape |
+//! |---|---|
+//! | target (key view) | `[B, d_k]` |
+//! | keys (padded window) | `[B·K, d_k]`, K = longest window |
+//! | values (padded window) | `[B·K, d_v]` |
+//! | mask | `[B, K]` |
+//! | out | `[B, d_v]` |
+
+use crate::nn::ParamStore;
+use crate::Result;
+use candle_core::{Tensor, Var, D};
+
+/// A target-attention unit.
+#[derive(Debug, Clone)]
+pub struct TargetAttention {
+    heads: usize,
+    dim: usize,
+    dk: usize,
+    dv: usize,
+    proj: Option<Projections>,
+    /// `[d_k]` column scales of the parameter-free score.
+    scale: Vec<f32>,
+    product: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Projections {
+    wq: Var,
+    wk: Var,
+    wv: Var,
+    wo: Var,
+}
+
+impl TargetAttention {
+    /// A unit over keys of width `dk` and values of width `dv` under `prefix`. With `projection`,
+    /// `W_q, W_k [dim, dk]`, `W_v [dim, dv]`, `W_o [dv, dim]` are created (U(±1/√in), no bias);
+    /// without, `scale` (`[dk]`) scales the dot product.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ps: &mut ParamStore,
+        prefix: &str,
+        dk: usize,
+        dv: usize,
+        projection: bool,
+        heads: usize,
+        dim: usize,
+        scale: Vec<f32>,
+        product: bool,
+    ) -> Result<Self> {
+        let proj = if projection {
+            let bk = 1.0 / (dk as f32).sqrt();
+            let bv = 1.0 / (dv as f32).sqrt();
+            let bo = 1.0 / (dim as f32).sqrt();
+            Some(Projections {
+                wq: ps.uniform(&format!("{prefix}.wq"), &[dim, dk], bk)?,
+                wk: ps.uniform(&format!("{prefix}.wk"), &[dim, dk], bk)?,
+                wv: ps.uniform(&format!("{prefix}.wv"), &[dim, dv], bv)?,
+                wo: ps.uniform(&format!("{prefix}.wo"), &[dv, dim], bo)?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            heads: if projection { heads } else { 1 },
+            dim: if projection { dim } else { dk },
+            dk,
+            dv,
+            proj,
+            scale,
+            product,
+        })
+    }
+
+    /// Width of what it gives the head: `d_v`, doubled with the product.
+    pub fn out_dim(&self) -> usize {
+        if self.product {
+            2 * self.dv
+        } else {
+            self.dv
+        }
+    }
+
+    /// The query of a search that shares this unit's scores (TWIN): `q'` with
+    /// `Σ_h ⟨q_h, k_hj⟩ / √d_h = ⟨q', e_j⟩`, i.e. `q' = W_kᵀ W_q t / √d_h` (or `t ⊙ scale`).
+    ///
+    /// # Shapes
+    /// target `[B, d_k]` → `[B, d_k]`
+    pub fn query(&self, target_k: &Tensor) -> Result<Tensor> {
+        match &self.proj {
+            None => {
+                let scale = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
+                Ok(target_k.broadcast_mul(&scale)?)
+            }
+            Some(p) => {
+                let dh = (self.dim / self.heads) as f64;
+                let q = target_k.matmul(&p.wq.as_tensor().t()?)?;
+                Ok((q.matmul(p.wk.as_tensor())? / dh.sqrt())?)
+            }
+        }
+    }
+
+    /// The attention weights: `[B, K, H]` (one column without projections), zero on padding,
+    /// each head's weights summing to 1 over a sample's window (0 for an empty window).
+    ///
+    /// # Shapes
+    /// target_k `[B, d_k]`, keys `[B·K, d_k]`, mask `[B, K]` → `[B, K, H]`
+    pub fn weights(&self, target_k: &Tensor, keys: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, k) = mask.dims2()?;
+        if k == 0 {
+            return Ok(Tensor::zeros(
+                (b, 0, self.heads),
+                target_k.dtype(),
+                target_k.device(),
+            )?);
+        }
+        match &self.proj {
+            None => {
+                let scale = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
+                let q = target_k.broadcast_mul(&scale)?; // [B, dk]
+                let kk = keys.reshape((b, k, self.dk))?;
+                let s = kk.broadcast_mul(&q.unsqueeze(1)?)?.sum(D::Minus1)?; // [B, K]
+                Ok(masked_softmax(&s, mask)?.unsqueeze(2)?)
+            }
+            Some(p) => {
+                let (h, dh) = (self.heads, self.dim / self.heads);
+                let q = target_k
+                    .matmul(&p.wq.as_tensor().t()?)?
+                    .reshape((b, 1, h, dh))?;
+                let kp = keys
+                    .matmul(&p.wk.as_tensor().t()?)?
+                    .reshape((b, k, h, dh))?;
+                let s = (kp.broadcast_mul(&q)?.sum(D::Minus1)? / (dh as f64).sqrt())?; // [B, K, H]
+                let m3 = mask.unsqueeze(2)?.broadcast_as((b, k, h))?.contiguous()?;
+                masked_softmax_dim1(&s, &m3)
+            }
+        }
+    }
+
+    /// The interest vectors (and, with `product`, `t^v ⊙ out` after them).
+    ///
+    /// # Shapes
+    /// target_k `[B, d_k]`, keys `[B·K, d_k]`, values `[B·K, d_v]`, mask `[B, K]`,
+    /// target_v `[B, d_v]` → `[B, out_dim]`
+    pub fn forward(
+        &self,
+        target_k: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        mask: &Tensor,
+        target_v: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, k) = mask.dims2()?;
+        let out = if k == 0 {
+            Tensor::zeros((b, self.dv), target_k.dtype(), target_k.device())?
+        } else {
+            let w = self.weights(target_k, keys, mask)?; // [B, K, H]
+            match &self.proj {
+                None => {
+                    let v = values.reshape((b, k, self.dv))?;
+                    v.broadcast_mul(&w)?.sum(1)? // [B, dv]
+                }
+                Some(p) => {
+                    let (h, dh) = (self.heads, self.dim / self.heads);
+                    let vp = values
+                        .matmul(&p.wv.as_tensor().t()?)?
+                        .reshape((b, k, h, dh))?;
+                    let o = vp.broadcast_mul(&w.unsqueeze(3)?)?.sum(1)?; // [B, H, dh]
+                    o.reshape((b, self.dim))?.matmul(&p.wo.as_tensor().t()?)?
+                }
+            }
+        };
+        if self.product {
+            let prod = (&out * target_v)?;
+            Ok(Tensor::cat(&[&out, &prod], 1)?)
+        } else {
+            Ok(out)
+        }
+    }
+}
+
+/// Softmax over the last dimension where `mask` is 1; a row without any gets zeros.
+pub(crate) fn masked_softmax(s: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    crate::nn::masked_softmax(s, mask)
+}
+
+/// Softmax over dimension 1 of `[B, K, H]` where `mask` (`[B, K, H]`) is 1.
+fn masked_softmax_dim1(s: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let fill = Tensor::full(-1e9f32, s.shape(), s.device())?;
+    let x = mask.ne(0f32)?.where_cond(s, &fill)?;
+    let p = candle_nn::ops::softmax(&x, 1)?;
+    Ok((p * mask)?)
+}

@@ -1,0 +1,232 @@
+//! SDIM (Cao et al., CIKM'22): hash-bucket gathering instead of attention over the long history.
+//!
+//! With `G` SimHash signatures of `τ` bits (`m = G·τ` fixed Gaussian projections, see
+//! [`crate::search::simhash`]): for each group g,
+//! `a_g = l2norm(Σ_{j: sig_g(e_j) = sig_g(t)} v_j)`, and the interest is `u = (1/G) Σ_g a_g`.
+//! An empty bucket gives `a_g = 0` (never NaN). The signatures are computed from the keys view and
+//! the sums from the values view (the same tables unless decoupled). No gradient flows through
+//! the hashes: the behaviors that collide receive `∂a_g`, the target's embedding none from here.
+//!
+//! BSE (behavior sequence encoding) precomputes, per user, every bucket of every group:
+//! `B[g][s] = Σ_{j: sig_g(e_j) = s} v_j` ([`bucket_table`]), so serving needs only `sig_g(t)`.
+//!
+//! The op reads values straight from the flat leaf: nothing of size `n · d` is built or kept. The
+//! forward keeps the `[B, G, d]` bucket sums; the backward scatter-adds into the leaf through the
+//! window's token index, recomputing each behavior's gradient `Σ_{g matching} ∂S_g`.
+
+use super::Packed;
+use crate::cpu::with_data;
+use crate::embedding::{Leaves, TokenIndex};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// The SDIM unit's settings (its projections live in the model's buffers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sdim {
+    /// Groups G.
+    pub groups: usize,
+    /// Bits per signature τ.
+    pub tau: usize,
+    /// l2-normalise each group's sum.
+    pub normalize: bool,
+}
+
+/// Hash signatures of a window: the targets' `[B, G]` and the window rows' `[m, G]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signatures {
+    /// `[B, G]`.
+    pub target: Arc<Vec<u16>>,
+    /// `[m, G]`, in window order.
+    pub rows: Arc<Vec<u16>>,
+}
+
+impl Sdim {
+    /// The interest `u` of every sample.
+    ///
+    /// # Shapes
+    /// leaf flat, values index `[m]` rows over the window `packed` → `[B, d_v]`
+    pub fn forward(
+        &self,
+        leaves: &Leaves,
+        values: &Arc<TokenIndex>,
+        packed: &Packed,
+        sigs: &Signatures,
+    ) -> crate::Result<Tensor> {
+        let (b, m, g) = (packed.batch(), packed.rows(), self.groups);
+        if values.rows != m || sigs.rows.len() != m * g || sigs.target.len() != b * g {
+            return Err(crate::Error::InvalidArgument(format!(
+                "sdim: {} value rows, {} signatures, {} target signatures for B = {b}, m = {m}, G = {g}",
+                values.rows,
+                sigs.rows.len(),
+                sigs.target.len()
+            )));
+        }
+        Ok(leaves.tensor().apply_op1(SdimPool {
+            unit: *self,
+            values: values.clone(),
+            offsets: packed.offsets.clone(),
+            sigs: sigs.clone(),
+            saved: Arc::new(Mutex::new(None)),
+        })?)
+    }
+}
+
+/// Every bucket of every group (BSE): `out[g][s] = Σ_{j: sig[j][g] = s} values[j]`.
+///
+/// # Shapes
+/// values `[m, d]`, sigs `[m, G]` → `[G, 2^τ, d]`
+pub fn bucket_table(values: &[f32], d: usize, sigs: &[u16], groups: usize, tau: usize) -> Vec<f32> {
+    let nb = 1usize << tau;
+    let mut out = vec![0f32; groups * nb * d];
+    for (v, s) in values.chunks_exact(d.max(1)).zip(sigs.chunks_exact(groups)) {
+        for (g, &sg) in s.iter().enumerate() {
+            let o = &mut out[(g * nb + sg as usize) * d..(g * nb + sg as usize + 1) * d];
+            o.iter_mut().zip(v).for_each(|(a, x)| *a += x);
+        }
+    }
+    out
+}
+
+/// `u = (1/G) Σ_g l2norm(S_g)` from bucket sums `S [G, d]`; `a [G, d]` and the norms are written.
+fn combine(s: &[f32], d: usize, normalize: bool, a: &mut [f32], norms: &mut [f32], u: &mut [f32]) {
+    let g = norms.len();
+    u.iter_mut().for_each(|x| *x = 0.0);
+    for q in 0..g {
+        let sq = &s[q * d..(q + 1) * d];
+        let n = sq.iter().map(|x| x * x).sum::<f32>().sqrt();
+        norms[q] = n;
+        let f = if !normalize {
+            1.0
+        } else if n > 0.0 {
+            1.0 / n
+        } else {
+            0.0
+        };
+        let aq = &mut a[q * d..(q + 1) * d];
+        aq.iter_mut().zip(sq).for_each(|(x, v)| *x = v * f);
+        u.iter_mut()
+            .zip(aq.iter())
+            .for_each(|(x, v)| *x += v / g as f32);
+    }
+}
+
+struct Saved {
+    /// `[B, G, d]` normalised sums a.
+    a: Vec<f32>,
+    /// `[B, G]` norms of the sums.
+    norms: Vec<f32>,
+}
+
+struct SdimPool {
+    unit: Sdim,
+    values: Arc<TokenIndex>,
+    offsets: Arc<Vec<usize>>,
+    sigs: Signatures,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+impl CustomOp1 for SdimPool {
+    fn name(&self) -> &'static str {
+        "sdim-pool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let flat = match l.contiguous_offsets() {
+            Some((a, b)) => &s.as_slice::<f32>()?[a..b],
+            None => candle_core::bail!("sdim-pool: the leaf must be contiguous"),
+        };
+        let (g, d) = (self.unit.groups, self.values.width);
+        let b = self.offsets.len() - 1;
+        let mut u = vec![0f32; b * d];
+        let mut a = vec![0f32; b * g * d];
+        let mut norms = vec![0f32; b * g];
+        u.par_chunks_mut(d.max(1))
+            .zip(a.par_chunks_mut((g * d).max(1)))
+            .zip(norms.par_chunks_mut(g.max(1)))
+            .enumerate()
+            .for_each(|(bi, ((ub, ab), nb))| {
+                let (s0, s1) = (self.offsets[bi], self.offsets[bi + 1]);
+                let tsig = &self.sigs.target[bi * g..(bi + 1) * g];
+                let mut sums = vec![0f32; g * d];
+                let mut row = vec![0f32; d];
+                for j in s0..s1 {
+                    let sj = &self.sigs.rows[j * g..(j + 1) * g];
+                    if !sj.iter().zip(tsig).any(|(x, y)| x == y) {
+                        continue;
+                    }
+                    self.values.read_row(flat, j, &mut row);
+                    for q in 0..g {
+                        if sj[q] == tsig[q] {
+                            sums[q * d..(q + 1) * d]
+                                .iter_mut()
+                                .zip(&row)
+                                .for_each(|(x, v)| *x += v);
+                        }
+                    }
+                }
+                combine(&sums, d, self.unit.normalize, ab, nb, ub);
+            });
+        *self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("sdim-pool: poisoned lock".into()))? =
+            Some(Saved { a, norms });
+        Ok((CpuStorage::F32(u), Shape::from((b, d))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (g, d) = (self.unit.groups, self.values.width);
+        let b = self.offsets.len() - 1;
+        let saved = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("sdim-pool: poisoned lock".into()))?
+            .take();
+        let Some(sv) = saved else {
+            candle_core::bail!("sdim-pool: backward without forward")
+        };
+        // ∂S [B, G, d] from ∂u: ∂a_g = ∂u / G; through the normalisation ∂S = (∂a − a(a·∂a)) / ‖S‖.
+        let ds = with_data(grad, |du| {
+            let mut ds = vec![0f32; b * g * d];
+            ds.par_chunks_mut((g * d).max(1))
+                .enumerate()
+                .for_each(|(bi, dsb)| {
+                    let dub = &du[bi * d..(bi + 1) * d];
+                    for q in 0..g {
+                        let aq = &sv.a[(bi * g + q) * d..(bi * g + q + 1) * d];
+                        let o = &mut dsb[q * d..(q + 1) * d];
+                        let n = sv.norms[bi * g + q];
+                        if !self.unit.normalize {
+                            o.iter_mut().zip(dub).for_each(|(x, v)| *x = v / g as f32);
+                        } else if n > 0.0 {
+                            let ad: f32 =
+                                aq.iter().zip(dub).map(|(x, y)| x * y).sum::<f32>() / g as f32;
+                            o.iter_mut()
+                                .zip(dub)
+                                .zip(aq)
+                                .for_each(|((x, v), a)| *x = (v / g as f32 - a * ad) / n);
+                        }
+                    }
+                });
+            Ok(ds)
+        })?;
+        let mut seg = vec![0u32; self.values.rows];
+        for (s, w) in self.offsets.windows(2).enumerate() {
+            seg[w[0]..w[1]].iter_mut().for_each(|x| *x = s as u32);
+        }
+        let n = arg.elem_count();
+        let dflat = self.values.scatter(n, |j, cols, acc| {
+            let bi = seg[j] as usize;
+            let sj = &self.sigs.rows[j * g..(j + 1) * g];
+            let tsig = &self.sigs.target[bi * g..(bi + 1) * g];
+            for q in 0..g {
+                if sj[q] == tsig[q] {
+                    let src = &ds[(bi * g + q) * d + cols.start..(bi * g + q) * d + cols.end];
+                    acc.iter_mut().zip(src).for_each(|(x, v)| *x += v);
+                }
+            }
+        });
+        Ok(Some(Tensor::from_vec(dflat, n, arg.device())?))
+    }
+}

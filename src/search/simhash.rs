@@ -1,0 +1,217 @@
+//! SimHash (Charikar, 2002): the sign bits of fixed Gaussian projections, `bit_k(x) = [x·r_k > 0]`.
+//!
+//! Two vectors at angle θ agree on a bit with probability `1 − θ/π`, so the Hamming distance of
+//! two codes estimates the angle (ETA's search), and a τ-bit signature collides with probability
+//! `(1 − θ/π)^τ` (SDIM's attention kernel on angles).
+//!
+//! - codes: `bits` signs packed into `u64` words, bit `k` of word `k / 64` = bit `k`;
+//! - SDIM signatures: bits `[g·τ, (g+1)·τ)` read as an integer in `[0, 2^τ)`, g < G.
+//!
+//! The projections `R [dim, bits]` are drawn once from a seed and saved with the model (a
+//! buffer), never redrawn per forward pass.
+//!
+//! Tokens are concatenations of field rows, and `x·R = Σ_f x_f·R_f` is linear, so
+//! [`token_codes`] projects each *unique* table row of a batch once (one GEMM per field) and
+//! adds the per-field projections per behavior: O(u·d·bits + n·F·bits) instead of O(n·d·bits).
+//!
+//! | input | layout |
+//! |---|---|
+//! | x | `[n, dim]` f32 |
+//! | R | `[dim, bits]` f32, N(0, 1) |
+//! | codes | `[n, words]` u64, words = ⌈bits / 64⌉ |
+
+use crate::cpu::{sgemm, Mat};
+use crate::data::Batch;
+use crate::embedding::{Field, Tables, ViewSpec};
+use crate::{Error, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
+
+/// Fixed random projections `R [dim, bits]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimHash {
+    dim: usize,
+    bits: usize,
+    proj: Vec<f32>,
+}
+
+impl SimHash {
+    /// Projections with N(0, 1) entries drawn from `seed`.
+    pub fn new(dim: usize, bits: usize, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let proj = (0..dim * bits)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        Self { dim, bits, proj }
+    }
+
+    /// Projections from saved values `[dim, bits]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the length is not `dim · bits` or a value is not finite.
+    pub fn from_values(dim: usize, bits: usize, proj: Vec<f32>) -> Result<Self> {
+        if proj.len() != dim * bits || proj.iter().any(|x| !x.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "SimHash projections: {} values (want {dim}·{bits}, all finite)",
+                proj.len()
+            )));
+        }
+        Ok(Self { dim, bits, proj })
+    }
+
+    /// Input width.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Code length.
+    pub fn bits(&self) -> usize {
+        self.bits
+    }
+    /// `u64` words per code.
+    pub fn words(&self) -> usize {
+        self.bits.div_ceil(64)
+    }
+    /// `R`, row-major `[dim, bits]`.
+    pub fn projections(&self) -> &[f32] {
+        &self.proj
+    }
+
+    /// `x·R` for `n` rows.
+    ///
+    /// # Shapes
+    /// x `[n, dim]` → `[n, bits]`
+    pub fn project(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n * self.bits];
+        sgemm(
+            Mat::new(&x[..n * self.dim], n, self.dim),
+            Mat::new(&self.proj, self.dim, self.bits),
+            &mut out,
+            false,
+        );
+        out
+    }
+
+    /// Codes of `n` rows.
+    ///
+    /// # Shapes
+    /// x `[n, dim]` → `[n, words]`
+    pub fn codes(&self, x: &[f32], n: usize) -> Vec<u64> {
+        let p = self.project(x, n);
+        let w = self.words();
+        let mut out = vec![0u64; n * w];
+        out.par_chunks_mut(w.max(1))
+            .zip(p.par_chunks(self.bits.max(1)))
+            .for_each(|(c, row)| pack_signs(row, c));
+        out
+    }
+}
+
+/// Packs `[x_k > 0]` of `proj` (length bits) into `out` (⌈bits/64⌉ words).
+#[inline]
+pub fn pack_signs(proj: &[f32], out: &mut [u64]) {
+    out.iter_mut().for_each(|w| *w = 0);
+    for (k, &v) in proj.iter().enumerate() {
+        if v > 0.0 {
+            out[k / 64] |= 1u64 << (k % 64);
+        }
+    }
+}
+
+/// Signature `g` of a code: bits `[g·tau, (g+1)·tau)` as an integer (bit `g·tau` lowest).
+#[inline]
+pub fn signature(code: &[u64], g: usize, tau: usize) -> u32 {
+    let start = g * tau;
+    let (w, s) = (start / 64, start % 64);
+    let mut v = code[w] >> s;
+    if s + tau > 64 {
+        v |= code[w + 1] << (64 - s);
+    }
+    (v & ((1u64 << tau) - 1)) as u32
+}
+
+/// Hamming distance of two codes.
+#[inline]
+pub fn hamming(a: &[u64], b: &[u64]) -> u32 {
+    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
+}
+
+/// SimHash codes of a batch's tokens in `view`: the targets' `[B, words]` and the packed
+/// history's `[n, words]`, from the host tables (no gradient), each unique row projected once.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when the projections' width is not the view's, or an id is outside
+/// its table.
+pub fn token_codes(
+    tables: &Tables,
+    view: &ViewSpec,
+    hash: &SimHash,
+    batch: &Batch,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    if hash.dim() != view.width {
+        return Err(Error::InvalidArgument(format!(
+            "SimHash projections are {} wide, the tokens {}",
+            hash.dim(),
+            view.width
+        )));
+    }
+    let (b, n, bits, words) = (batch.size(), batch.n_packed(), hash.bits(), hash.words());
+    // Per field: projections of the rows it uses, and each token's row among them.
+    struct FieldProj {
+        proj: Vec<f32>,  // [rows, bits]
+        local: Vec<u32>, // [B + n] row of each token
+    }
+    let mut fields = Vec::with_capacity(view.fields.len());
+    for f in &view.fields {
+        let table = tables.table(f.table);
+        let r_f = &hash.projections()[f.col * bits..(f.col + f.dim) * bits];
+        let (rows, local): (Vec<u32>, Vec<u32>) = if f.field == Field::Pos {
+            let mut local = vec![0u32; b];
+            local.extend_from_slice(batch.hist_ids(Field::Pos)?);
+            ((0..table.rows() as u32).collect(), local)
+        } else {
+            let ids = batch.full_ids(f.field)?;
+            ((*ids.unique).clone(), (*ids.local).clone())
+        };
+        table.check_ids(rows.last().map(std::slice::from_ref).unwrap_or(&[]))?;
+        if let Some(&bad) = local.iter().find(|&&l| l as usize >= rows.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "`{}` index {bad} is outside the table",
+                table.name()
+            )));
+        }
+        let mut x = vec![0f32; rows.len() * f.dim];
+        x.par_chunks_mut(f.dim)
+            .zip(rows.par_iter())
+            .for_each(|(o, &i)| o.copy_from_slice(table.row(i)));
+        let mut proj = vec![0f32; rows.len() * bits];
+        sgemm(
+            Mat::new(&x, rows.len(), f.dim),
+            Mat::new(r_f, f.dim, bits),
+            &mut proj,
+            false,
+        );
+        fields.push(FieldProj { proj, local });
+    }
+    let mut codes = vec![0u64; (b + n) * words];
+    codes
+        .par_chunks_mut(words * 256)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut acc = vec![0f32; bits];
+            for (k, code) in chunk.chunks_exact_mut(words).enumerate() {
+                let t = c * 256 + k;
+                acc.iter_mut().for_each(|a| *a = 0.0);
+                for f in &fields {
+                    let l = f.local[t] as usize;
+                    acc.iter_mut()
+                        .zip(&f.proj[l * bits..(l + 1) * bits])
+                        .for_each(|(a, p)| *a += p);
+                }
+                pack_signs(&acc, code);
+            }
+        });
+    let hist = codes.split_off(b * words);
+    Ok((codes, hist))
+}
