@@ -96,6 +96,11 @@ enum Command {
         /// Continue from RUN_DIR/last.safetensors (mid-epoch included).
         #[arg(long)]
         resume: bool,
+        /// Override a config key before the preset is applied: `--set train.seed=3
+        /// --set model.search.k=50 --set 'model.aggregate.1.window={ recent = 20 }'` (a number
+        /// selects a list element; values are TOML). Repeatable.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
     },
     /// Score a split with a checkpoint and report AUC, GAUC and logloss.
     Eval {
@@ -195,8 +200,9 @@ fn run(cmd: Command) -> Result<()> {
             data,
             out,
             resume,
+            set,
         } => {
-            let mut cfg = Config::load(&config)?;
+            let mut cfg = Config::load_with(&config, &set)?;
             if let Some(d) = data {
                 cfg.data.dir = d;
             }

@@ -143,6 +143,19 @@ impl Trainer {
             items: data.meta.n_items,
             cates: data.meta.n_cates,
         };
+        Self::from_parts(cfg, vocab, vocab_fingerprint(&data.dir)?, run_dir, device)
+    }
+
+    /// A fresh trainer for data held elsewhere (histories and impressions built in memory, say):
+    /// tables for `vocab`, and `fingerprint` stored in the checkpoints to identify the
+    /// vocabularies (what [`vocab_fingerprint`] gives for a prepared dataset).
+    pub fn from_parts(
+        cfg: Config,
+        vocab: VocabSizes,
+        fingerprint: String,
+        run_dir: &Path,
+        device: &Device,
+    ) -> Result<Self> {
         let model = build_model(&cfg, vocab, device)?;
         let t = &cfg.train;
         let dense = dense_optimizer(&model, &cfg)?;
@@ -157,7 +170,7 @@ impl Trainer {
             run_dir: run_dir.to_path_buf(),
             progress: console_is_tty(),
             times: StepTimes::default(),
-            vocab_fingerprint: vocab_fingerprint(&data.dir)?,
+            vocab_fingerprint: fingerprint,
         })
     }
 

@@ -2,6 +2,8 @@
 
 mod common;
 
+// Configs: presets, merging, misspelt keys, validation, per-table seeds.
+mod config;
 // Metrics against hand-computed values (ties included).
 mod metrics;
 // Checkpoints: round trip, corruption, atomic writes.

@@ -44,6 +44,62 @@ fn default_max_len() -> usize {
     50
 }
 
+/// Sets `path=value` in a TOML document (see [`Config::from_toml_with`]).
+fn apply_override(doc: &mut toml::Table, o: &str) -> Result<()> {
+    let bad = |why: &str| Error::Config(format!("override `{o}`: {why}"));
+    let (path, value) = o
+        .split_once('=')
+        .ok_or_else(|| bad("expected PATH=VALUE"))?;
+    let (path, value) = (path.trim(), value.trim());
+    // A TOML value; a bare word is taken as a string.
+    let parsed: toml::Table = toml::from_str(&format!("v = {value}"))
+        .or_else(|_| toml::from_str(&format!("v = {value:?}")))
+        .map_err(|e| bad(&e.message().replace('\n', " ")))?;
+    let value = parsed.get("v").cloned().ok_or_else(|| bad("no value"))?;
+    let keys: Vec<&str> = path.split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(bad("empty key in the path"));
+    }
+    let mut root = toml::Value::Table(std::mem::take(doc));
+    let r = set_path(&mut root, &keys, value);
+    if let toml::Value::Table(t) = root {
+        *doc = t;
+    }
+    r.map_err(|e| bad(&e))
+}
+
+/// Sets the value at `keys` below `node`, creating tables (or lists, before a numeric key).
+fn set_path(
+    node: &mut toml::Value,
+    keys: &[&str],
+    value: toml::Value,
+) -> std::result::Result<(), String> {
+    let Some((k, rest)) = keys.split_first() else {
+        *node = value;
+        return Ok(());
+    };
+    let fresh = |rest: &[&str]| match rest.first().map(|n| n.parse::<usize>()) {
+        Some(Ok(_)) => toml::Value::Array(Vec::new()),
+        _ => toml::Value::Table(toml::Table::new()),
+    };
+    match node {
+        toml::Value::Table(t) => {
+            let child = t.entry(k.to_string()).or_insert_with(|| fresh(rest));
+            set_path(child, rest, value)
+        }
+        toml::Value::Array(a) => {
+            let idx: usize = k
+                .parse()
+                .map_err(|_| format!("`{k}`: a list needs a numeric index"))?;
+            while a.len() <= idx {
+                a.push(fresh(rest));
+            }
+            set_path(&mut a[idx], rest, value)
+        }
+        _ => Err(format!("`{k}`: the value above it is not a table")),
+    }
+}
+
 /// Paths serialise as UTF-8, lossily (a checkpoint's paths are provenance only).
 fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&p.to_string_lossy())
@@ -142,6 +198,17 @@ impl Config {
     /// [`Error::Config`] with TOML's message (line, column, the offending key) or a validation
     /// message naming the field.
     pub fn from_toml(text: &str) -> Result<Self> {
+        Self::from_toml_with(text, &[])
+    }
+
+    /// [`Config::from_toml`] with overrides applied to the document first, each `path=value`
+    /// with a dotted key path (`train.seed=3`, `model.search.k=50`, `model.aggregate.1.window={ recent = 20 }`;
+    /// a number selects a list element) and a TOML value (strings quoted or bare).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming a malformed override, a path through a non-table, or the same
+    /// errors as [`Config::from_toml`].
+    pub fn from_toml_with(text: &str, overrides: &[String]) -> Result<Self> {
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| {
             // One line (toml's Display draws a multi-line snippet): "line N: message".
             let line = e
@@ -153,6 +220,9 @@ impl Config {
                 None => msg,
             })
         })?;
+        for o in overrides {
+            apply_override(&mut doc, o)?;
+        }
         if let Some(m) = doc.remove("model") {
             let resolved = preset::resolve(m).map_err(Error::Config)?;
             doc.insert("model".into(), resolved);
@@ -173,8 +243,13 @@ impl Config {
 
     /// Reads and parses a TOML config file.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, &[])
+    }
+
+    /// Reads a TOML config file and applies overrides ([`Config::from_toml_with`]).
+    pub fn load_with(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_toml(&text).map_err(|e| match e {
+        Self::from_toml_with(&text, overrides).map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
             e => e,
         })
