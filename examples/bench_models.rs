@@ -156,7 +156,7 @@ fn data(users: usize, len: usize, rows: usize, seed: u64) -> (Histories, Impress
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut h = Histories {
-        offsets: vec![0, 0],
+        offsets: vec![0, 0, 0],
         ..Default::default()
     };
     let mut interests = Vec::with_capacity(users);
@@ -267,10 +267,11 @@ fn main() -> anyhow::Result<()> {
         let tm = t.times;
         let steps = s.state.step.max(1) as f64;
         println!(
-            "{name} L={}: {:.0} samples/s; per step (ms): wait {:.1}, gather {:.1}, forward {:.1}, backward {:.1}, update {:.1}; peak RSS so far {:.0} MB",
+            "{name} L={}: {:.0} samples/s; per step (ms): wait {:.1}, search {:.1}, gather {:.1}, forward {:.1}, backward {:.1}, update {:.1}; peak RSS so far {:.0} MB",
             args.len,
             s.samples_per_sec(),
             1e3 * tm.wait / steps,
+            1e3 * tm.search / steps,
             1e3 * tm.gather / steps,
             1e3 * tm.forward / steps,
             1e3 * tm.backward / steps,

@@ -1,5 +1,8 @@
 //! CPU compute helpers for the fused ops: a safe row-major SGEMM over slices (the `gemm` crate
-//! candle itself uses, multi-threaded on rayon) and a `Send` pointer for disjoint parallel writes.
+//! candle itself uses, multi-threaded on rayon), a linear op with a parallel weight gradient, and
+//! a `Send` pointer for disjoint parallel writes.
+
+use rayon::prelude::*;
 
 /// Layout of a row-major matrix operand: `rows × cols`, optionally read transposed.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +104,113 @@ pub fn sgemm(a: Mat, b: Mat, out: &mut [f32], accumulate: bool) {
     }
 }
 
+/// `out = aᵀ·b` for tall `a [n, m]`, `b [n, k]` (n ≫ m, k): GEMMs over fixed blocks of rows in
+/// parallel, summed in block order (a single GEMM parallelises poorly over the long reduction;
+/// fixed blocks keep the result independent of the thread count).
+pub fn sgemm_tn_tall(a: &[f32], b: &[f32], n: usize, m: usize, k: usize, out: &mut [f32]) {
+    const BLOCK: usize = 8192;
+    if n <= BLOCK {
+        sgemm(Mat::new(a, n, m).t(), Mat::new(b, n, k), out, false);
+        return;
+    }
+    let parts: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|blk| {
+            let (r0, r1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(n));
+            let mut o = vec![0f32; m * k];
+            sgemm(
+                Mat::new(&a[r0 * m..r1 * m], r1 - r0, m).t(),
+                Mat::new(&b[r0 * k..r1 * k], r1 - r0, k),
+                &mut o,
+                false,
+            );
+            o
+        })
+        .collect();
+    out[..m * k].copy_from_slice(&parts[0]);
+    for p in &parts[1..] {
+        out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+    }
+}
+
+/// `x·wᵀ` (a linear layer without bias) as one op whose backward computes the weight gradient
+/// `gᵀ·x` over fixed row blocks in parallel ([`sgemm_tn_tall`]): candle's generic matmul backward
+/// runs that long reduction (tens of thousands of rows into a `[out, in]` matrix) on one GEMM
+/// that parallelises poorly.
+///
+/// # Shapes
+/// x `[n, in]`, w `[out, in]` → `[n, out]`
+pub fn linear(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+) -> candle_core::Result<candle_core::Tensor> {
+    x.apply_op2(w, Linear)
+}
+
+struct Linear;
+
+impl candle_core::CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (n, i) = l1.shape().dims2()?;
+        let (o, i2) = l2.shape().dims2()?;
+        if i != i2 {
+            candle_core::bail!(
+                "linear: x {:?} and w {:?} do not agree",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let (x, w) = match (l1.contiguous_offsets(), l2.contiguous_offsets()) {
+            (Some((a, b)), Some((c, d))) => {
+                (&s1.as_slice::<f32>()?[a..b], &s2.as_slice::<f32>()?[c..d])
+            }
+            _ => candle_core::bail!("linear: inputs must be contiguous"),
+        };
+        let mut out = vec![0f32; n * o];
+        sgemm(Mat::new(x, n, i), Mat::new(w, o, i).t(), &mut out, false);
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((n, o)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &candle_core::Tensor,
+        w: &candle_core::Tensor,
+        _res: &candle_core::Tensor,
+        grad: &candle_core::Tensor,
+    ) -> candle_core::Result<(Option<candle_core::Tensor>, Option<candle_core::Tensor>)> {
+        let (n, i) = x.dims2()?;
+        let o = w.dim(0)?;
+        let (dx, dw) = with_data(x, |xd| {
+            with_data(w, |wd| {
+                with_data(grad, |g| {
+                    let mut dx = vec![0f32; n * i];
+                    sgemm(Mat::new(g, n, o), Mat::new(wd, o, i), &mut dx, false);
+                    let mut dw = vec![0f32; o * i];
+                    sgemm_tn_tall(g, xd, n, o, i, &mut dw);
+                    Ok((dx, dw))
+                })
+            })
+        })?;
+        Ok((
+            Some(candle_core::Tensor::from_vec(dx, (n, i), x.device())?),
+            Some(candle_core::Tensor::from_vec(dw, (o, i), w.device())?),
+        ))
+    }
+}
+
 /// A raw pointer that may cross threads, for parallel writes to provably disjoint parts of one
 /// buffer (each user states why its parts are disjoint).
 #[derive(Debug)]
@@ -165,7 +275,28 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         .zip(cb.remainder())
         .map(|(x, y)| x * y)
         .sum();
-    acc.iter().sum::<f32>() + tail
+    // Tree reduction (a left fold of the 16 lanes is 15 dependent adds; halving vectorises).
+    let mut w = 8;
+    while w > 0 {
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+        w /= 2;
+    }
+    acc[0] + tail
+}
+
+/// `y += a·x`, vectorised for the CPU at hand.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &mut y[..n]);
+    for i in 0..n {
+        y[i] += a * x[i];
+    }
 }
 
 /// Runs `f` on a CPU tensor's contiguous f32 data without copying it (a copy is made only for a

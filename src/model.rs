@@ -40,6 +40,7 @@ use crate::search::{self, signature, token_codes, SimHash};
 use crate::window::Window;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -451,18 +452,25 @@ impl CtrModel {
                 } => {
                     let hash = Self::simhash(proj)?;
                     let (tc, hc) = token_codes(tables, tables.view(*keys), &hash, batch)?;
-                    let (words, g) = (hash.words(), unit.groups);
-                    let sig_of = |code: &[u64]| -> Vec<u16> {
-                        (0..g)
-                            .map(|q| signature(code, q, unit.tau) as u16)
-                            .collect()
+                    let (words, g, tau) = (hash.words(), unit.groups, unit.tau);
+                    let sigs_of = |codes: &[u64], rows: &mut [u16]| {
+                        for (code, out) in codes.chunks_exact(words).zip(rows.chunks_exact_mut(g)) {
+                            for (q, o) in out.iter_mut().enumerate() {
+                                *o = signature(code, q, tau) as u16;
+                            }
+                        }
                     };
-                    let target: Vec<u16> = tc.chunks_exact(words).flat_map(sig_of).collect();
-                    let rows: Vec<u16> = w
-                        .rows
-                        .iter()
-                        .flat_map(|&j| sig_of(&hc[j as usize * words..(j as usize + 1) * words]))
-                        .collect();
+                    let mut target = vec![0u16; batch.size() * g];
+                    sigs_of(&tc, &mut target);
+                    let mut rows = vec![0u16; w.len() * g];
+                    rows.par_chunks_mut(g * 1024)
+                        .zip(w.rows.par_chunks(1024))
+                        .for_each(|(out, js)| {
+                            for (o, &j) in out.chunks_exact_mut(g).zip(js) {
+                                let j = j as usize;
+                                sigs_of(&hc[j * words..(j + 1) * words], o);
+                            }
+                        });
                     Some(Signatures {
                         target: Arc::new(target),
                         rows: Arc::new(rows),
@@ -510,11 +518,22 @@ impl CtrModel {
                         .map(|&r| if r == NONE { 0.0 } else { 1.0 })
                         .collect();
                     let padded = Arc::new(padded);
+                    // Keys and values of one view are the same tokens: gather them once.
+                    let target_k = lb.request(t.view(*keys), Tokens::Targets);
+                    let keys_ix = lb.request(t.view(*keys), Tokens::History(padded.clone()));
+                    let (target_v, values_ix) = if keys == values {
+                        (target_k, keys_ix)
+                    } else {
+                        (
+                            lb.request(t.view(*values), Tokens::Targets),
+                            lb.request(t.view(*values), Tokens::History(padded)),
+                        )
+                    };
                     AggLookup::Attention {
-                        target_k: lb.request(t.view(*keys), Tokens::Targets),
-                        target_v: lb.request(t.view(*values), Tokens::Targets),
-                        keys: lb.request(t.view(*keys), Tokens::History(padded.clone())),
-                        values: lb.request(t.view(*values), Tokens::History(padded)),
+                        target_k,
+                        target_v,
+                        keys: keys_ix,
+                        values: values_ix,
                         mask: Arc::new(mask),
                         k,
                     }
@@ -583,14 +602,19 @@ impl CtrModel {
                         k,
                     },
                 ) => {
-                    let mask = Tensor::from_slice(mask, (b, *k), &self.device)?;
-                    unit.forward(
-                        &gather(leaves, ix(*target_k))?,
-                        &gather(leaves, ix(*keys))?,
-                        &gather(leaves, ix(*values))?,
-                        &mask,
-                        &gather(leaves, ix(*target_v))?,
-                    )?
+                    let mask = crate::aggregate::attention::Mask {
+                        b,
+                        k: *k,
+                        data: mask.clone(),
+                    };
+                    let tk = gather(leaves, ix(*target_k))?;
+                    let kk = gather(leaves, ix(*keys))?;
+                    let (tv, vv) = if keys == values {
+                        (tk.clone(), kk.clone())
+                    } else {
+                        (gather(leaves, ix(*target_v))?, gather(leaves, ix(*values))?)
+                    };
+                    unit.forward(&tk, &kk, &vv, &mask, &tv)?
                 }
                 (Agg::Sdim { unit, .. }, AggLookup::Sdim { values }) => {
                     let sigs = sigs

@@ -91,7 +91,9 @@ impl FitSummary {
 pub struct StepTimes {
     /// Waiting for the next collated batch.
     pub wait: f64,
-    /// Gathering the batch's embedding rows into leaves.
+    /// The search and hash signatures (no gradient).
+    pub search: f64,
+    /// Gathering the rows the step reads into the leaf.
     pub gather: f64,
     /// Forward pass and loss.
     pub forward: f64,
@@ -231,6 +233,7 @@ impl Trainer {
     pub fn train_step(&mut self, batch: &Batch) -> Result<f32> {
         let t0 = Instant::now();
         let plan = self.model.plan(batch)?;
+        let ts = Instant::now();
         let (leaves, look) = self.model.leaves(batch, &plan, true)?;
         let t1 = Instant::now();
         let out = self.model.forward(batch, &plan, &leaves, &look, true)?;
@@ -256,14 +259,17 @@ impl Trainer {
         let t2 = Instant::now();
         let grads = loss.backward()?;
         let t3 = Instant::now();
+        let row_grads = leaves.row_grads(&grads)?;
         let scale = match self.cfg.train.clip_grad_norm {
             Some(max) => {
                 let mut sq = 0f64;
-                let dense = self.model.params().params().values().map(|v| v.as_tensor());
-                for t in dense.chain(std::iter::once(leaves.tensor())) {
-                    if let Some(g) = grads.get(t) {
+                for v in self.model.params().params().values() {
+                    if let Some(g) = grads.get(v.as_tensor()) {
                         sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
                     }
+                }
+                for rg in &row_grads {
+                    sq += rg.grad.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
                 }
                 let norm = sq.sqrt();
                 if norm > max {
@@ -275,14 +281,15 @@ impl Trainer {
             None => 1.0,
         };
         self.dense.step(&grads, scale)?;
-        for rg in leaves.row_grads(&grads)? {
+        for rg in row_grads {
             let table = self.model.tables_mut().table_mut(rg.table);
             self.sparse
                 .update(table, &rg.rows, &rg.grad, scale as f32)?;
         }
         self.state.step += 1;
         let t4 = Instant::now();
-        self.times.gather += (t1 - t0).as_secs_f64();
+        self.times.search += (ts - t0).as_secs_f64();
+        self.times.gather += (t1 - ts).as_secs_f64();
         self.times.forward += (t2 - t1).as_secs_f64();
         self.times.backward += (t3 - t2).as_secs_f64();
         self.times.update += (t4 - t3).as_secs_f64();

@@ -509,3 +509,127 @@ fn dare_search_and_weights_ignore_the_representation_tables() {
         .unwrap();
     assert_ne!(w0, w1);
 }
+
+/// The fused target attention equals the op-by-op candle composite, values and gradients (of
+/// the inputs and every parameter), with and without projections, with the product, and with a
+/// sample whose window is empty (its output must be 0).
+#[test]
+fn target_attention_fused_matches_composite() {
+    use lifelong::aggregate::attention::Mask;
+    use lifelong::aggregate::TargetAttention;
+    let (b, k, dk, dv) = (4usize, 5usize, 6usize, 4usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let mut mask = vec![0f32; b * k];
+    for (s, len) in [3usize, 0, 5, 1].iter().enumerate() {
+        mask[s * k..s * k + len].iter_mut().for_each(|m| *m = 1.0);
+    }
+    for (projection, product) in [(true, false), (true, true), (false, true), (false, false)] {
+        let dv = if product { dk } else { dv };
+        let mut ps = ParamStore::new(Device::Cpu, 3);
+        let scale: Vec<f32> = (0..dk).map(|i| 0.3 + 0.1 * i as f32).collect();
+        let unit =
+            TargetAttention::new(&mut ps, "att", dk, dv, projection, 2, 8, scale, product).unwrap();
+        let var =
+            |rng: &mut ChaCha8Rng, shape: &[usize]| Var::from_tensor(&randn(rng, shape)).unwrap();
+        let (tk, keys, values, tv) = (
+            var(&mut rng, &[b, dk]),
+            var(&mut rng, &[b * k, dk]),
+            var(&mut rng, &[b * k, dv]),
+            var(&mut rng, &[b, dv]),
+        );
+        let m = Mask {
+            b,
+            k,
+            data: std::sync::Arc::new(mask.clone()),
+        };
+        let mt = Tensor::from_vec(mask.clone(), (b, k), &Device::Cpu).unwrap();
+        let fused = unit
+            .forward(
+                tk.as_tensor(),
+                keys.as_tensor(),
+                values.as_tensor(),
+                &m,
+                tv.as_tensor(),
+            )
+            .unwrap();
+        let reference = unit
+            .forward_reference(
+                tk.as_tensor(),
+                keys.as_tensor(),
+                values.as_tensor(),
+                &mt,
+                tv.as_tensor(),
+            )
+            .unwrap();
+        assert!(
+            max_abs_diff(&fused, &reference) < 1e-5,
+            "projection={projection}"
+        );
+        assert_eq!(
+            fused
+                .get(1)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+        let w = randn(&mut rng, fused.dims());
+        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (reference * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let mut vars: Vec<(String, Tensor)> = vec![
+            ("target_k".into(), tk.as_tensor().clone()),
+            ("keys".into(), keys.as_tensor().clone()),
+            ("values".into(), values.as_tensor().clone()),
+        ];
+        vars.extend(
+            ps.params()
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone())),
+        );
+        for (name, v) in vars {
+            let (a, r) = (gf.get(&v).unwrap(), gr.get(&v).unwrap());
+            assert!(
+                max_abs_diff(a, r) < 1e-5,
+                "projection={projection} {name}: {}",
+                max_abs_diff(a, r)
+            );
+        }
+    }
+}
+
+/// The linear op (parallel weight gradient) equals candle's matmul, values and both gradients,
+/// also over more rows than one block of its blocked reduction.
+#[test]
+fn linear_op_matches_candle_matmul() {
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    for n in [7usize, 20_000] {
+        let x = Var::from_tensor(&randn(&mut rng, &[n, 6])).unwrap();
+        let w = Var::from_tensor(&randn(&mut rng, &[5, 6])).unwrap();
+        let g = randn(&mut rng, &[n, 5]);
+        let a = lifelong::cpu::linear(x.as_tensor(), w.as_tensor()).unwrap();
+        let b = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+        assert!(max_abs_diff(&a, &b) < 1e-5);
+        let ga = (a * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [x.as_tensor(), w.as_tensor()] {
+            let (p, q) = (ga.get(v).unwrap(), gb.get(v).unwrap());
+            let scale = q
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(max_abs_diff(p, q) <= 1e-5 * scale.max(1.0), "n = {n}");
+        }
+    }
+}

@@ -196,12 +196,16 @@ fn topk_rows_long_rows_and_k_at_least_l() {
 }
 
 fn tables(seed: u64) -> Tables {
+    tables_with(seed, None)
+}
+
+fn tables_with(seed: u64, attention: Option<lifelong::config::AttentionDims>) -> Tables {
     let cfg = EmbeddingConfig {
         item_dim: 3,
         cate_dim: 2,
         pos_dim: 2,
         user_dim: 0,
-        attention: None,
+        attention,
         init: Init::Normal { std: 1.0 },
     };
     Tables::new(&cfg, crate::common::TINY_VOCAB, 6, seed).unwrap()
@@ -349,6 +353,7 @@ fn sdim_buckets_match_bruteforce_and_autograd() {
         // Gradient vs autograd of a composite: S = M · tokens, with M [B·G, n] the collision matrix.
         let w = Tensor::from_vec(gaussian(&mut rng, b * d), (b, d), &Device::Cpu).unwrap();
         let g_op = (u * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let x = leaves.take_grad(&g_op).unwrap().unwrap();
         let tokens = gather(&leaves, &idx[0]).unwrap(); // [n, d]
         let mut m = vec![0f32; b * g * n];
         for s in 0..b {
@@ -380,14 +385,7 @@ fn sdim_buckets_match_bruteforce_and_autograd() {
         };
         let uc = (a.reshape((b, g, d)).unwrap().sum(1).unwrap() / g as f64).unwrap();
         let g_ref = (uc * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let (x, y) = (
-            g_op.get(leaves.tensor()).unwrap().to_vec1::<f32>().unwrap(),
-            g_ref
-                .get(leaves.tensor())
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-        );
+        let y = leaves.take_grad(&g_ref).unwrap().unwrap();
         for (i, (p, q)) in x.iter().zip(&y).enumerate() {
             assert!(
                 (p - q).abs() < 1e-5,
@@ -420,15 +418,14 @@ fn bucket_table_matches_bruteforce() {
 }
 
 /// The full-attention pooling op (auxiliary heads) equals candle ops on gathered, padded
-/// tokens, values and gradients (query and leaf), with softmax and raw weights.
+/// tokens, values and gradients (query and leaf), with softmax and raw weights, with keys and
+/// values of one view (the same tokens) and of two (DARE's attention and representation tables).
 #[test]
 fn score_pool_matches_reference() {
-    let (t, batch, leaves, idx) = leaf_setup(true);
+    let batch = crate::common::tiny_batch(6);
     let b = batch.size();
-    let d = t.view(View::Representation).width;
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let packed = Packed::new(batch.offsets.clone()).unwrap();
-    // Padded copies of the history tokens for the reference.
     let l = packed.len();
     let mut pad_rows = vec![lifelong::embedding::NONE; b * l];
     for s in 0..b {
@@ -436,63 +433,87 @@ fn score_pool_matches_reference() {
             pad_rows[s * l + i] = j as u32;
         }
     }
-    let mut lb = LeafBuilder::new(&t, &batch);
-    lb.request(t.view(View::Representation), Tokens::AllHistory);
-    lb.request(
-        t.view(View::Representation),
-        Tokens::History(Arc::new(pad_rows)),
-    );
-    let (leaves2, idx2) = lb.build(&Device::Cpu, true).unwrap();
+    let pad_rows = Arc::new(pad_rows);
     let mask = packed.mask(&Device::Cpu).unwrap();
-    for softmax in [true, false] {
-        let q = Var::from_vec(gaussian(&mut rng, b * d), (b, d), &Device::Cpu).unwrap();
-        let w = Tensor::from_vec(gaussian(&mut rng, b * d), (b, d), &Device::Cpu).unwrap();
-        let out = score_pool(q.as_tensor(), &leaves, &idx[0], &idx[0], &packed, softmax).unwrap();
-        let tok = gather(&leaves2, &idx2[1])
-            .unwrap()
-            .reshape((b, l, d))
-            .unwrap();
-        let reference = score_pool_reference(q.as_tensor(), &tok, &tok, &mask, softmax).unwrap();
-        let (o, r) = (
-            out.to_vec2::<f32>().unwrap(),
-            reference.to_vec2::<f32>().unwrap(),
-        );
-        for (x, y) in o.iter().flatten().zip(r.iter().flatten()) {
-            assert!((x - y).abs() < 1e-5, "softmax={softmax}: {x} vs {y}");
-        }
-        let go = (out * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (reference * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
-            assert_eq!(a.len(), b.len());
-            for (x, y) in a.iter().zip(&b) {
-                assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{what}: {x} vs {y}");
-            }
+    for decoupled in [false, true] {
+        let dims = lifelong::config::AttentionDims {
+            item_dim: 2,
+            cate_dim: 3,
+            pos_dim: 1,
         };
-        close(
-            go.get(q.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap(),
-            gr.get(q.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap(),
-            "query",
+        let t = tables_with(5, decoupled.then_some(dims));
+        let (att, rep) = (t.view(View::Attention), t.view(View::Representation));
+        let (dk, dv) = (att.width, rep.width);
+        let mut lb = LeafBuilder::new(&t, &batch);
+        let (ka, va) = (
+            lb.request(att, Tokens::AllHistory),
+            lb.request(rep, Tokens::AllHistory),
         );
-        // Both leaves hold the same rows in the same order (same tables, same ids).
-        close(
-            go.get(leaves.tensor()).unwrap().to_vec1().unwrap(),
-            gr.get(leaves2.tensor()).unwrap().to_vec1().unwrap(),
-            "leaf",
-        );
+        assert_eq!(ka == va, !decoupled);
+        let (leaves, idx) = lb.build(&Device::Cpu, true).unwrap();
+        let mut lb = LeafBuilder::new(&t, &batch);
+        let kp = lb.request(att, Tokens::History(pad_rows.clone()));
+        let vp = lb.request(rep, Tokens::History(pad_rows.clone()));
+        let (leaves2, idx2) = lb.build(&Device::Cpu, true).unwrap();
+        for softmax in [true, false] {
+            let q = Var::from_vec(gaussian(&mut rng, b * dk), (b, dk), &Device::Cpu).unwrap();
+            let w = Tensor::from_vec(gaussian(&mut rng, b * dv), (b, dv), &Device::Cpu).unwrap();
+            let out =
+                score_pool(q.as_tensor(), &leaves, &idx[ka], &idx[va], &packed, softmax).unwrap();
+            let keys = gather(&leaves2, &idx2[kp])
+                .unwrap()
+                .reshape((b, l, dk))
+                .unwrap();
+            let vals = gather(&leaves2, &idx2[vp])
+                .unwrap()
+                .reshape((b, l, dv))
+                .unwrap();
+            let reference =
+                score_pool_reference(q.as_tensor(), &keys, &vals, &mask, softmax).unwrap();
+            let (o, r) = (
+                out.to_vec2::<f32>().unwrap(),
+                reference.to_vec2::<f32>().unwrap(),
+            );
+            for (x, y) in o.iter().flatten().zip(r.iter().flatten()) {
+                assert!(
+                    (x - y).abs() < 1e-5,
+                    "decoupled={decoupled} softmax={softmax}: {x} vs {y}"
+                );
+            }
+            let go = (out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (reference * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+                assert_eq!(a.len(), b.len());
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{what}: {x} vs {y}");
+                }
+            };
+            close(
+                go.get(q.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+                gr.get(q.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+                "query",
+            );
+            // Both leaves hold the same rows in the same order (same tables, same ids).
+            close(
+                leaves.take_grad(&go).unwrap().unwrap(),
+                leaves2.take_grad(&gr).unwrap().unwrap(),
+                "leaf",
+            );
+        }
     }
 }

@@ -19,6 +19,9 @@
 //! | mask | `[B, K]` |
 //! | out | `[B, d_v]` |
 
+use super::attention_op::attend;
+pub use super::attention_op::Mask;
+use crate::cpu::linear;
 use crate::nn::ParamStore;
 use crate::Result;
 use candle_core::{Tensor, Var, D};
@@ -149,12 +152,54 @@ impl TargetAttention {
         }
     }
 
-    /// The interest vectors (and, with `product`, `t^v ⊙ out` after them).
+    /// The interest vectors (and, with `product`, `t^v ⊙ out` after them): the projections as
+    /// GEMMs, the attention itself as one fused op ([`super::attention_op`]).
     ///
     /// # Shapes
     /// target_k `[B, d_k]`, keys `[B·K, d_k]`, values `[B·K, d_v]`, mask `[B, K]`,
     /// target_v `[B, d_v]` → `[B, out_dim]`
     pub fn forward(
+        &self,
+        target_k: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        mask: &Mask,
+        target_v: &Tensor,
+    ) -> Result<Tensor> {
+        let b = mask.b;
+        let out = if mask.k == 0 {
+            Tensor::zeros((b, self.dv), target_k.dtype(), target_k.device())?
+        } else {
+            match &self.proj {
+                None => {
+                    let scale = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
+                    let q = target_k.broadcast_mul(&scale)?;
+                    attend(&q, keys, values, mask, 1, 1.0)?
+                }
+                Some(p) => {
+                    let dh = (self.dim / self.heads) as f32;
+                    let q = linear(target_k, p.wq.as_tensor())?;
+                    let kp = linear(keys, p.wk.as_tensor())?;
+                    let vp = linear(values, p.wv.as_tensor())?;
+                    let o = attend(&q, &kp, &vp, mask, self.heads, 1.0 / dh.sqrt())?;
+                    linear(&o, p.wo.as_tensor())?
+                }
+            }
+        };
+        self.with_product(out, target_v)
+    }
+
+    fn with_product(&self, out: Tensor, target_v: &Tensor) -> Result<Tensor> {
+        if self.product {
+            let prod = (&out * target_v)?;
+            Ok(Tensor::cat(&[&out, &prod], 1)?)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// [`TargetAttention::forward`] op by op with candle (any device; the tests' reference).
+    pub fn forward_reference(
         &self,
         target_k: &Tensor,
         keys: &Tensor,
@@ -182,12 +227,7 @@ impl TargetAttention {
                 }
             }
         };
-        if self.product {
-            let prod = (&out * target_v)?;
-            Ok(Tensor::cat(&[&out, &prod], 1)?)
-        } else {
-            Ok(out)
-        }
+        self.with_product(out, target_v)
     }
 }
 

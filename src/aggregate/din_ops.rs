@@ -22,7 +22,9 @@
 )]
 
 use super::Packed;
-use crate::cpu::{dot, fast_sigmoid, recycle, scratch, sgemm, with_data, Mat, SendPtr};
+use crate::cpu::{
+    dot, fast_sigmoid, recycle, scratch, sgemm, sgemm_tn_tall, with_data, Mat, SendPtr,
+};
 use crate::nn::{column_stats, DiceStats, CHUNK_ROWS};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -865,34 +867,5 @@ fn dice_bwd_out_row(
         let g = aj * w_out[q];
         let hq = g * xv * (1.0 - al) * p * (1.0 - p);
         dr[q] = g * gate + inv[q] * (hq - bf * (mh[q] + xh * mhx[q]));
-    }
-}
-
-/// `out = aᵀ·b` for tall `a [n, m]`, `b [n, k]` (n ≫ m, k): GEMMs over fixed blocks of rows in
-/// parallel, summed in block order (a single GEMM parallelises poorly over the long reduction;
-/// fixed blocks keep the result independent of the thread count).
-pub(crate) fn sgemm_tn_tall(a: &[f32], b: &[f32], n: usize, m: usize, k: usize, out: &mut [f32]) {
-    const BLOCK: usize = 8192;
-    if n <= BLOCK {
-        sgemm(Mat::new(a, n, m).t(), Mat::new(b, n, k), out, false);
-        return;
-    }
-    let parts: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
-        .into_par_iter()
-        .map(|blk| {
-            let (r0, r1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(n));
-            let mut o = vec![0f32; m * k];
-            sgemm(
-                Mat::new(&a[r0 * m..r1 * m], r1 - r0, m).t(),
-                Mat::new(&b[r0 * k..r1 * k], r1 - r0, k),
-                &mut o,
-                false,
-            );
-            o
-        })
-        .collect();
-    out[..m * k].copy_from_slice(&parts[0]);
-    for p in &parts[1..] {
-        out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
     }
 }

@@ -11,6 +11,7 @@
 //! regular `[B, K]` layout is cheaper (target attention over at most k rows).
 
 pub mod attention;
+pub mod attention_op;
 pub mod din;
 pub mod din_ops;
 pub mod score_pool;

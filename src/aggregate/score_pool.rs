@@ -10,8 +10,12 @@
 //! `∂r_j = w_j (∂w_j − Σ_i w_i ∂w_i)` (softmax) or `∂w_j` (raw), `∂q_b = Σ_j ∂r_j k_j`,
 //! `∂k_j = ∂r_j q_b`.
 
+// `let p = p;` inside the parallel closures makes them capture the whole `SendPtr` (Send +
+// Sync) rather than its raw-pointer field (edition-2021 disjoint captures).
+#![allow(clippy::redundant_locals)]
+
 use super::Packed;
-use crate::cpu::{dot, with_data};
+use crate::cpu::{with_data, SendPtr};
 use crate::embedding::{Leaves, TokenIndex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -40,6 +44,7 @@ pub fn score_pool(
     Ok(query.apply_op2(
         leaves.tensor(),
         ScorePool {
+            grad: leaves.accumulator().clone(),
             keys: keys.clone(),
             values: values.clone(),
             offsets: packed.offsets.clone(),
@@ -50,6 +55,7 @@ pub fn score_pool(
 }
 
 struct ScorePool {
+    grad: Arc<crate::embedding::leaves::GradAccumulator>,
     keys: Arc<TokenIndex>,
     values: Arc<TokenIndex>,
     offsets: Arc<Vec<usize>>,
@@ -65,35 +71,10 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]
 }
 
 impl ScorePool {
-    /// The weights of every row, sample by sample (in parallel, fixed order within a sample).
-    fn weights(&self, q: &[f32], flat: &[f32]) -> Vec<f32> {
-        let dk = self.keys.width;
-        let per: Vec<Vec<f32>> = self
-            .offsets
-            .par_windows(2)
-            .enumerate()
-            .map(|(b, w)| {
-                let qb = &q[b * dk..(b + 1) * dk];
-                let mut row = vec![0f32; dk];
-                let mut r: Vec<f32> = (w[0]..w[1])
-                    .map(|j| {
-                        self.keys.read_row(flat, j, &mut row);
-                        dot(qb, &row)
-                    })
-                    .collect();
-                if self.softmax && !r.is_empty() {
-                    let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut z = 0f32;
-                    r.iter_mut().for_each(|x| {
-                        *x = (*x - m).exp();
-                        z += *x;
-                    });
-                    r.iter_mut().for_each(|x| *x /= z);
-                }
-                r
-            })
-            .collect();
-        per.concat()
+    /// Whether keys and values are the same tokens (one view): then each row is read once per
+    /// pass and scattered once.
+    fn same(&self) -> bool {
+        Arc::ptr_eq(&self.keys, &self.values)
     }
 }
 
@@ -102,6 +83,8 @@ impl CustomOp2 for ScorePool {
         "score-pool"
     }
 
+    /// One pass per sample: the score of each row and, with an online softmax (running maximum,
+    /// the accumulator rescaled when it grows), the weighted sum, so every row is read once.
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -114,16 +97,45 @@ impl CustomOp2 for ScorePool {
             candle_core::bail!("score-pool: query {:?} does not fit the window", l1.dims());
         }
         let (q, flat) = (contiguous(s1, l1, "query")?, contiguous(s2, l2, "leaf")?);
-        let w = self.weights(q, flat);
         let dv = self.values.width;
+        let n = self.offsets[b];
         let mut out = vec![0f32; b * dv];
+        let mut w = vec![0f32; n];
+        let wp = SendPtr(w.as_mut_ptr());
         out.par_chunks_mut(dv.max(1))
             .zip(self.offsets.par_windows(2))
-            .for_each(|(ob, win)| {
-                let mut row = vec![0f32; dv];
-                for (j, &wj) in w.iter().enumerate().take(win[1]).skip(win[0]) {
-                    self.values.read_row(flat, j, &mut row);
-                    ob.iter_mut().zip(&row).for_each(|(o, v)| *o += wj * v);
+            .enumerate()
+            .for_each(|(s, (ob, win))| {
+                let wp = wp;
+                // SAFETY: sample s owns w[win[0]..win[1]] (offsets checked by `Packed`).
+                let ws =
+                    unsafe { std::slice::from_raw_parts_mut(wp.0.add(win[0]), win[1] - win[0]) };
+                let qb = &q[s * dk..(s + 1) * dk];
+                let (mut m, mut z) = (f32::NEG_INFINITY, 0f32);
+                for (k, j) in (win[0]..win[1]).enumerate() {
+                    let r = self.keys.dot_row(flat, j, qb);
+                    ws[k] = r;
+                    if self.softmax {
+                        if r > m {
+                            let f = if m == f32::NEG_INFINITY {
+                                0.0
+                            } else {
+                                (m - r).exp()
+                            };
+                            ob.iter_mut().for_each(|x| *x *= f);
+                            z *= f;
+                            m = r;
+                        }
+                        let e = (r - m).exp();
+                        z += e;
+                        self.values.axpy_row(flat, j, e, ob);
+                    } else {
+                        self.values.axpy_row(flat, j, r, ob);
+                    }
+                }
+                if self.softmax && z > 0.0 {
+                    ob.iter_mut().for_each(|x| *x /= z);
+                    ws.iter_mut().for_each(|x| *x = (*x - m).exp() / z);
                 }
             });
         *self
@@ -142,7 +154,6 @@ impl CustomOp2 for ScorePool {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, dk) = query.dims2()?;
         let dv = self.values.width;
-        let n = flat.elem_count();
         let w = self
             .weights
             .lock()
@@ -155,66 +166,70 @@ impl CustomOp2 for ScorePool {
         for (s, win) in self.offsets.windows(2).enumerate() {
             seg[win[0]..win[1]].iter_mut().for_each(|x| *x = s as u32);
         }
-        let (dq, dflat) = with_data(query, |q| {
+        let dq = with_data(query, |q| {
             with_data(flat, |fl| {
                 with_data(grad, |g| {
-                    // ∂r per row, sample by sample.
-                    let per: Vec<Vec<f32>> = self
-                        .offsets
-                        .par_windows(2)
-                        .enumerate()
-                        .map(|(s, win)| {
-                            let gb = &g[s * dv..(s + 1) * dv];
-                            let mut row = vec![0f32; dv];
-                            let dw: Vec<f32> = (win[0]..win[1])
-                                .map(|j| {
-                                    self.values.read_row(fl, j, &mut row);
-                                    dot(gb, &row)
-                                })
-                                .collect();
-                            if self.softmax {
-                                let wb = &w[win[0]..win[1]];
-                                let pd: f32 = wb.iter().zip(&dw).map(|(a, b)| a * b).sum();
-                                wb.iter().zip(&dw).map(|(p, d)| p * (d - pd)).collect()
-                            } else {
-                                dw
-                            }
-                        })
-                        .collect();
-                    let dr = per.concat();
-                    // ∂q_b = Σ_j ∂r_j k_j.
+                    // Per sample, one pass: ∂w_j = ⟨g_b, v_j⟩ and, for ∂q_b = Σ_j ∂r_j k_j with
+                    // ∂r_j = w_j (∂w_j − Σ_i w_i ∂w_i), the sums Σ w_j ∂w_j k_j and Σ w_j k_j.
+                    let mut dr = vec![0f32; w.len()];
                     let mut dq = vec![0f32; b * dk];
+                    let dp = SendPtr(dr.as_mut_ptr());
                     dq.par_chunks_mut(dk.max(1))
                         .zip(self.offsets.par_windows(2))
-                        .for_each(|(o, win)| {
-                            let mut row = vec![0f32; dk];
-                            for (j, &drj) in dr.iter().enumerate().take(win[1]).skip(win[0]) {
-                                self.keys.read_row(fl, j, &mut row);
-                                o.iter_mut().zip(&row).for_each(|(a, k)| *a += drj * k);
+                        .enumerate()
+                        .for_each(|(s, (dqb, win))| {
+                            let dp = dp;
+                            // SAFETY: sample s owns dr[win[0]..win[1]].
+                            let drs = unsafe {
+                                std::slice::from_raw_parts_mut(dp.0.add(win[0]), win[1] - win[0])
+                            };
+                            let gb = &g[s * dv..(s + 1) * dv];
+                            let mut s2 = vec![0f32; if self.softmax { dk } else { 0 }];
+                            let mut pd = 0f32;
+                            for (k, j) in (win[0]..win[1]).enumerate() {
+                                let dw = self.values.dot_row(fl, j, gb);
+                                if self.softmax {
+                                    let wj = w[j];
+                                    pd += wj * dw;
+                                    drs[k] = dw;
+                                    self.keys.axpy_row(fl, j, wj * dw, dqb);
+                                    self.keys.axpy_row(fl, j, wj, &mut s2);
+                                } else {
+                                    drs[k] = dw;
+                                    self.keys.axpy_row(fl, j, dw, dqb);
+                                }
+                            }
+                            if self.softmax {
+                                dqb.iter_mut().zip(&s2).for_each(|(a, x)| *a -= pd * x);
+                                for (k, j) in (win[0]..win[1]).enumerate() {
+                                    drs[k] = w[j] * (drs[k] - pd);
+                                }
                             }
                         });
-                    // Leaf: ∂k_j = ∂r_j q_b, ∂v_j = w_j g_b.
-                    let mut dflat = self.keys.scatter(n, |j, cols, acc| {
-                        let qb = &q[seg[j] as usize * dk..];
-                        acc.iter_mut()
-                            .zip(&qb[cols])
-                            .for_each(|(a, qv)| *a += dr[j] * qv);
-                    });
-                    self.values.scatter_into(&mut dflat, |j, cols, acc| {
-                        let gb = &g[seg[j] as usize * dv..];
-                        acc.iter_mut()
-                            .zip(&gb[cols])
-                            .for_each(|(a, gv)| *a += w[j] * gv);
-                    });
-                    Ok((dq, dflat))
+                    // Leaf (into the leaves' accumulator): ∂k_j = ∂r_j q_b, ∂v_j = w_j g_b.
+                    self.grad.add_with(|dflat| {
+                        if self.same() {
+                            self.keys.scatter_into(dflat, |j, cols, acc| {
+                                let s = seg[j] as usize;
+                                crate::cpu::axpy(dr[j], &q[s * dk..][cols.clone()], acc);
+                                crate::cpu::axpy(w[j], &g[s * dv..][cols], acc);
+                            });
+                        } else {
+                            self.keys.scatter_into(dflat, |j, cols, acc| {
+                                let qb = &q[seg[j] as usize * dk..];
+                                crate::cpu::axpy(dr[j], &qb[cols], acc);
+                            });
+                            self.values.scatter_into(dflat, |j, cols, acc| {
+                                let gb = &g[seg[j] as usize * dv..];
+                                crate::cpu::axpy(w[j], &gb[cols], acc);
+                            });
+                        }
+                    })?;
+                    Ok(dq)
                 })
             })
         })?;
-        let dev = query.device();
-        Ok((
-            Some(Tensor::from_vec(dq, (b, dk), dev)?),
-            Some(Tensor::from_vec(dflat, n, dev)?),
-        ))
+        Ok((Some(Tensor::from_vec(dq, (b, dk), query.device())?), None))
     }
 }
 

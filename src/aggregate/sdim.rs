@@ -63,6 +63,7 @@ impl Sdim {
             )));
         }
         Ok(leaves.tensor().apply_op1(SdimPool {
+            grad: leaves.accumulator().clone(),
             unit: *self,
             values: values.clone(),
             offsets: packed.offsets.clone(),
@@ -116,9 +117,12 @@ struct Saved {
     a: Vec<f32>,
     /// `[B, G]` norms of the sums.
     norms: Vec<f32>,
+    /// Window rows that collide with their target in at least one group, ascending.
+    hits: Vec<u32>,
 }
 
 struct SdimPool {
+    grad: Arc<crate::embedding::leaves::GradAccumulator>,
     unit: Sdim,
     values: Arc<TokenIndex>,
     offsets: Arc<Vec<usize>>,
@@ -141,41 +145,44 @@ impl CustomOp1 for SdimPool {
         let mut u = vec![0f32; b * d];
         let mut a = vec![0f32; b * g * d];
         let mut norms = vec![0f32; b * g];
-        u.par_chunks_mut(d.max(1))
+        let hits: Vec<Vec<u32>> = u
+            .par_chunks_mut(d.max(1))
             .zip(a.par_chunks_mut((g * d).max(1)))
             .zip(norms.par_chunks_mut(g.max(1)))
             .enumerate()
-            .for_each(|(bi, ((ub, ab), nb))| {
+            .map(|(bi, ((ub, ab), nb))| {
                 let (s0, s1) = (self.offsets[bi], self.offsets[bi + 1]);
                 let tsig = &self.sigs.target[bi * g..(bi + 1) * g];
                 let mut sums = vec![0f32; g * d];
-                let mut row = vec![0f32; d];
+                let mut hits = Vec::new();
                 for j in s0..s1 {
                     let sj = &self.sigs.rows[j * g..(j + 1) * g];
-                    if !sj.iter().zip(tsig).any(|(x, y)| x == y) {
-                        continue;
-                    }
-                    self.values.read_row(flat, j, &mut row);
+                    let mut hit = false;
                     for q in 0..g {
                         if sj[q] == tsig[q] {
-                            sums[q * d..(q + 1) * d]
-                                .iter_mut()
-                                .zip(&row)
-                                .for_each(|(x, v)| *x += v);
+                            hit = true;
+                            self.values
+                                .axpy_row(flat, j, 1.0, &mut sums[q * d..(q + 1) * d]);
                         }
+                    }
+                    if hit {
+                        hits.push(j as u32);
                     }
                 }
                 combine(&sums, d, self.unit.normalize, ab, nb, ub);
-            });
+                hits
+            })
+            .collect();
+        let hits = hits.concat();
         *self
             .saved
             .lock()
             .map_err(|_| candle_core::Error::Msg("sdim-pool: poisoned lock".into()))? =
-            Some(Saved { a, norms });
+            Some(Saved { a, norms, hits });
         Ok((CpuStorage::F32(u), Shape::from((b, d))))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (g, d) = (self.unit.groups, self.values.width);
         let b = self.offsets.len() - 1;
         let saved = self
@@ -215,18 +222,23 @@ impl CustomOp1 for SdimPool {
         for (s, w) in self.offsets.windows(2).enumerate() {
             seg[w[0]..w[1]].iter_mut().for_each(|x| *x = s as u32);
         }
-        let n = arg.elem_count();
-        let dflat = self.values.scatter(n, |j, cols, acc| {
-            let bi = seg[j] as usize;
-            let sj = &self.sigs.rows[j * g..(j + 1) * g];
-            let tsig = &self.sigs.target[bi * g..(bi + 1) * g];
-            for q in 0..g {
-                if sj[q] == tsig[q] {
-                    let src = &ds[(bi * g + q) * d + cols.start..(bi * g + q) * d + cols.end];
-                    acc.iter_mut().zip(src).for_each(|(x, v)| *x += v);
-                }
-            }
-        });
-        Ok(Some(Tensor::from_vec(dflat, n, arg.device())?))
+        // Into the leaves' accumulator (candle gets no flat-sized gradient tensor).
+        // Only colliding rows get a gradient: scatter over them alone.
+        self.grad.add_with(|flat_grad| {
+            self.values
+                .scatter_subset_into(flat_grad, &sv.hits, |j, cols, acc| {
+                    let bi = seg[j] as usize;
+                    let sj = &self.sigs.rows[j * g..(j + 1) * g];
+                    let tsig = &self.sigs.target[bi * g..(bi + 1) * g];
+                    for q in 0..g {
+                        if sj[q] == tsig[q] {
+                            let src =
+                                &ds[(bi * g + q) * d + cols.start..(bi * g + q) * d + cols.end];
+                            crate::cpu::axpy(1.0, src, acc);
+                        }
+                    }
+                })
+        })?;
+        Ok(None)
     }
 }

@@ -2,7 +2,7 @@
 //! backward scatter-adds straight into the leaf's gradient (candle's `index_select` + `cat`
 //! chain would allocate several `[m, d]` gradients and zero a table-sized one per field).
 
-use super::leaves::{Leaves, TokenIndex};
+use super::leaves::{GradAccumulator, Leaves, TokenIndex};
 use crate::cpu::with_data;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -15,11 +15,13 @@ use std::sync::Arc;
 pub fn gather(leaves: &Leaves, index: &Arc<TokenIndex>) -> crate::Result<Tensor> {
     Ok(leaves.tensor().apply_op1(Gather {
         index: index.clone(),
+        grad: leaves.accumulator().clone(),
     })?)
 }
 
 struct Gather {
     index: Arc<TokenIndex>,
+    grad: Arc<GradAccumulator>,
 }
 
 impl CustomOp1 for Gather {
@@ -52,15 +54,17 @@ impl CustomOp1 for Gather {
         Ok((CpuStorage::F32(out), Shape::from((ix.rows, w))))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let n = arg.elem_count();
+    /// Scatter-adds into the leaves' accumulator (see [`GradAccumulator`]); candle gets no
+    /// gradient tensor for the leaf.
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let w = self.index.width;
-        let g = with_data(grad, |g| {
-            Ok(self.index.scatter(n, |r, cols, acc| {
-                let src = &g[r * w + cols.start..r * w + cols.end];
-                acc.iter_mut().zip(src).for_each(|(a, v)| *a += v);
-            }))
+        with_data(grad, |g| {
+            self.grad.add_with(|acc| {
+                self.index.scatter_into(acc, |r, cols, a| {
+                    crate::cpu::axpy(1.0, &g[r * w + cols.start..r * w + cols.end], a);
+                })
+            })
         })?;
-        Ok(Some(Tensor::from_vec(g, n, arg.device())?))
+        Ok(None)
     }
 }

@@ -36,7 +36,15 @@ pub struct SparseIds {
 }
 
 /// Sorts and deduplicates `ids` and maps each to its position among the unique ones.
+///
+/// When the largest id is within a small multiple of the number of lookups (vocabularies up to
+/// tens of millions for the batches of long histories), a dense map over `0..=max` does it in
+/// O(n + max) with no sort; otherwise (huge tables, few lookups) by sorting.
 pub fn unique_remap(ids: &[u32]) -> SparseIds {
+    let max = ids.iter().copied().max().unwrap_or(0) as usize;
+    if max < 8 * ids.len() + 65_536 {
+        return unique_remap_dense(ids, max);
+    }
     let mut unique = ids.to_vec();
     unique.par_sort_unstable();
     unique.dedup();
@@ -44,6 +52,30 @@ pub fn unique_remap(ids: &[u32]) -> SparseIds {
         .par_iter()
         .with_min_len(4096)
         .map(|id| unique.binary_search(id).unwrap_or(0) as u32)
+        .collect();
+    SparseIds {
+        unique: Arc::new(unique),
+        local: Arc::new(local),
+    }
+}
+
+/// [`unique_remap`] through a dense map of `0..=max`.
+fn unique_remap_dense(ids: &[u32], max: usize) -> SparseIds {
+    let mut slot = vec![0u32; max + 1];
+    for &i in ids {
+        slot[i as usize] = 1;
+    }
+    let mut unique = Vec::new();
+    for (i, s) in slot.iter_mut().enumerate() {
+        if *s != 0 {
+            *s = unique.len() as u32;
+            unique.push(i as u32);
+        }
+    }
+    let local: Vec<u32> = ids
+        .par_iter()
+        .with_min_len(4096)
+        .map(|&i| slot[i as usize])
         .collect();
     SparseIds {
         unique: Arc::new(unique),
@@ -175,6 +207,28 @@ impl TokenIndex {
         }
     }
 
+    /// `⟨row r, q⟩` read in place from `flat` (`q` has the token's width; padding rows give 0).
+    #[inline]
+    pub fn dot_row(&self, flat: &[f32], r: usize, q: &[f32]) -> f32 {
+        let mut s = 0f32;
+        for f in &self.fields {
+            if let Some(o) = f.offset(r) {
+                s += crate::cpu::dot(&q[f.col..f.col + f.dim], &flat[o..o + f.dim]);
+            }
+        }
+        s
+    }
+
+    /// `out += alpha · row r`, read in place from `flat`.
+    #[inline]
+    pub fn axpy_row(&self, flat: &[f32], r: usize, alpha: f32, out: &mut [f32]) {
+        for f in &self.fields {
+            if let Some(o) = f.offset(r) {
+                crate::cpu::axpy(alpha, &flat[o..o + f.dim], &mut out[f.col..f.col + f.dim]);
+            }
+        }
+    }
+
     /// A flat-sized gradient built by scatter-adding per-output-row gradients: for every field
     /// and every segment row, `add(r, cols, acc)` is called for each output row `r` that reads it,
     /// in ascending `r`, and must add the gradient of columns `cols` of row `r` into `acc`.
@@ -186,6 +240,46 @@ impl TokenIndex {
         let mut g = vec![0f32; flat_len];
         self.scatter_into(&mut g, add);
         g
+    }
+
+    /// [`TokenIndex::scatter_into`] over only the output rows `slots` (ascending, distinct):
+    /// the inverse is built for them alone, so a sparse backward (SDIM's colliding behaviors)
+    /// costs what it touches.
+    pub fn scatter_subset_into<F>(&self, g: &mut [f32], slots: &[u32], add: F)
+    where
+        F: Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync,
+    {
+        for f in &self.fields {
+            let mut starts = vec![0u32; f.seg_rows + 1];
+            for &r in slots {
+                let l = f.local[r as usize];
+                if l != NONE {
+                    starts[l as usize + 1] += 1;
+                }
+            }
+            for i in 0..f.seg_rows {
+                starts[i + 1] += starts[i];
+            }
+            let mut fill = starts.clone();
+            let mut list = vec![0u32; starts[f.seg_rows] as usize];
+            for &r in slots {
+                let l = f.local[r as usize];
+                if l != NONE {
+                    list[fill[l as usize] as usize] = r;
+                    fill[l as usize] += 1;
+                }
+            }
+            let seg = &mut g[f.seg_offset..f.seg_offset + f.seg_rows * f.dim];
+            let cols = f.col..f.col + f.dim;
+            seg.par_chunks_mut(f.dim)
+                .enumerate()
+                .with_min_len(256)
+                .for_each(|(l, acc)| {
+                    for &r in &list[starts[l] as usize..starts[l + 1] as usize] {
+                        add(r as usize, cols.clone(), acc);
+                    }
+                });
+        }
     }
 
     /// [`TokenIndex::scatter`] into an existing flat-sized buffer (adds).
@@ -210,12 +304,44 @@ impl TokenIndex {
     }
 }
 
+/// The gradient of the flat leaf, accumulated in place by the ops that read it (gather, SDIM,
+/// full-attention pooling) during the backward pass, instead of each returning a flat-sized
+/// gradient tensor for candle to allocate, zero and add (one per lookup: at long histories
+/// those copies cost more than the lookups).
+#[derive(Debug, Default)]
+pub struct GradAccumulator {
+    len: usize,
+    buf: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl GradAccumulator {
+    /// Adds into the buffer (zeroed on first use) with `f`.
+    ///
+    /// # Errors
+    /// A candle error if the lock is poisoned (a panic in an earlier backward op).
+    pub fn add_with(&self, f: impl FnOnce(&mut [f32])) -> candle_core::Result<()> {
+        let mut b = self
+            .buf
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("leaf gradient: poisoned lock".into()))?;
+        let g = b.get_or_insert_with(|| vec![0f32; self.len]);
+        f(g);
+        Ok(())
+    }
+
+    /// Takes the accumulated gradient (leaving none).
+    fn take(&self) -> Option<Vec<f32>> {
+        self.buf.lock().ok().and_then(|mut b| b.take())
+    }
+}
+
 /// One step's leaf: the rows of every table the step reads, in one flat buffer.
 #[derive(Debug)]
 pub struct Leaves {
     flat: Tensor,
     var: Option<Var>,
     segments: Vec<Segment>,
+    grad: Arc<GradAccumulator>,
 }
 
 /// The gradient of one table's rows.
@@ -251,16 +377,40 @@ impl Leaves {
         self.len() == 0
     }
 
-    /// The gradient of every table's rows, from a backward pass (tables without gradient are
-    /// left out).
+    /// Where the ops that read the leaf add their gradients.
+    pub fn accumulator(&self) -> &Arc<GradAccumulator> {
+        &self.grad
+    }
+
+    /// The gradient of the flat buffer after a backward pass: what the ops accumulated plus what
+    /// candle's graph holds for it (an L2 term on the leaf, say). Taking it resets the
+    /// accumulator, so call it once per backward pass.
+    ///
+    /// # Errors
+    /// A candle error if candle's gradient cannot be read.
+    pub fn take_grad(&self, grads: &GradStore) -> Result<Option<Vec<f32>>> {
+        let acc = self.grad.take();
+        let direct = match grads.get(&self.flat) {
+            Some(g) => Some(g.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        Ok(match (acc, direct) {
+            (Some(mut a), Some(d)) => {
+                a.iter_mut().zip(&d).for_each(|(x, y)| *x += y);
+                Some(a)
+            }
+            (a, d) => a.or(d),
+        })
+    }
+
+    /// The gradient of every table's rows, from a backward pass (see [`Leaves::take_grad`]).
     ///
     /// # Errors
     /// A candle error if the gradient cannot be read.
     pub fn row_grads(&self, grads: &GradStore) -> Result<Vec<RowGrad>> {
-        let Some(g) = grads.get(&self.flat) else {
+        let Some(g) = self.take_grad(grads)? else {
             return Ok(Vec::new());
         };
-        let g = g.flatten_all()?.to_vec1::<f32>()?;
         Ok(self
             .segments
             .iter()
@@ -307,12 +457,25 @@ impl<'a> LeafBuilder<'a> {
     }
 
     /// Asks for tokens of a view; returns the request's number (its index in `build`'s list).
+    /// The same view and tokens asked twice give the same request (one index, built once).
     pub fn request(&mut self, view: &ViewSpec, tokens: Tokens) -> usize {
-        let fields = view
+        let fields: Vec<_> = view
             .fields
             .iter()
             .map(|f| (f.table, f.field, f.col, f.dim))
             .collect();
+        let same = |a: &Tokens, b: &Tokens| match (a, b) {
+            (Tokens::Targets, Tokens::Targets) | (Tokens::AllHistory, Tokens::AllHistory) => true,
+            (Tokens::History(x), Tokens::History(y)) => Arc::ptr_eq(x, y),
+            _ => false,
+        };
+        if let Some(i) = self
+            .requests
+            .iter()
+            .position(|r| r.fields == fields && same(&r.tokens, &tokens))
+        {
+            return i;
+        }
         self.requests.push(Request {
             fields,
             width: view.width,
@@ -507,6 +670,10 @@ impl<'a> LeafBuilder<'a> {
                 flat,
                 var,
                 segments,
+                grad: Arc::new(GradAccumulator {
+                    len: offset,
+                    buf: Default::default(),
+                }),
             },
             indices,
         ))
