@@ -24,6 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::peak_rss_mb;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -73,16 +77,6 @@ fn generate(cache: &Path, len: usize) -> lifelong::Result<()> {
     };
     prepare(&events, &dir.join("prepared"), &cfg)?;
     Ok(())
-}
-
-fn peak_rss_mb() -> f64 {
-    // ru_maxrss is in KiB on Linux.
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn gemm_gflops(m: usize, k: usize, n: usize) -> f64 {
@@ -140,20 +134,7 @@ fn main() -> anyhow::Result<()> {
         generate(&args.cache, len)?;
         return Ok(());
     }
-    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let isa = if flags.contains("avx512f") {
-        "AVX-512"
-    } else if flags.contains("avx2") {
-        "AVX2"
-    } else {
-        "other"
-    };
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "machine: {} threads, {isa}, loadavg {}",
-        candle_core::utils::get_num_threads(),
-        load.trim()
-    );
+    println!("machine: {}", common::machine());
 
     let mut rows_out = Vec::new();
     for &len in &args.lens {

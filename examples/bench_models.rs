@@ -31,6 +31,10 @@ use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::peak_rss_mb;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -200,32 +204,10 @@ fn data(users: usize, len: usize, rows: usize, seed: u64) -> (Histories, Impress
     (h, imp)
 }
 
-fn peak_rss_mb() -> f64 {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn main() -> anyhow::Result<()> {
     lifelong::cpu::tune_mimalloc();
     let args = Args::parse();
-    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let isa = if flags.contains("avx512f") {
-        "AVX-512"
-    } else if flags.contains("avx2") {
-        "AVX2"
-    } else {
-        "other"
-    };
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "machine: {} threads, {isa}, loadavg {}",
-        rayon::current_num_threads(),
-        load.trim()
-    );
+    println!("machine: {}", common::machine());
     let (hist, imp) = data(args.users, args.len, args.rows, 1);
     let hist_mb = (hist.items.len() * 16) as f64 / 1e6;
     println!(

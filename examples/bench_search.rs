@@ -16,6 +16,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
+#[path = "common/mod.rs"]
+mod common;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -46,20 +49,7 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
 
 fn main() {
     let args = Args::parse();
-    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let isa = if flags.contains("avx512f") {
-        "AVX-512"
-    } else if flags.contains("avx2") {
-        "AVX2"
-    } else {
-        "other"
-    };
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "machine: {} threads, {isa}, loadavg {}",
-        rayon::current_num_threads(),
-        load.trim()
-    );
+    println!("machine: {}", common::machine());
     // Copy bandwidth: a 512 MB buffer copied (read + write), split across the threads.
     let n = 64 << 20;
     let src: Vec<u64> = (0..n as u64).collect();

@@ -299,6 +299,59 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// The contiguous f32 data of an op input (`what` names it in the error).
+///
+/// # Errors
+/// A candle error for another dtype or a non-contiguous layout.
+pub fn storage_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
+    }
+}
+
+/// What an op's forward pass keeps for its backward pass (or for its caller, as Dice's batch
+/// statistics), shared through an `Arc` between the op and its graph node.
+#[derive(Debug)]
+pub struct Stash<T>(std::sync::Mutex<Option<T>>);
+
+impl<T> Default for Stash<T> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+}
+
+impl<T> Stash<T> {
+    /// Keeps `v` (replacing what was kept).
+    pub fn put(&self, v: T) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+    }
+    /// Takes what was kept; an error naming `what` when nothing was (a backward without its
+    /// forward).
+    ///
+    /// # Errors
+    /// A candle error when the stash is empty.
+    pub fn take(&self, what: &str) -> candle_core::Result<T> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: backward without forward")))
+    }
+    /// A copy of what was kept, if anything.
+    pub fn get(&self) -> Option<T>
+    where
+        T: Clone,
+    {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Runs `f` on a CPU tensor's contiguous f32 data without copying it (a copy is made only for a
 /// non-contiguous layout).
 ///

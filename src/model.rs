@@ -94,6 +94,7 @@ enum Agg {
     Din {
         unit: ActivationUnit,
         view: View,
+        product: bool,
     },
     Attention {
         unit: TargetAttention,
@@ -207,8 +208,9 @@ impl CtrModel {
             aggs.push(match a {
                 AggregateConfig::Din(d) => {
                     let w = width(d.view);
-                    head_in += w;
+                    head_in += if d.product { 2 * w } else { w };
                     Agg::Din {
+                        product: d.product,
                         unit: ActivationUnit::new(
                             &mut ps,
                             &format!("{prefix}.din"),
@@ -586,10 +588,16 @@ impl CtrModel {
             .zip(&plan.sigs)
         {
             head_in.push(match (a, l) {
-                (Agg::Din { unit, .. }, AggLookup::Din { target, window }) => {
+                (Agg::Din { unit, product, .. }, AggLookup::Din { target, window }) => {
                     let t = gather(leaves, ix(*target))?;
                     let seq = gather(leaves, ix(*window))?;
-                    unit.forward_t(&t, &seq, &Packed::new(w.offsets.clone())?, train)?
+                    let u = unit.forward_t(&t, &seq, &Packed::new(w.offsets.clone())?, train)?;
+                    if *product {
+                        let p = (&u * &t)?;
+                        Tensor::cat(&[&u, &p], 1)?
+                    } else {
+                        u
+                    }
                 }
                 (
                     Agg::Attention { unit, .. },

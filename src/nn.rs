@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Named trainable parameters and non-trainable buffers (Dice running statistics, SimHash
 /// projections). Names mirror the module tree (`agg.0.din.0.weight`). Each parameter draws its
@@ -250,31 +250,31 @@ impl Dice {
         let op = DiceOp {
             eps: self.eps,
             fixed,
-            batch: Arc::new(Mutex::new(None)),
+            batch: Default::default(),
         };
         let batch = op.batch.clone();
         let out = xs.contiguous()?.apply_op2(self.alpha.as_tensor(), op)?;
-        if train && n > 0 {
-            let stats = batch
-                .lock()
-                .map_err(|_| Error::InvalidArgument("dice stats lock".into()))?
-                .clone();
-            if let Some(s) = stats {
-                let dim = s.mean.len();
-                let m = Tensor::from_vec(
-                    s.mean.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-                    dim,
-                    xs.device(),
-                )?;
-                let v = Tensor::from_vec(
-                    s.var.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-                    dim,
-                    xs.device(),
-                )?;
-                self.fold(&m, &v, n)?;
-            }
+        if let (true, Some(s)) = (train && n > 0, batch.get()) {
+            self.fold_stats(&s, n)?;
         }
         Ok(out)
+    }
+
+    /// Folds batch statistics (over `n` rows) into the running ones.
+    pub(crate) fn fold_stats(&self, s: &DiceStats, n: usize) -> Result<()> {
+        let dev = self.running_mean.device();
+        let dim = s.mean.len();
+        let m = Tensor::from_vec(
+            s.mean.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            dim,
+            dev,
+        )?;
+        let v = Tensor::from_vec(
+            s.var.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            dim,
+            dev,
+        )?;
+        self.fold(&m, &v, n)
     }
 
     /// running ← (1 − m)·running + m·batch, with the unbiased batch variance (as BatchNorm).
@@ -345,16 +345,10 @@ struct DiceOp {
     /// Running statistics (evaluation); `None` = batch statistics.
     fixed: FixedStats,
     /// Batch statistics computed by the forward pass, read by `bwd` and by the running update.
-    batch: Arc<Mutex<Option<DiceStats>>>,
+    batch: Arc<crate::cpu::Stash<DiceStats>>,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
-    }
-}
+use crate::cpu::storage_f32 as f32_slice;
 
 /// Per-column mean and biased variance, accumulated in f64 over fixed-size row chunks.
 pub(crate) fn column_stats(x: &[f32], dim: usize) -> DiceStats {
@@ -425,10 +419,7 @@ impl CustomOp2 for DiceOp {
         let alpha = f32_slice(s2, l2, "dice alpha")?;
         let (mean, inv, stats) = self.norm(x, dim);
         if let Some(s) = stats {
-            *self
-                .batch
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("dice lock".into()))? = Some(s);
+            self.batch.put(s);
         }
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK_ROWS * dim)
@@ -454,11 +445,7 @@ impl CustomOp2 for DiceOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let stats = match &self.fixed {
             Some(_) => None,
-            None => self
-                .batch
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("dice lock".into()))?
-                .clone(),
+            None => self.batch.get(),
         };
         let op = DiceBwdOp {
             eps: self.eps,

@@ -437,6 +437,32 @@ fn dare_attention_tables_get_no_gradient_from_the_aggregation_path() {
     );
 }
 
+/// The first target-attention aggregation's weights, flat.
+fn first_weights(m: &lifelong::model::CtrModel, batch: &lifelong::data::Batch) -> Vec<f32> {
+    m.attention_weights(batch).unwrap()[0]
+        .clone()
+        .unwrap()
+        .1
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+/// Overwrites every row but padding of the tables whose name passes `pick`.
+fn rewrite_tables(m: &mut lifelong::model::CtrModel, pick: impl Fn(&str) -> bool, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for i in 0..m.tables().len() {
+        let t = m.tables_mut().table_mut(i);
+        if pick(t.name()) {
+            for r in 1..t.rows() as u32 {
+                let v: Vec<f32> = (0..t.dim()).map(|_| rng.random_range(-1.0..1.0)).collect();
+                t.set_row(r, &v);
+            }
+        }
+    }
+}
+
 /// DARE's search and attention weights never read the representation tables: rewriting every
 /// representation table leaves the retrieved behaviors and the weights unchanged (and changes
 /// the logits, so the tables are used). With shared tables the same rewrite moves the weights.
@@ -444,70 +470,21 @@ fn dare_attention_tables_get_no_gradient_from_the_aggregation_path() {
 fn dare_search_and_weights_ignore_the_representation_tables() {
     let batch = tiny_batch(6);
     let (_, mut dare) = tiny_model(Preset::Dare, "");
-    let before = (
-        dare.plan(&batch).unwrap().retrieved.unwrap(),
-        dare.attention_weights(&batch).unwrap()[0]
-            .clone()
-            .unwrap()
-            .1
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap(),
-        dare.predict(&batch).unwrap(),
-    );
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let n = dare.tables().len();
-    for i in 0..n {
-        let t = dare.tables_mut().table_mut(i);
-        if t.name().starts_with("rep.") {
-            for r in 1..t.rows() as u32 {
-                let v: Vec<f32> = (0..t.dim()).map(|_| rng.random_range(-1.0..1.0)).collect();
-                t.set_row(r, &v);
-            }
-        }
-    }
-    let after_w = dare.attention_weights(&batch).unwrap()[0]
-        .clone()
-        .unwrap()
-        .1
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    assert_eq!(dare.plan(&batch).unwrap().retrieved.unwrap(), before.0);
-    assert_eq!(after_w, before.1);
-    assert_ne!(dare.predict(&batch).unwrap(), before.2);
+    let retrieved = dare.plan(&batch).unwrap().retrieved.unwrap();
+    let (weights, logits) = (first_weights(&dare, &batch), dare.predict(&batch).unwrap());
+    rewrite_tables(&mut dare, |n| n.starts_with("rep."), 5);
+    assert_eq!(dare.plan(&batch).unwrap().retrieved.unwrap(), retrieved);
+    assert_eq!(first_weights(&dare, &batch), weights);
+    assert_ne!(dare.predict(&batch).unwrap(), logits);
     // Shared tables: rewriting them moves the weights.
     let (mut cfg, _) = tiny_model(Preset::Dare, "");
     cfg.model.embedding.attention = None;
     let mut twin =
         lifelong::model::CtrModel::new(&cfg.model, 6, crate::common::TINY_VOCAB, 9, &Device::Cpu)
             .unwrap();
-    let w0 = twin.attention_weights(&batch).unwrap()[0]
-        .clone()
-        .unwrap()
-        .1
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    for i in 0..twin.tables().len() {
-        let t = twin.tables_mut().table_mut(i);
-        for r in 1..t.rows() as u32 {
-            let v: Vec<f32> = (0..t.dim()).map(|_| rng.random_range(-1.0..1.0)).collect();
-            t.set_row(r, &v);
-        }
-    }
-    let w1 = twin.attention_weights(&batch).unwrap()[0]
-        .clone()
-        .unwrap()
-        .1
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    assert_ne!(w0, w1);
+    let w0 = first_weights(&twin, &batch);
+    rewrite_tables(&mut twin, |_| true, 6);
+    assert_ne!(first_weights(&twin, &batch), w0);
 }
 
 /// The fused target attention equals the op-by-op candle composite, values and gradients (of

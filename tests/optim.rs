@@ -149,3 +149,36 @@ fn unique_remap_maps_every_lookup_to_its_row() {
     let back: Vec<u32> = s.local.iter().map(|&l| s.unique[l as usize]).collect();
     assert_eq!(back, ids);
 }
+
+/// Row 0 is padding in id tables (never updated) but a real row in the position table (the
+/// target's position): both optimisers skip it only where the table has padding.
+#[test]
+fn row_zero_is_updated_only_without_padding() {
+    for kind in [SparseOptimizer::Adam, SparseOptimizer::Adagrad] {
+        for padding in [true, false] {
+            let mut t = EmbeddingTable::new(
+                "pos",
+                4,
+                2,
+                padding,
+                Init::Uniform { bound: 1.0 },
+                &mut ChaCha8Rng::seed_from_u64(5),
+            )
+            .unwrap();
+            let before = t.clone();
+            let mut opt = RowWise::new(kind, AdamParams::with_lr(0.1));
+            opt.update(&mut t, &[0, 2], &[1.0, -1.0, 0.5, 0.5], 1.0)
+                .unwrap();
+            // Row 0 moves by lr·g/|g| (Adam) or lr·g/sqrt(mean g²) (Adagrad) = ∓0.1 per entry.
+            let moved = t.row(0) != before.row(0);
+            assert_eq!(moved, !padding, "{kind:?} padding={padding}");
+            if !padding {
+                assert!((t.row(0)[0] - (before.row(0)[0] - 0.1)).abs() < 1e-5);
+                assert!((t.row(0)[1] - (before.row(0)[1] + 0.1)).abs() < 1e-5);
+            } else {
+                assert!(t.row(0).iter().all(|&x| x == 0.0));
+            }
+            assert_ne!(t.row(2), before.row(2));
+        }
+    }
+}

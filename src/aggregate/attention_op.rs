@@ -15,10 +15,10 @@
 //! | mask | `[B, K]` host, 1 = real |
 //! | out | `[B, H·d_v]` (0 for a sample without rows) |
 
-use crate::cpu::{dot, with_data};
+use crate::cpu::{dot, storage_f32, with_data, Stash};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// `[B, K]` mask of a padded window, 1 = real row.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ pub fn attend(
             mask: mask.clone(),
             heads,
             scale,
-            weights: Arc::new(Mutex::new(None)),
+            weights: Default::default(),
         },
     )?)
 }
@@ -56,14 +56,7 @@ struct Attend {
     mask: Mask,
     heads: usize,
     scale: f32,
-    weights: Arc<Mutex<Option<Vec<f32>>>>,
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("attend: {what} must be contiguous"),
-    }
+    weights: Arc<Stash<Vec<f32>>>,
 }
 
 impl Attend {
@@ -110,9 +103,9 @@ impl CustomOp3 for Attend {
     ) -> Result<(CpuStorage, Shape)> {
         let (dq, dv) = self.dims(l1, l2, l3)?;
         let (q, k, v) = (
-            contiguous(s1, l1, "q")?,
-            contiguous(s2, l2, "k")?,
-            contiguous(s3, l3, "v")?,
+            storage_f32(s1, l1, "attend: q")?,
+            storage_f32(s2, l2, "attend: k")?,
+            storage_f32(s3, l3, "attend: v")?,
         );
         let (b, kk, h) = (self.mask.b, self.mask.k, self.heads);
         let mask = &self.mask.data;
@@ -158,10 +151,7 @@ impl CustomOp3 for Attend {
                     }
                 }
             });
-        *self
-            .weights
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("attend: poisoned lock".into()))? = Some(w);
+        self.weights.put(w);
         Ok((CpuStorage::F32(out), Shape::from((b, h * dv))))
     }
 
@@ -176,14 +166,7 @@ impl CustomOp3 for Attend {
         let (b, kk, h) = (self.mask.b, self.mask.k, self.heads);
         let dq = q.dim(1)? / h;
         let dv = v.dim(1)? / h;
-        let w = self
-            .weights
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("attend: poisoned lock".into()))?
-            .take();
-        let Some(w) = w else {
-            candle_core::bail!("attend: backward without forward")
-        };
+        let w = self.weights.take("attend")?;
         let c = self.scale;
         let (gq, gk, gv) = with_data(q, |qd| {
             with_data(k, |kd| {

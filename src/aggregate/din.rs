@@ -20,7 +20,7 @@ use crate::config::Activation;
 use crate::nn::{masked_softmax, Act, Dice, Linear, ParamStore};
 use crate::Result;
 use candle_core::{Tensor, Var};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The activation unit: first layer (with the trick), further hidden layers, a scalar output.
 #[derive(Debug, Clone)]
@@ -167,7 +167,7 @@ impl ActivationUnit {
             0,
         )?;
         let (norm, slot) = if train {
-            let slot = Arc::new(Mutex::new(None));
+            let slot = Arc::new(crate::cpu::Stash::default());
             (DiceNorm::Batch(slot.clone()), Some(slot))
         } else {
             let m = Arc::new(dice.running_mean.as_tensor().to_vec1::<f32>()?);
@@ -184,22 +184,8 @@ impl ActivationUnit {
             dice.eps,
             norm,
         )?;
-        if let Some(slot) = slot {
-            let stats = slot
-                .lock()
-                .map_err(|_| crate::Error::InvalidArgument("dice stats lock".into()))?
-                .clone();
-            if let Some(st) = stats {
-                let dev = target.device();
-                let m = Tensor::from_vec(
-                    st.mean.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-                    h,
-                    dev,
-                )?;
-                let v =
-                    Tensor::from_vec(st.var.iter().map(|&x| x as f32).collect::<Vec<_>>(), h, dev)?;
-                dice.fold(&m, &v, seq.dim(0)?)?;
-            }
+        if let Some(st) = slot.and_then(|s| s.get()) {
+            dice.fold_stats(&st, seq.dim(0)?)?;
         }
         Ok(u)
     }

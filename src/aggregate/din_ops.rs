@@ -23,20 +23,14 @@
 
 use super::Packed;
 use crate::cpu::{
-    dot, fast_sigmoid, recycle, scratch, sgemm, sgemm_tn_tall, with_data, Mat, SendPtr,
+    dot, fast_sigmoid, recycle, scratch, sgemm, sgemm_tn_tall, with_data, Mat, SendPtr, Stash,
 };
 use crate::nn::{column_stats, DiceStats, CHUNK_ROWS};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
-    }
-}
+use crate::cpu::storage_f32 as slice;
 
 /// Sample ranges `(b, start, end)` of the packed rows.
 fn ranges(offsets: &[usize]) -> impl IndexedParallelIterator<Item = (usize, usize, usize)> + '_ {
@@ -487,7 +481,7 @@ pub(crate) enum DiceNorm {
     /// Running mean and variance.
     Fixed(Arc<Vec<f32>>, Arc<Vec<f32>>),
     /// Batch statistics; the forward pass leaves them here for the running update.
-    Batch(Arc<Mutex<Option<DiceStats>>>),
+    Batch(Arc<Stash<DiceStats>>),
 }
 
 /// The whole activation unit with one Dice hidden layer, fused: first layer (factored), Dice,
@@ -514,7 +508,7 @@ pub(crate) fn attention_unit(
         softmax,
         eps,
         norm,
-        saved: Arc::new(Mutex::new(None)),
+        saved: Default::default(),
     };
     target.apply_op3(seq, params, op)
 }
@@ -537,7 +531,7 @@ struct AttentionUnit {
     softmax: bool,
     eps: f32,
     norm: DiceNorm,
-    saved: Arc<Mutex<Option<Saved>>>,
+    saved: Arc<Stash<Saved>>,
 }
 
 /// Views of the flat parameter vector.
@@ -563,11 +557,6 @@ fn unit_params(p: &[f32], h: usize, d: usize) -> UnitParams<'_> {
         w_out: &p[nw + 2 * h..nw + 3 * h],
         c: p[nw + 3 * h],
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
-    m.lock()
-        .map_err(|_| candle_core::Error::Msg("attention unit: poisoned lock".into()))
 }
 
 impl CustomOp3 for AttentionUnit {
@@ -621,7 +610,7 @@ impl CustomOp3 for AttentionUnit {
                     .iter()
                     .map(|&v| (1.0 / (v + self.eps as f64).sqrt()) as f32)
                     .collect();
-                *lock(slot)? = Some(st);
+                slot.put(st);
                 (mean, inv)
             }
         };
@@ -655,7 +644,7 @@ impl CustomOp3 for AttentionUnit {
                     .for_each(|(o, e)| *o += wj * e);
             }
         });
-        *lock(&self.saved)? = Some(Saved {
+        self.saved.put(Saved {
             hid,
             x,
             wts,
@@ -676,10 +665,7 @@ impl CustomOp3 for AttentionUnit {
         let (bsz, d) = target.dims2()?;
         let (n, _) = seq.dims2()?;
         let h = self.h;
-        let saved = lock(&self.saved)?.take();
-        let Some(sv) = saved else {
-            candle_core::bail!("din-attention-unit: backward without forward")
-        };
+        let sv = self.saved.take("din-attention-unit")?;
         let batch_norm = matches!(self.norm, DiceNorm::Batch(_));
         let (dt, ds, dp) = with_data(target, |t| {
             with_data(seq, |s| {

@@ -25,6 +25,15 @@ use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
+/// `[n]`: the sample of each packed row, from `B + 1` offsets.
+pub(crate) fn sample_of_rows(offsets: &[usize]) -> Vec<u32> {
+    let mut v = Vec::with_capacity(offsets.last().copied().unwrap_or(0));
+    for (b, w) in offsets.windows(2).enumerate() {
+        v.extend(std::iter::repeat_n(b as u32, w[1] - w[0]));
+    }
+    v
+}
+
 /// The layout of packed rows: sample `b`'s rows are `offsets[b]..offsets[b+1]`. Built only by
 /// [`Packed::new`], which checks the offsets, so the fused ops can write per-sample ranges in
 /// parallel without overlapping.
@@ -86,10 +95,7 @@ impl Packed {
 
     /// `[n]` u32: the sample of each row (for the op-by-op references).
     pub fn seg(&self, dev: &Device) -> Result<Tensor> {
-        let mut v = Vec::with_capacity(self.rows());
-        for (b, w) in self.offsets.windows(2).enumerate() {
-            v.extend(std::iter::repeat_n(b as u32, w[1] - w[0]));
-        }
+        let v = sample_of_rows(&self.offsets);
         let n = v.len();
         Ok(Tensor::from_vec(v, n, dev)?)
     }

@@ -15,11 +15,11 @@
 #![allow(clippy::redundant_locals)]
 
 use super::Packed;
-use crate::cpu::{with_data, SendPtr};
+use crate::cpu::{storage_f32, with_data, SendPtr, Stash};
 use crate::embedding::{Leaves, TokenIndex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// `Σ_j w_j v_j` per sample over `packed` rows with `w` from `⟨q_b, k_j⟩`.
 ///
@@ -49,7 +49,7 @@ pub fn score_pool(
             values: values.clone(),
             offsets: packed.offsets.clone(),
             softmax,
-            weights: Arc::new(Mutex::new(None)),
+            weights: Default::default(),
         },
     )?)
 }
@@ -60,14 +60,7 @@ struct ScorePool {
     values: Arc<TokenIndex>,
     offsets: Arc<Vec<usize>>,
     softmax: bool,
-    weights: Arc<Mutex<Option<Vec<f32>>>>,
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("score-pool: {what} must be contiguous"),
-    }
+    weights: Arc<Stash<Vec<f32>>>,
 }
 
 impl ScorePool {
@@ -96,7 +89,10 @@ impl CustomOp2 for ScorePool {
         if dk != self.keys.width || b + 1 != self.offsets.len() {
             candle_core::bail!("score-pool: query {:?} does not fit the window", l1.dims());
         }
-        let (q, flat) = (contiguous(s1, l1, "query")?, contiguous(s2, l2, "leaf")?);
+        let (q, flat) = (
+            storage_f32(s1, l1, "score-pool: query")?,
+            storage_f32(s2, l2, "score-pool: leaf")?,
+        );
         let dv = self.values.width;
         let n = self.offsets[b];
         let mut out = vec![0f32; b * dv];
@@ -138,10 +134,7 @@ impl CustomOp2 for ScorePool {
                     ws.iter_mut().for_each(|x| *x = (*x - m).exp() / z);
                 }
             });
-        *self
-            .weights
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("score-pool: poisoned lock".into()))? = Some(w);
+        self.weights.put(w);
         Ok((CpuStorage::F32(out), Shape::from((b, dv))))
     }
 
@@ -154,18 +147,8 @@ impl CustomOp2 for ScorePool {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, dk) = query.dims2()?;
         let dv = self.values.width;
-        let w = self
-            .weights
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("score-pool: poisoned lock".into()))?
-            .take();
-        let Some(w) = w else {
-            candle_core::bail!("score-pool: backward without forward")
-        };
-        let mut seg = vec![0u32; w.len()];
-        for (s, win) in self.offsets.windows(2).enumerate() {
-            seg[win[0]..win[1]].iter_mut().for_each(|x| *x = s as u32);
-        }
+        let w = self.weights.take("score-pool")?;
+        let seg = super::sample_of_rows(&self.offsets);
         let dq = with_data(query, |q| {
             with_data(flat, |fl| {
                 with_data(grad, |g| {

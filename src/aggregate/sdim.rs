@@ -15,11 +15,11 @@
 //! window's token index, recomputing each behavior's gradient `Σ_{g matching} ∂S_g`.
 
 use super::Packed;
-use crate::cpu::with_data;
+use crate::cpu::{storage_f32, with_data, Stash};
 use crate::embedding::{Leaves, TokenIndex};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The SDIM unit's settings (its projections live in the model's buffers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl Sdim {
             values: values.clone(),
             offsets: packed.offsets.clone(),
             sigs: sigs.clone(),
-            saved: Arc::new(Mutex::new(None)),
+            saved: Default::default(),
         })?)
     }
 }
@@ -127,7 +127,7 @@ struct SdimPool {
     values: Arc<TokenIndex>,
     offsets: Arc<Vec<usize>>,
     sigs: Signatures,
-    saved: Arc<Mutex<Option<Saved>>>,
+    saved: Arc<Stash<Saved>>,
 }
 
 impl CustomOp1 for SdimPool {
@@ -136,10 +136,7 @@ impl CustomOp1 for SdimPool {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let flat = match l.contiguous_offsets() {
-            Some((a, b)) => &s.as_slice::<f32>()?[a..b],
-            None => candle_core::bail!("sdim-pool: the leaf must be contiguous"),
-        };
+        let flat = storage_f32(s, l, "sdim-pool: leaf")?;
         let (g, d) = (self.unit.groups, self.values.width);
         let b = self.offsets.len() - 1;
         let mut u = vec![0f32; b * d];
@@ -174,25 +171,14 @@ impl CustomOp1 for SdimPool {
             })
             .collect();
         let hits = hits.concat();
-        *self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("sdim-pool: poisoned lock".into()))? =
-            Some(Saved { a, norms, hits });
+        self.saved.put(Saved { a, norms, hits });
         Ok((CpuStorage::F32(u), Shape::from((b, d))))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (g, d) = (self.unit.groups, self.values.width);
         let b = self.offsets.len() - 1;
-        let saved = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("sdim-pool: poisoned lock".into()))?
-            .take();
-        let Some(sv) = saved else {
-            candle_core::bail!("sdim-pool: backward without forward")
-        };
+        let sv = self.saved.take("sdim-pool")?;
         // ∂S [B, G, d] from ∂u: ∂a_g = ∂u / G; through the normalisation ∂S = (∂a − a(a·∂a)) / ‖S‖.
         let ds = with_data(grad, |du| {
             let mut ds = vec![0f32; b * g * d];
@@ -218,10 +204,7 @@ impl CustomOp1 for SdimPool {
                 });
             Ok(ds)
         })?;
-        let mut seg = vec![0u32; self.values.rows];
-        for (s, w) in self.offsets.windows(2).enumerate() {
-            seg[w[0]..w[1]].iter_mut().for_each(|x| *x = s as u32);
-        }
+        let seg = super::sample_of_rows(&self.offsets);
         // Into the leaves' accumulator (candle gets no flat-sized gradient tensor).
         // Only colliding rows get a gradient: scatter over them alone.
         self.grad.add_with(|flat_grad| {

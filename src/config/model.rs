@@ -296,6 +296,9 @@ pub struct DinAggregate {
     /// Softmax-normalise the weights over each window (the paper does not).
     #[serde(default)]
     pub softmax: bool,
+    /// Also feed `t ⊙ u` to the head (the target-aware product DARE's code gives every model).
+    #[serde(default)]
+    pub product: bool,
 }
 
 /// Target attention over a window: `softmax_j(⟨q, k_j⟩ / √d_h)` per head, values `v_j`.

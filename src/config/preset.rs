@@ -51,6 +51,7 @@ pub fn preset(kind: Preset) -> ModelConfig {
                 hidden: vec![64],
                 activation: Activation::Dice,
                 softmax: false,
+                product: false,
             })],
             head(Activation::Dice),
         ),

@@ -30,10 +30,7 @@ impl CustomOp1 for Gather {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let flat = match l.contiguous_offsets() {
-            Some((a, b)) => &s.as_slice::<f32>()?[a..b],
-            None => candle_core::bail!("token-gather: the leaf must be contiguous"),
-        };
+        let flat = crate::cpu::storage_f32(s, l, "token-gather: leaf")?;
         let ix = &self.index;
         for f in &ix.fields {
             if f.seg_offset + f.seg_rows * f.dim > flat.len() {
