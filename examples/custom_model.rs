@@ -24,6 +24,7 @@ use std::sync::Arc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    lifelong::cpu::tune_runtime();
     let data = std::path::PathBuf::from("data/prepared/sample");
     anyhow::ensure!(
         data.join("meta.json").exists(),

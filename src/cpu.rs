@@ -416,12 +416,22 @@ pub fn recycle(v: Vec<f32>) {
     }
 }
 
-/// Tunes mimalloc (the allocator of the `lifelong` binary and the benchmarks) for training:
-/// keep freed memory instead of returning it to the OS, and back large blocks with large OS
-/// pages. candle allocates and frees `[n, d]` buffers of tens of MB every step; with the
-/// defaults each step faults them in again (measured: +13% DIN throughput at L = 200).
-/// Call it first thing in `main` of a program whose global allocator is `mimalloc::MiMalloc`.
-pub fn tune_mimalloc() {
+/// Tunes the process for training, first thing in `main` of a program whose global allocator is
+/// `mimalloc::MiMalloc` (the `lifelong` binary, the benchmarks and examples):
+///
+/// - mimalloc keeps freed memory instead of returning it to the OS, and backs large blocks with
+///   large OS pages: candle allocates and frees `[n, d]` buffers of tens of MB every step, and
+///   with the defaults each step faults them in again (measured: +13% DIN throughput at L = 200);
+/// - candle's element-wise ops run on the calling thread (`CANDLE_NUM_THREADS=1` unless set):
+///   candle 0.11 splits large element-wise ops over its own pool of spinning threads, which on
+///   a few cores compete with the rayon workers every fused op and GEMM here runs on (measured on
+///   2 cores: DARE at its MovieLens settings 9,020 → 14,280 samples/s, ETA at L = 1,000 3,604 →
+///   4,475, SDIM 4,747 → 5,161, with another training running beside them).
+pub fn tune_runtime() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Before any thread starts (this is the first call of `main`), so no reader races.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     // Option ids from mimalloc.h (`mi_option_e`): 6 = allow_large_os_pages, 15 = purge_delay
     // (−1 = never purge).
     // SAFETY: plain option setters of the C library; no pointers involved.
