@@ -252,13 +252,40 @@ pub fn fast_sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + fast_exp(-x))
 }
 
+/// Dot product. Short vectors (a field of a token: 16 to 32 floats) run inline with 4
+/// accumulators; longer ones through [`dot_wide`] (the call and its CPU dispatch cost more than
+/// a 16-float product).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    if n > 32 {
+        return dot_wide(a, b);
+    }
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 4];
+    let mut ca = a.chunks_exact(4);
+    let mut cb = b.chunks_exact(4);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..4 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
+}
+
 /// Dot product with 16 independent accumulators (LLVM does not reorder float sums, so a plain
-/// `zip().sum()` runs one lane at a time).
+/// `zip().sum()` runs one lane at a time), vectorised for the CPU at hand.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 16];
@@ -286,12 +313,25 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc[0] + tail
 }
 
+/// `y += a·x`; short vectors inline (see [`dot`]), longer ones through [`axpy_wide`].
+#[inline]
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    if n > 32 {
+        return axpy_wide(a, x, y);
+    }
+    let (x, y) = (&x[..n], &mut y[..n]);
+    for i in 0..n {
+        y[i] += a * x[i];
+    }
+}
+
 /// `y += a·x`, vectorised for the CPU at hand.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+pub fn axpy_wide(a: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
     let (x, y) = (&x[..n], &mut y[..n]);
     for i in 0..n {
