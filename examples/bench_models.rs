@@ -147,6 +147,8 @@ fn config(args: &Args, name: &str) -> anyhow::Result<Config> {
     cfg.train.out = args.out.join(name);
     cfg.train.epochs = 1;
     cfg.train.batch_size = args.batch;
+    // Validation batches no larger than training ones, so the peak RSS is the training step's.
+    cfg.train.eval_batch_size = args.batch;
     Ok(cfg)
 }
 

@@ -5,17 +5,20 @@
 //! ```text
 //! events.parquet ─ data::prepare ─▶ users.parquet (item[], cate[], ts[] per user)
 //!                                   + {train,valid,test}.parquet (label, user, target, seq_len) + vocab
-//!  ─ data::Dataset ─ data::Batcher (rayon, prefetch) ─▶ Batch { padded [B, L] ids + mask,
-//!                                                            packed real behaviors, unique rows }
-//!  ─ embedding (host tables; batch rows → leaf Var) ─▶ target [B, d], history [n, d]
-//!  ─ aggregate::din (activation unit, fused CPU op) ─▶ interest [B, d]
-//!  ─ model head (MLP) ─▶ logits [B] ─ nn::bce_with_logits ─▶ backward
+//!  ─ data::Dataset ─ data::Batcher (rayon, prefetch) ─▶ Batch { packed histories, targets, labels }
+//!  ─ model::CtrModel, one contract for every model (config::ModelConfig, presets by `kind`):
+//!      plan    search over the whole history, no gradient (search: SimHash/Hamming, attention
+//!              score, category) ─▶ top-k rows per sample; windows (all, recent n, retrieved)
+//!      leaves  embedding::Leaves: only the table rows the differentiable part reads, one flat leaf
+//!      forward aggregate::{din, attention, sdim, score_pool} over their windows ─ head MLP ─▶ logits [B]
+//!  ─ nn::bce_with_logits (+ auxiliary search loss) ─▶ backward ─▶ dense grads + per-table row grads
 //!  ─ optim: Adam (dense) + RowWise Adam/Adagrad (touched embedding rows only)
 //!  ─ train: validation, early stopping, checkpoint (safetensors + config + optimiser state), resume
+//!  ─ model_file::ModelFile (checkpoint ─▶ checked model) ─ eval (AUC, GAUC, logloss, predictions)
 //! ```
 //!
-//! Start with [`train::Trainer`] and [`data::Dataset`]; the `lifelong` binary wraps them
-//! (`synth`, `prepare`, `train`, `eval`, `demo`).
+//! Start with [`model::CtrModel`], [`train::Trainer`] and [`data::Dataset`]; the `lifelong`
+//! binary wraps them (`synth`, `prepare`, `train`, `eval`, `demo`).
 #![warn(missing_docs)]
 
 pub mod aggregate;
