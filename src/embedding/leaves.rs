@@ -143,6 +143,34 @@ pub struct Inverse {
     pub slots: Vec<u32>,
 }
 
+impl Inverse {
+    /// Counting sort of `(output row, segment row)` pairs (ascending output rows; padding,
+    /// [`NONE`], skipped) into rows per segment row.
+    fn build<I>(seg_rows: usize, pairs: I) -> Self
+    where
+        I: Iterator<Item = (u32, u32)> + Clone,
+    {
+        let mut starts = vec![0u32; seg_rows + 1];
+        for (_, l) in pairs.clone() {
+            if l != NONE {
+                starts[l as usize + 1] += 1;
+            }
+        }
+        for i in 0..seg_rows {
+            starts[i + 1] += starts[i];
+        }
+        let mut fill = starts.clone();
+        let mut slots = vec![0u32; starts[seg_rows] as usize];
+        for (r, l) in pairs {
+            if l != NONE {
+                slots[fill[l as usize] as usize] = r;
+                fill[l as usize] += 1;
+            }
+        }
+        Self { starts, slots }
+    }
+}
+
 /// For every output row and field of a view, its place in the flat leaf.
 #[derive(Debug)]
 pub struct TokenIndex {
@@ -171,25 +199,10 @@ impl TokenIndex {
             self.fields
                 .iter()
                 .map(|f| {
-                    let mut starts = vec![0u32; f.seg_rows + 1];
-                    for &l in f.local.iter() {
-                        if l != NONE {
-                            starts[l as usize + 1] += 1;
-                        }
-                    }
-                    for i in 0..f.seg_rows {
-                        starts[i + 1] += starts[i];
-                    }
-                    let mut fill = starts.clone();
-                    let mut slots = vec![0u32; starts[f.seg_rows] as usize];
-                    for (r, &l) in f.local.iter().enumerate() {
-                        if l != NONE {
-                            let p = &mut fill[l as usize];
-                            slots[*p as usize] = r as u32;
-                            *p += 1;
-                        }
-                    }
-                    Inverse { starts, slots }
+                    Inverse::build(
+                        f.seg_rows,
+                        (0..f.local.len() as u32).map(|r| (r, f.local[r as usize])),
+                    )
                 })
                 .collect()
         })
@@ -250,25 +263,10 @@ impl TokenIndex {
         F: Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync,
     {
         for f in &self.fields {
-            let mut starts = vec![0u32; f.seg_rows + 1];
-            for &r in slots {
-                let l = f.local[r as usize];
-                if l != NONE {
-                    starts[l as usize + 1] += 1;
-                }
-            }
-            for i in 0..f.seg_rows {
-                starts[i + 1] += starts[i];
-            }
-            let mut fill = starts.clone();
-            let mut list = vec![0u32; starts[f.seg_rows] as usize];
-            for &r in slots {
-                let l = f.local[r as usize];
-                if l != NONE {
-                    list[fill[l as usize] as usize] = r;
-                    fill[l as usize] += 1;
-                }
-            }
+            let Inverse {
+                starts,
+                slots: list,
+            } = Inverse::build(f.seg_rows, slots.iter().map(|&r| (r, f.local[r as usize])));
             let seg = &mut g[f.seg_offset..f.seg_offset + f.seg_rows * f.dim];
             let cols = f.col..f.col + f.dim;
             seg.par_chunks_mut(f.dim)
