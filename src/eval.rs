@@ -1,6 +1,6 @@
 //! Evaluation: a model's logits on a split, its metrics, and predictions written to parquet.
 
-use crate::data::{Batcher, BatcherConfig, Histories, Impressions};
+use crate::data::{Batcher, BatcherConfig, Dataset, Histories, Impressions, Vocab};
 use crate::metrics::{self, Metrics};
 use crate::model::CtrModel;
 use crate::{Error, Result};
@@ -55,12 +55,44 @@ pub fn evaluate(
     Ok((m, logits))
 }
 
-/// Writes predictions of `imp` to a parquet file atomically: `row` (int64, the split's row),
-/// `user`, `item` (int32 indices), `label` (int8), `logit`, `prob` (float32).
+/// A raw-id column for an index column: the ids of a vocabulary, typed as the log's (int64 or
+/// utf8), null for padding and unknown.
+fn raw_id_column(vocab: &Vocab, index: &[u32]) -> arrow_array::ArrayRef {
+    use arrow_array::{Int64Array, StringArray};
+    let at = |i: u32| (i as usize).checked_sub(2);
+    match (vocab.int_ids(), vocab.str_ids()) {
+        (Some(raw), _) => Arc::new(Int64Array::from_iter(
+            index
+                .iter()
+                .map(|&i| at(i).and_then(|j| raw.get(j).copied())),
+        )),
+        (None, Some(raw)) => Arc::new(StringArray::from_iter(
+            index.iter().map(|&i| at(i).and_then(|j| raw.get(j))),
+        )),
+        (None, None) => Arc::new(Int64Array::from(vec![None::<i64>; index.len()])),
+    }
+}
+
+/// Writes predictions of `imp` (a split of `data`) to a parquet file atomically, one row per
+/// impression in the split's order:
+///
+/// | column | type | meaning |
+/// |---|---|---|
+/// | `row` | int64 | the row in the split file |
+/// | `user_id`, `item_id` | int64 or utf8 (as in the event log), nullable | the raw ids (null for an id unknown at prepare time) |
+/// | `user`, `item` | int32 | the prepared indices |
+/// | `label` | int8 | 0/1 |
+/// | `logit`, `prob` | float32 | the model's score and `sigmoid(logit)` |
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] when the logits do not match the rows; I/O errors naming the file.
-pub fn write_predictions(path: &Path, imp: &Impressions, logits: &[f32]) -> Result<()> {
+/// [`Error::InvalidArgument`] when the logits do not match the rows; named errors for the
+/// vocabulary files; I/O errors naming the file.
+pub fn write_predictions(
+    path: &Path,
+    data: &Dataset,
+    imp: &Impressions,
+    logits: &[f32],
+) -> Result<()> {
     use arrow_array::{ArrayRef, Float32Array, Int32Array, Int64Array, Int8Array, RecordBatch};
     use arrow_schema::{DataType, Field, Schema};
     if logits.len() != imp.len() {
@@ -70,8 +102,14 @@ pub fn write_predictions(path: &Path, imp: &Impressions, logits: &[f32]) -> Resu
             imp.len()
         )));
     }
+    let vocab = |f: &str| Vocab::read(&data.dir.join("vocab").join(format!("{f}.parquet")));
+    let (users, items) = (vocab("user")?, vocab("item")?);
+    let user_id = raw_id_column(&users, &imp.user);
+    let item_id = raw_id_column(&items, &imp.item);
     let schema = Arc::new(Schema::new(vec![
         Field::new("row", DataType::Int64, false),
+        Field::new("user_id", user_id.data_type().clone(), true),
+        Field::new("item_id", item_id.data_type().clone(), true),
         Field::new("user", DataType::Int32, false),
         Field::new("item", DataType::Int32, false),
         Field::new("label", DataType::Int8, false),
@@ -80,6 +118,8 @@ pub fn write_predictions(path: &Path, imp: &Impressions, logits: &[f32]) -> Resu
     ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(0..imp.len() as i64)),
+        user_id,
+        item_id,
         Arc::new(Int32Array::from_iter_values(
             imp.user.iter().map(|&u| u as i32),
         )),

@@ -6,6 +6,7 @@ use lifelong::config::Config;
 use lifelong::data::{self, ColumnNames, Dataset, PrepareConfig, Split, SynthConfig};
 use lifelong::eval;
 use lifelong::model_file::ModelFile;
+use lifelong::plot;
 use lifelong::train::Trainer;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,9 +47,10 @@ enum Command {
         #[arg(long, default_value_t = SynthConfig::default().seed)]
         seed: u64,
     },
-    /// Turn an event log (parquet file or directory) into a prepared dataset.
+    /// Turn an event log (parquet or CSV, a file or a directory) into a prepared dataset.
     Prepare {
-        /// Event log: a parquet file, or a directory (every *.parquet under it).
+        /// Event log: a parquet or .csv file, or a directory (every *.parquet under it, else
+        /// every *.csv).
         #[arg(long)]
         events: PathBuf,
         /// Output directory of the prepared dataset.
@@ -81,6 +83,18 @@ enum Command {
         /// Label column (optional in the file; 0 = shown and not clicked).
         #[arg(long, default_value = "label")]
         label_col: String,
+        /// Keep only rows whose COLUMN equals VALUE (repeatable; all must hold), e.g.
+        /// `--keep behavior_type=pv`.
+        #[arg(long, value_name = "COLUMN=VALUE", value_parser = parse_keep)]
+        keep: Vec<(String, String)>,
+        /// CSV without a header row: the names of its columns, in order, comma-separated
+        /// (e.g. `user_id,item_id,cate_id,behavior_type,ts`). Without it the first line is the
+        /// header.
+        #[arg(long, value_delimiter = ',')]
+        columns: Option<Vec<String>>,
+        /// CSV field delimiter (one character; default `,`).
+        #[arg(long)]
+        delimiter: Option<char>,
     },
     /// Train a model.
     Train {
@@ -119,6 +133,25 @@ enum Command {
         /// Write per-row predictions to this parquet file.
         #[arg(long)]
         predictions: Option<PathBuf>,
+    },
+    /// Describe a checkpoint: model and parts, config, vocabularies, parameter counts, step and
+    /// best validation.
+    Inspect {
+        /// Run directory (its best checkpoint, else last) or a checkpoint file.
+        path: PathBuf,
+        /// Print the description as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw training curves (training loss, validation AUC, GAUC, logloss against steps) of one
+    /// or more runs into one SVG.
+    Plot {
+        /// Run directories (each with its metrics.jsonl).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Output SVG (default: RUN/curves.svg for one run, curves.svg here for several).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// The whole pipeline on the bundled sample: prepare data/sample, train examples/din.toml,
     /// evaluate on the test split.
@@ -179,7 +212,15 @@ fn run(cmd: Command) -> Result<()> {
             cate_col,
             ts_col,
             label_col,
+            keep,
+            columns,
+            delimiter,
         } => {
+            let delimiter = match delimiter {
+                Some(c) if c.is_ascii() => Some(c as u8),
+                Some(c) => anyhow::bail!("--delimiter {c:?}: must be one ASCII character"),
+                None => None,
+            };
             let cfg = PrepareConfig {
                 columns: ColumnNames {
                     user: user_col,
@@ -192,6 +233,8 @@ fn run(cmd: Command) -> Result<()> {
                 seed,
                 min_history,
                 stride,
+                keep,
+                csv: data::csv::CsvOptions { columns, delimiter },
             };
             prepare(&events, &out, &cfg)?;
         }
@@ -220,9 +263,37 @@ fn run(cmd: Command) -> Result<()> {
         } => {
             eval_cmd(&checkpoint, &data, split, json, predictions.as_deref())?;
         }
+        Command::Inspect { path, json } => {
+            let i = lifelong::inspect::inspect(&path)?;
+            if json {
+                println!("{}", serde_json::to_string(&i)?);
+            } else {
+                println!("{i}");
+            }
+        }
+        Command::Plot { runs, out } => {
+            let out = out.unwrap_or_else(|| match runs.as_slice() {
+                [one] => one.join("curves.svg"),
+                _ => PathBuf::from("curves.svg"),
+            });
+            let curves = runs
+                .iter()
+                .map(|r| plot::read_run(r))
+                .collect::<lifelong::Result<Vec<_>>>()?;
+            plot::plot_runs(&curves, &out)?;
+            println!("wrote {}", out.display());
+        }
         Command::Demo => demo()?,
     }
     Ok(())
+}
+
+/// `COLUMN=VALUE` of `--keep`.
+fn parse_keep(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{s}`: expected COLUMN=VALUE")),
+    }
 }
 
 fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<()> {
@@ -281,6 +352,14 @@ fn train_cmd(cfg: Config, resume: bool) -> Result<()> {
         s.state.best_step,
         run_dir.display()
     );
+    // The run's curves beside its checkpoints (a run without a validation has none to draw).
+    if plot::metrics_file(&run_dir).exists() {
+        let svg = run_dir.join("curves.svg");
+        match plot::read_run(&run_dir).and_then(|c| plot::plot_runs(&[c], &svg)) {
+            Ok(()) => println!("curves in {}", svg.display()),
+            Err(e) => tracing::warn!("no curves drawn: {e}"),
+        }
+    }
     Ok(())
 }
 
@@ -305,7 +384,7 @@ fn eval_cmd(
     let hist = Arc::new(ds.histories.clone());
     let (m, logits) = eval::evaluate(&mf.model, &hist, &imp, mf.config.train.eval_batch_size)?;
     if let Some(p) = predictions {
-        eval::write_predictions(p, &imp, &logits)?;
+        eval::write_predictions(p, &ds, &imp, &logits)?;
     }
     let f = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     println!(

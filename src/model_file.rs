@@ -29,6 +29,9 @@ pub const KEY_VOCAB: &str = "vocab";
 pub const KEY_VOCAB_FINGERPRINT: &str = "vocab_fingerprint";
 /// Metadata key: the trainer's state (resume checkpoints only).
 pub const KEY_TRAINER: &str = "trainer";
+/// Metadata key: where training stood when the file was written (every checkpoint; read by
+/// [`crate::inspect`], never by resume).
+pub const KEY_PROGRESS: &str = "progress";
 
 /// A model opened from a checkpoint.
 #[derive(Debug)]

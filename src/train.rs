@@ -19,8 +19,8 @@ use crate::eval::evaluate;
 use crate::metrics::Metrics;
 use crate::model::{CtrModel, VocabSizes};
 use crate::model_file::{
-    build_model, check_fingerprint, read_checkpoint, vocab_fingerprint, KEY_CONFIG, KEY_TRAINER,
-    KEY_VOCAB, KEY_VOCAB_FINGERPRINT,
+    build_model, check_fingerprint, read_checkpoint, vocab_fingerprint, KEY_CONFIG, KEY_PROGRESS,
+    KEY_TRAINER, KEY_VOCAB, KEY_VOCAB_FINGERPRINT,
 };
 pub use crate::model_file::{BEST, LAST};
 use crate::nn::bce_with_logits;
@@ -448,7 +448,13 @@ impl Trainer {
         let line =
             serde_json::to_string(&rec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mlog = self.run_dir.join("metrics.jsonl");
-        let mut text = std::fs::read_to_string(&mlog).unwrap_or_default();
+        // A fresh run's first validation starts the file anew (an earlier run in the same
+        // directory must not leak into its curves); a resumed run continues its own.
+        let mut text = if self.state.evals.is_empty() {
+            String::new()
+        } else {
+            std::fs::read_to_string(&mlog).unwrap_or_default()
+        };
         text.push_str(&line);
         text.push('\n');
         crate::atomic::atomic_write_bytes(&mlog, text.as_bytes())?;
@@ -497,14 +503,13 @@ impl Trainer {
             KEY_VOCAB_FINGERPRINT.to_string(),
             self.vocab_fingerprint.clone(),
         );
+        let state = serde_json::to_string(&self.state).unwrap_or_default();
+        meta.insert(KEY_PROGRESS.to_string(), state.clone());
         if with_optimizer {
             tensors.extend(self.dense.state_tensors());
             let tables: Vec<_> = self.model.tables().iter().collect();
             tensors.extend(self.sparse.state_tensors(&tables)?);
-            meta.insert(
-                KEY_TRAINER.to_string(),
-                serde_json::to_string(&self.state).unwrap_or_default(),
-            );
+            meta.insert(KEY_TRAINER.to_string(), state);
         }
         checkpoint::save(path, &tensors, &meta)
     }

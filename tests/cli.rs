@@ -688,3 +688,481 @@ fn eval_errors_name_the_checkpoint_the_vocabulary_and_the_row() {
     );
     eprintln!("{line}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// What a user sees: joinable predictions, curves, checkpoint inspection
+// ---------------------------------------------------------------------------------------------
+
+/// A log with string user ids and integer item ids (60 users × 14 behaviors); returns the file
+/// and, per user id, its behaviors in time order.
+fn string_user_log(dir: &Path) -> (PathBuf, std::collections::BTreeMap<String, Vec<i64>>) {
+    use arrow_array::StringArray;
+    let (mut u, mut i, mut c, mut t) = (vec![], vec![], vec![], vec![]);
+    let mut by_user = std::collections::BTreeMap::new();
+    for user in 0..60i64 {
+        let name = format!("user-{user:03}");
+        for k in 0..14i64 {
+            let item = (user * 7 + k * 3) % 80;
+            u.push(name.clone());
+            i.push(5000 + item);
+            c.push(item % 8);
+            t.push(k * 100 + user);
+            by_user
+                .entry(name.clone())
+                .or_insert_with(Vec::new)
+                .push(5000 + item);
+        }
+    }
+    let batch = RecordBatch::try_from_iter([
+        ("user_id", Arc::new(StringArray::from(u)) as ArrayRef),
+        ("item_id", Arc::new(Int64Array::from(i)) as ArrayRef),
+        ("cate_id", Arc::new(Int64Array::from(c)) as ArrayRef),
+        ("ts", Arc::new(Int64Array::from(t)) as ArrayRef),
+    ])
+    .unwrap();
+    let path = dir.join("events.parquet");
+    write_batches(&path, &[batch]);
+    (path, by_user)
+}
+
+#[test]
+fn predictions_carry_raw_ids_and_runs_can_be_plotted_and_inspected() {
+    use parquet::basic::{LogicalType, Repetition, Type as Physical};
+    use parquet::record::Field;
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let (events, by_user) = string_user_log(tmp);
+    let data = tmp.join("prepared");
+    prepare(tmp, &events, &data);
+    let config = write_config(tmp, "");
+    let run = tmp.join("run");
+    let out = ok(
+        tmp,
+        &[
+            "train",
+            "--config",
+            s(&config),
+            "--data",
+            s(&data),
+            "--out",
+            s(&run),
+            "--set",
+            "train.epochs=2",
+        ],
+    );
+    // train draws the run's curves beside its checkpoints.
+    let svg = std::fs::read_to_string(run.join("curves.svg")).expect("train wrote curves.svg");
+    assert!(out.contains("curves.svg"), "{out}");
+    for title in [
+        "training loss",
+        "validation AUC",
+        "validation GAUC",
+        "validation logloss",
+    ] {
+        assert!(svg.contains(title), "no panel `{title}`");
+    }
+
+    let preds = tmp.join("preds.parquet");
+    ok(
+        tmp,
+        &[
+            "eval",
+            "--checkpoint",
+            s(&run),
+            "--data",
+            s(&data),
+            "--predictions",
+            s(&preds),
+        ],
+    );
+    // The schema as any parquet reader (pyarrow, polars) sees it: the raw ids typed as in the
+    // log (a UTF-8 string and an int64), nullable, beside the indices.
+    let reader = SerializedFileReader::new(std::fs::File::open(&preds).unwrap()).unwrap();
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let col = |name: &str| {
+        (0..schema.num_columns())
+            .map(|k| schema.column(k))
+            .find(|c| c.name() == name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+    };
+    let user_id = col("user_id");
+    assert_eq!(user_id.physical_type(), Physical::BYTE_ARRAY);
+    assert_eq!(user_id.logical_type_ref(), Some(&LogicalType::String));
+    assert_eq!(
+        user_id.self_type().get_basic_info().repetition(),
+        Repetition::OPTIONAL
+    );
+    assert_eq!(col("item_id").physical_type(), Physical::INT64);
+    for (name, ty) in [
+        ("user", Physical::INT32),
+        ("item", Physical::INT32),
+        ("label", Physical::INT32),
+    ] {
+        assert_eq!(col(name).physical_type(), ty, "{name}");
+    }
+    // The values, read row by row with parquet's record API: each positive is its user's last
+    // behavior in the log (the test split rule), each negative an item the user never touched.
+    let (mut pos, mut neg) = (0, 0);
+    for row in reader.get_row_iter(None).unwrap() {
+        let row = row.unwrap();
+        let get = |name: &str| {
+            row.get_column_iter()
+                .find(|(n, _)| n.as_str() == name)
+                .map(|(_, f)| f.clone())
+                .unwrap()
+        };
+        let (Field::Str(user), Field::Long(item), Field::Byte(label)) =
+            (get("user_id"), get("item_id"), get("label"))
+        else {
+            panic!("row {row:?}: unexpected field types");
+        };
+        let seq = &by_user[&user];
+        if label == 1 {
+            assert_eq!(
+                item,
+                *seq.last().unwrap(),
+                "{user}: positive is not the last behavior"
+            );
+            pos += 1;
+        } else {
+            assert!(!seq.contains(&item), "{user}: negative {item} was touched");
+            neg += 1;
+        }
+    }
+    assert_eq!(pos, by_user.len(), "one test positive per user");
+    assert_eq!(neg, by_user.len(), "one sampled negative per positive");
+
+    // inspect --json: parts, vocabulary, parameter counts, step and best validation.
+    let j: serde_json::Value =
+        serde_json::from_str(ok(tmp, &["inspect", s(&run), "--json"]).trim()).unwrap();
+    assert_eq!(j["kind"], "din");
+    let m = meta(&data);
+    let n_items = m["n_items"].as_u64().unwrap();
+    assert_eq!(
+        n_items,
+        80 + 2,
+        "80 distinct items plus padding and unknown"
+    );
+    assert_eq!(j["vocab"]["items"].as_u64(), Some(n_items));
+    let params: Vec<(String, u64)> = j["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_u64().unwrap()))
+        .collect();
+    let table = |name: &str| params.iter().find(|(n, _)| n == name).map(|p| p.1);
+    assert_eq!(
+        table("table/item"),
+        Some(n_items * 8),
+        "item_dim = 8 in the config"
+    );
+    assert_eq!(
+        j["total_parameters"].as_u64(),
+        Some(params.iter().map(|p| p.1).sum())
+    );
+    // The best validation: the record of metrics.jsonl with the highest AUC.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "one validation per epoch");
+    let best = records
+        .iter()
+        .max_by(|a, b| {
+            let auc = |r: &serde_json::Value| r["valid"]["auc"].as_f64().unwrap();
+            auc(a).total_cmp(&auc(b))
+        })
+        .unwrap();
+    assert_eq!(j["state"]["best_step"], best["step"]);
+    assert_eq!(j["state"]["best_auc"], best["valid"]["auc"]);
+    let text = ok(tmp, &["inspect", s(&run.join("last.safetensors"))]);
+    assert!(text.contains("resumable   yes"), "{text}");
+    let item_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("table/item"))
+        .unwrap_or_else(|| panic!("no table/item line in {text}"));
+    assert_eq!(
+        item_line.split_whitespace().last(),
+        Some((n_items * 8).to_string().as_str())
+    );
+
+    // Several runs on one chart: each run's name in every panel's legend.
+    let run2 = tmp.join("run2");
+    ok(
+        tmp,
+        &[
+            "train",
+            "--config",
+            s(&config),
+            "--data",
+            s(&data),
+            "--out",
+            s(&run2),
+            "--set",
+            "train.lr=0.01",
+        ],
+    );
+    let both = tmp.join("both.svg");
+    ok(tmp, &["plot", s(&run), s(&run2), "--out", s(&both)]);
+    let svg = std::fs::read_to_string(&both).unwrap();
+    assert_eq!(
+        svg.matches(">\nrun\n<").count(),
+        4,
+        "`run` in each of 4 legends"
+    );
+    assert_eq!(
+        svg.matches(">\nrun2\n<").count(),
+        4,
+        "`run2` in each of 4 legends"
+    );
+    // A fresh run into a used directory starts its own metrics (one epoch: one validation).
+    ok(
+        tmp,
+        &[
+            "train",
+            "--config",
+            s(&config),
+            "--data",
+            s(&data),
+            "--out",
+            s(&run),
+        ],
+    );
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    // A directory without metrics is an error naming the file.
+    fails(tmp, &["plot", s(&data)], &["metrics.jsonl"]);
+    fails(tmp, &["inspect", s(&data)], &["safetensors"]);
+}
+
+/// A Taobao-UserBehavior-shaped log (`user_id,item_id,category_id,behavior_type,timestamp`,
+/// no header): 30 users × 12 events, every third one a `cart` instead of a `pv`. Returns the
+/// lines and, per user, the items of its `pv` events in time order.
+fn taobao_lines() -> (Vec<String>, std::collections::BTreeMap<i64, Vec<i64>>) {
+    let mut lines = Vec::new();
+    let mut pv = std::collections::BTreeMap::new();
+    for user in 0..30i64 {
+        for k in 0..12i64 {
+            let item = 7000 + (user * 5 + k * 11) % 90;
+            let kind = if k % 3 == 2 { "cart" } else { "pv" };
+            lines.push(format!(
+                "{},{item},{},{kind},{}",
+                100 + user,
+                item % 9,
+                1_511_000_000 + k * 60 + user
+            ));
+            if kind == "pv" {
+                pv.entry(100 + user).or_insert_with(Vec::new).push(item);
+            }
+        }
+    }
+    (lines, pv)
+}
+
+#[test]
+fn prepare_reads_csv_logs_with_or_without_a_header_and_keeps_matching_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let (lines, pv) = taobao_lines();
+    let bare = tmp.join("UserBehavior.csv");
+    std::fs::write(&bare, lines.join("\n") + "\n").unwrap();
+    let names = "user_id,item_id,cate_id,behavior_type,ts";
+    let headed = tmp.join("headed.csv");
+    std::fs::write(&headed, format!("{names}\n{}\n", lines.join("\n"))).unwrap();
+
+    let a = tmp.join("a");
+    ok(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&bare),
+            "--out",
+            s(&a),
+            "--columns",
+            names,
+            "--keep",
+            "behavior_type=pv",
+        ],
+    );
+    let b = tmp.join("b");
+    ok(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&headed),
+            "--out",
+            s(&b),
+            "--keep",
+            "behavior_type=pv",
+        ],
+    );
+    // Only the page views are behaviors; both layouts give the same dataset.
+    let m = meta(&a);
+    let n_pv: usize = pv.values().map(Vec::len).sum();
+    assert_eq!(m["n_behaviors"].as_u64(), Some(n_pv as u64));
+    assert_eq!(m["n_users"].as_u64(), Some(pv.len() as u64 + 2));
+    for f in [
+        "users.parquet",
+        "train.parquet",
+        "test.parquet",
+        "vocab/item.parquet",
+    ] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f} differs between the headed and the bare CSV"
+        );
+    }
+    // Each user's history is its page views in time order, with the log's own item ids.
+    let items = read_batches(&a.join("vocab/item.parquet"));
+    let raw = column(&items, "raw", i64s);
+    let users = read_batches(&a.join("users.parquet"));
+    let hist: Vec<Vec<i32>> = users
+        .iter()
+        .flat_map(|b| {
+            let l = b
+                .column_by_name("items")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow_array::ListArray>()
+                .unwrap()
+                .clone();
+            (0..l.len()).map(move |r| i32s(&l.value(r)))
+        })
+        .collect();
+    let mut got: Vec<Vec<i64>> = hist
+        .iter()
+        .map(|h| h.iter().map(|&i| raw[i as usize - 2]).collect())
+        .collect();
+    let mut want: Vec<Vec<i64>> = pv.values().cloned().collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+
+    // The same filter on a parquet log.
+    let (u, i, c, t) = tiny_log();
+    let kind: Vec<i64> = (0..u.len() as i64).map(|r| r % 2).collect();
+    let log = tmp.join("log.parquet");
+    write_log(
+        &log,
+        vec![
+            ("user_id", u),
+            ("item_id", i),
+            ("cate_id", c),
+            ("ts", t),
+            ("kind", kind),
+        ],
+    );
+    let p = tmp.join("p");
+    ok(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&log),
+            "--out",
+            s(&p),
+            "--keep",
+            "kind=1",
+        ],
+    );
+    assert_eq!(
+        meta(&p)["n_behaviors"].as_u64(),
+        Some(12),
+        "half of 24 events"
+    );
+    fails(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&log),
+            "--out",
+            s(&p),
+            "--keep",
+            "kind=7",
+        ],
+        &["no rows matching kind=7"],
+    );
+    fails(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&log),
+            "--out",
+            s(&p),
+            "--keep",
+            "nosuch=1",
+        ],
+        &["log.parquet", "nosuch"],
+    );
+}
+
+#[test]
+fn bad_csv_logs_are_named_by_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let names = "user_id,item_id,cate_id,behavior_type,ts";
+    let (mut lines, _) = taobao_lines();
+    // A ragged row (4 fields) at line 8.
+    let mut ragged = lines.clone();
+    ragged[7] = "105,7001,3,1511000100".into();
+    let f = tmp.join("ragged.csv");
+    std::fs::write(&f, ragged.join("\n")).unwrap();
+    let err = fails(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&f),
+            "--out",
+            s(&tmp.join("o")),
+            "--columns",
+            names,
+        ],
+        &["ragged.csv", "line"],
+    );
+    assert!(err.contains('8'), "{err}");
+    // A text id in an integer column, after the rows the types are inferred from.
+    while lines.len() <= lifelong::data::csv::INFER_ROWS {
+        lines.extend_from_within(..360);
+    }
+    let bad_line = lines.len() + 1;
+    lines.push("abc,7001,3,pv,1511000100".into());
+    let f = tmp.join("text.csv");
+    std::fs::write(&f, lines.join("\n")).unwrap();
+    let err = fails(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&f),
+            "--out",
+            s(&tmp.join("o")),
+            "--columns",
+            names,
+        ],
+        &["text.csv", "abc"],
+    );
+    assert!(
+        err.contains(&bad_line.to_string()),
+        "line {bad_line} not named: {err}"
+    );
+    // --columns naming fewer columns than the file has.
+    fails(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&f),
+            "--out",
+            s(&tmp.join("o")),
+            "--columns",
+            "user_id,item_id",
+        ],
+        &["text.csv", "2 columns"],
+    );
+}

@@ -103,7 +103,7 @@ impl Kind {
         matches!(self, Kind::IntList | Kind::IndexList { .. })
     }
 
-    fn accepts(&self, dt: &DataType) -> bool {
+    pub(crate) fn accepts(&self, dt: &DataType) -> bool {
         match self {
             Kind::RawId => {
                 is_int(dt)
@@ -126,7 +126,7 @@ impl Kind {
         }
     }
 
-    fn expected(&self) -> &'static str {
+    pub(crate) fn expected(&self) -> &'static str {
         match self {
             Kind::RawId => "an integer or string id column",
             Kind::Timestamp => "an integer, timestamp or date column",
@@ -383,7 +383,7 @@ impl Column {
     }
 
     /// An empty column for `kind`, for data of type `dt`.
-    fn empty(kind: &Kind, dt: &DataType) -> Column {
+    pub(crate) fn empty(kind: &Kind, dt: &DataType) -> Column {
         match kind {
             Kind::RawId => {
                 let dt = match dt {
@@ -417,7 +417,7 @@ impl Column {
     }
 
     /// Appends `other` (same variant) or says which variants clashed.
-    fn append(&mut self, other: Column) -> std::result::Result<(), &'static str> {
+    pub(crate) fn append(&mut self, other: Column) -> std::result::Result<(), &'static str> {
         match (self, other) {
             (Column::RawIds(RawIds::Int(a)), Column::RawIds(RawIds::Int(b))) => a.extend(b),
             (Column::RawIds(RawIds::Str(a)), Column::RawIds(RawIds::Str(b))) => a.append(b),
@@ -484,6 +484,15 @@ impl Table {
 /// [`Error::Io`] naming the path when it does not exist, cannot be listed, or holds no parquet
 /// file.
 pub fn list_parquet_files(path: &Path) -> Result<Vec<PathBuf>> {
+    list_files(path, "parquet")
+}
+
+/// The files at `path` ending in `.{ext}` (case-insensitive): the file itself, or every such
+/// file under the directory (recursively, sorted, hidden and `_` entries skipped).
+///
+/// # Errors
+/// [`Error::Io`] naming the path when it does not exist, cannot be listed, or holds no such file.
+pub fn list_files(path: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     let md = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !md.is_dir() {
         return Ok(vec![path.to_path_buf()]);
@@ -503,7 +512,7 @@ pub fn list_parquet_files(path: &Path) -> Result<Vec<PathBuf>> {
             let md = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?;
             if md.is_dir() {
                 stack.push(p);
-            } else if name.to_ascii_lowercase().ends_with(".parquet") {
+            } else if name.to_ascii_lowercase().ends_with(&format!(".{ext}")) {
                 out.push(p);
             }
         }
@@ -513,7 +522,7 @@ pub fn list_parquet_files(path: &Path) -> Result<Vec<PathBuf>> {
             path,
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "no *.parquet files in this directory",
+                format!("no *.{ext} files in this directory"),
             ),
         ));
     }
@@ -715,7 +724,7 @@ fn column_names(schema: &SchemaRef) -> String {
         .join(", ")
 }
 
-fn missing_column(file: &Path, column: &str, schema: &SchemaRef) -> Error {
+pub(crate) fn missing_column(file: &Path, column: &str, schema: &SchemaRef) -> Error {
     Error::schema(
         file,
         column,
@@ -813,6 +822,19 @@ pub fn int_list_from_arrow(column: &str, arr: &ArrayRef) -> Result<ListColumn<i6
 // ---------------------------------------------------------------------------------------------
 // Conversion of one batch's array
 // ---------------------------------------------------------------------------------------------
+
+/// Appends `arr` (rows `row0..` of `path`'s column `column`) to `out` as `kind`, with the same
+/// checks and named errors as the parquet reader (nulls, types, ranges).
+pub(crate) fn append_array(
+    path: &Path,
+    column: &str,
+    row0: usize,
+    kind: &Kind,
+    arr: &ArrayRef,
+    out: &mut Column,
+) -> Result<()> {
+    convert(&Ctx { path, column, row0 }, kind, arr, out)
+}
 
 /// Where a batch's array comes from, for error messages.
 struct Ctx<'a> {

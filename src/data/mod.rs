@@ -8,6 +8,7 @@
 //! `data/README.md` documents the file formats.
 
 pub mod batcher;
+pub mod csv;
 pub mod dataset;
 pub mod io;
 pub mod prepare;

@@ -20,6 +20,7 @@
 //!   first, then its sampled negatives, then label-0 rows in time order.
 
 use crate::atomic::atomic_write_bytes;
+use crate::data::csv::{is_csv, read_csv_table, CsvOptions};
 use crate::data::dataset::Meta;
 use crate::data::io::{self, ColumnSpec, Kind, RawIds};
 use crate::data::vocab::{Vocab, PAD, UNKNOWN};
@@ -77,6 +78,13 @@ pub struct PrepareConfig {
     /// Every `stride`-th earlier behavior (counting back from the newest training one) becomes a
     /// training positive.
     pub stride: usize,
+    /// Keep only the rows whose column equals the value, every pair (`behavior_type = "pv"`
+    /// takes page views as the clicks); empty keeps every row.
+    #[serde(default)]
+    pub keep: Vec<(String, String)>,
+    /// Layout of CSV logs (a `.csv` file or a directory of them); parquet logs ignore it.
+    #[serde(default)]
+    pub csv: CsvOptions,
 }
 
 impl Default for PrepareConfig {
@@ -87,6 +95,55 @@ impl Default for PrepareConfig {
             seed: 42,
             min_history: 1,
             stride: 1,
+            keep: Vec::new(),
+            csv: CsvOptions::default(),
+        }
+    }
+}
+
+/// The rows of `table` (columns `first..first + keep.len()`, read as raw ids) that match every
+/// `keep` pair; `None` when there is nothing to filter.
+fn keep_mask(table: &mut io::Table, first: usize, keep: &[(String, String)]) -> Option<Vec<bool>> {
+    if keep.is_empty() {
+        return None;
+    }
+    let mut mask = vec![true; table.num_rows()];
+    for (k, (_, value)) in keep.iter().enumerate() {
+        match table.take(first + k).and_then(|c| c.into_raw_ids()) {
+            Some(RawIds::Int(v)) => {
+                let want = value.trim().parse::<i64>().ok();
+                mask.iter_mut()
+                    .zip(&v)
+                    .for_each(|(m, &x)| *m &= Some(x) == want);
+            }
+            Some(RawIds::Str(v)) => mask
+                .iter_mut()
+                .zip(v.iter())
+                .for_each(|(m, x)| *m &= x == value),
+            None => mask.fill(false),
+        }
+    }
+    Some(mask)
+}
+
+fn retain<T: Copy>(v: Vec<T>, mask: &[bool]) -> Vec<T> {
+    v.into_iter()
+        .zip(mask)
+        .filter(|(_, &m)| m)
+        .map(|(x, _)| x)
+        .collect()
+}
+
+fn retain_ids(ids: RawIds, mask: &[bool]) -> RawIds {
+    match ids {
+        RawIds::Int(v) => RawIds::Int(retain(v, mask)),
+        RawIds::Str(v) => {
+            let mut out = io::StrIds::default();
+            v.iter()
+                .zip(mask)
+                .filter(|(_, &m)| m)
+                .for_each(|(x, _)| out.push(x));
+            RawIds::Str(out)
         }
     }
 }
@@ -169,11 +226,31 @@ pub fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<Prepare
     if !c.label.is_empty() {
         specs.push(ColumnSpec::optional(&c.label, Kind::Label));
     }
-    let mut table = io::read_table(events, &specs)?;
-    let n = table.num_rows();
+    let keep_first = specs.len();
+    specs.extend(
+        cfg.keep
+            .iter()
+            .map(|(col, _)| ColumnSpec::new(col, Kind::RawId)),
+    );
+    let mut table = if is_csv(events) {
+        read_csv_table(events, &specs, &cfg.csv)?
+    } else {
+        io::read_table(events, &specs)?
+    };
+    let rows_read = table.num_rows();
+    let mask = keep_mask(&mut table, keep_first, &cfg.keep);
+    let n = mask
+        .as_ref()
+        .map_or(rows_read, |m| m.iter().filter(|&&x| x).count());
     if n == 0 {
+        let why = if cfg.keep.is_empty() {
+            String::new()
+        } else {
+            let pairs: Vec<String> = cfg.keep.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(" matching {} (of {rows_read} read)", pairs.join(", "))
+        };
         return Err(Error::InvalidArgument(format!(
-            "{}: the event log has no rows",
+            "{}: the event log has no rows{why}",
             events.display()
         )));
     }
@@ -197,7 +274,21 @@ pub fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<Prepare
         .and_then(|c| c.into_raw_ids())
         .unwrap_or_else(empty);
     let ts = table.take(3).and_then(|c| c.into_i64()).unwrap_or_default();
-    let label = table.take(4).and_then(|c| c.into_u8());
+    let label = if c.label.is_empty() {
+        None
+    } else {
+        table.take(4).and_then(|c| c.into_u8())
+    };
+    let (users_raw, items_raw, cates_raw, ts, label) = match &mask {
+        None => (users_raw, items_raw, cates_raw, ts, label),
+        Some(m) => (
+            retain_ids(users_raw, m),
+            retain_ids(items_raw, m),
+            retain_ids(cates_raw, m),
+            retain(ts, m),
+            label.map(|l| retain(l, m)),
+        ),
+    };
     let has_label = label.is_some();
     let negatives = cfg.negatives.unwrap_or(if has_label { 0 } else { 1 });
     tracing::info!(
