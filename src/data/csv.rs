@@ -7,7 +7,9 @@
 //! id in a numeric column) is an error naming the file and the line, as is a row with the wrong
 //! number of fields.
 
-use super::io::{append_array, list_files, missing_column, Column, ColumnSpec, Table};
+use super::io::{
+    append_array, check_columns, list_files, missing_column, Column, ColumnSpec, Table,
+};
 use crate::error::{Error, Result};
 use arrow_csv::reader::Format;
 use arrow_schema::{Field, Schema, SchemaRef};
@@ -84,26 +86,13 @@ fn read_file(
     opts: &CsvOptions,
 ) -> Result<(usize, Vec<Option<Column>>)> {
     let schema = file_schema(path, opts)?;
-    let mut present = Vec::with_capacity(specs.len());
-    let mut projection = Vec::new();
-    for spec in specs {
-        match schema.index_of(&spec.name) {
-            Ok(ci) => {
-                let dt = schema.field(ci).data_type();
-                if !spec.kind.accepts(dt) {
-                    return Err(Error::schema(
-                        path,
-                        &spec.name,
-                        format!("has type {dt}; expected {}", spec.kind.expected()),
-                    ));
-                }
-                present.push(true);
-                projection.push(ci);
-            }
-            Err(_) if spec.optional => present.push(false),
-            Err(_) => return Err(missing_column(path, &spec.name, &schema)),
-        }
-    }
+    let present = check_columns(path, &schema, specs)?;
+    let mut projection: Vec<usize> = specs
+        .iter()
+        .zip(&present)
+        .filter(|(_, &p)| p)
+        .filter_map(|(spec, _)| schema.index_of(&spec.name).ok())
+        .collect();
     projection.sort_unstable();
     projection.dedup();
     let mut out: Vec<Option<Column>> = specs

@@ -598,27 +598,11 @@ pub fn read_table(path: &Path, specs: &[ColumnSpec]) -> Result<Table> {
     )?;
 
     // Schema check per file: which specs are present, and their types.
-    let mut present = vec![vec![false; specs.len()]; files.len()];
-    for (fi, (file, meta)) in files.iter().zip(&metas).enumerate() {
-        let schema = meta.schema();
-        for (si, spec) in specs.iter().enumerate() {
-            match schema.index_of(&spec.name) {
-                Ok(ci) => {
-                    let dt = schema.field(ci).data_type();
-                    if !spec.kind.accepts(dt) {
-                        return Err(Error::schema(
-                            file,
-                            &spec.name,
-                            format!("has type {dt}; expected {}", spec.kind.expected()),
-                        ));
-                    }
-                    present[fi][si] = true;
-                }
-                Err(_) if spec.optional => {}
-                Err(_) => return Err(missing_column(file, &spec.name, schema)),
-            }
-        }
-    }
+    let present: Vec<Vec<bool>> = files
+        .iter()
+        .zip(&metas)
+        .map(|(file, meta)| check_columns(file, meta.schema(), specs))
+        .collect::<Result<_>>()?;
     for (si, spec) in specs.iter().enumerate().filter(|(_, s)| s.optional) {
         let any = present.iter().any(|p| p[si]);
         if let Some(fi) = present.iter().position(|p| !p[si]).filter(|_| any) {
@@ -722,6 +706,37 @@ fn column_names(schema: &SchemaRef) -> String {
         .map(|f| f.name().as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Which of `specs` the file's `schema` holds (an optional one may be absent), each of a type
+/// its kind accepts.
+///
+/// # Errors
+/// [`Error::Schema`] naming the file and the column that is missing or mistyped.
+pub(crate) fn check_columns(
+    file: &Path,
+    schema: &SchemaRef,
+    specs: &[ColumnSpec],
+) -> Result<Vec<bool>> {
+    specs
+        .iter()
+        .map(|spec| match schema.index_of(&spec.name) {
+            Ok(ci) => {
+                let dt = schema.field(ci).data_type();
+                if spec.kind.accepts(dt) {
+                    Ok(true)
+                } else {
+                    Err(Error::schema(
+                        file,
+                        &spec.name,
+                        format!("has type {dt}; expected {}", spec.kind.expected()),
+                    ))
+                }
+            }
+            Err(_) if spec.optional => Ok(false),
+            Err(_) => Err(missing_column(file, &spec.name, schema)),
+        })
+        .collect()
 }
 
 pub(crate) fn missing_column(file: &Path, column: &str, schema: &SchemaRef) -> Error {
