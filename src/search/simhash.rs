@@ -28,6 +28,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Fixed random projections `R [dim, bits]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -266,20 +267,24 @@ pub fn token_codes(
     let (b, n, bits, words) = (batch.size(), batch.n_packed(), hash.bits(), hash.words());
     // Per field: projections of the rows it uses, and each token's row among them.
     struct FieldProj {
-        proj: Vec<f32>,  // [rows, bits]
-        local: Vec<u32>, // [B + n] row of each token
+        proj: Vec<f32>,       // [rows, bits]
+        local: Arc<Vec<u32>>, // [B + n] row of each token
     }
     let mut fields = Vec::with_capacity(view.fields.len());
     for f in &view.fields {
         let table = tables.table(f.table);
         let r_f = &hash.projections()[f.col * bits..(f.col + f.dim) * bits];
-        let (rows, local): (Vec<u32>, Vec<u32>) = if f.field == Field::Pos {
+        // The batch's own unique rows and row indices, borrowed (not copied per step).
+        let (rows, local): (Arc<Vec<u32>>, Arc<Vec<u32>>) = if f.field == Field::Pos {
             let mut local = vec![0u32; b];
             local.extend_from_slice(batch.hist_ids(Field::Pos)?);
-            ((0..table.rows() as u32).collect(), local)
+            (
+                Arc::new((0..table.rows() as u32).collect()),
+                Arc::new(local),
+            )
         } else {
             let ids = batch.full_ids(f.field)?;
-            ((*ids.unique).clone(), (*ids.local).clone())
+            (ids.unique, ids.local)
         };
         table.check_ids(rows.last().map(std::slice::from_ref).unwrap_or(&[]))?;
         if let Some(&bad) = local.iter().find(|&&l| l as usize >= rows.len()) {
