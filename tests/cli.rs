@@ -155,6 +155,21 @@ out = "no/such/run"
     path
 }
 
+/// `train --config CONFIG --data DATA --out RUN EXTRA...`, asserting success; returns stdout.
+fn train(cwd: &Path, config: &Path, data: &Path, run: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "train",
+        "--config",
+        s(config),
+        "--data",
+        s(data),
+        "--out",
+        s(run),
+    ];
+    args.extend_from_slice(extra);
+    ok(cwd, &args)
+}
+
 /// synth (150 users, 500 items) → prepare → train; returns (prepared dir, run dir).
 fn trained_run(tmp: &Path) -> (PathBuf, PathBuf) {
     let events = synth(tmp, &tmp.join("events"), 150, 500);
@@ -162,18 +177,7 @@ fn trained_run(tmp: &Path) -> (PathBuf, PathBuf) {
     prepare(tmp, &events, &data);
     let config = write_config(tmp, "");
     let run = tmp.join("run");
-    let out = ok(
-        tmp,
-        &[
-            "train",
-            "--config",
-            s(&config),
-            "--data",
-            s(&data),
-            "--out",
-            s(&run),
-        ],
-    );
+    let out = train(tmp, &config, &data, &run, &[]);
     assert!(out.contains("trained"), "train stdout: {out}");
     for f in ["best.safetensors", "last.safetensors", "metrics.jsonl"] {
         assert!(run.join(f).is_file(), "train did not write {f}");
@@ -395,19 +399,7 @@ fn pipeline_synth_prepare_train_eval_and_resume() {
     assert!(step > 0);
     let before = std::fs::read(&last_file).unwrap();
     let config = tmp.join("din.toml");
-    let out = ok(
-        tmp,
-        &[
-            "train",
-            "--config",
-            s(&config),
-            "--data",
-            s(&data),
-            "--out",
-            s(&run),
-            "--resume",
-        ],
-    );
+    let out = train(tmp, &config, &data, &run, &["--resume"]);
     assert!(
         out.contains(&format!("trained {step} steps (0 samples")),
         "resume stdout: {out}"
@@ -736,20 +728,7 @@ fn predictions_carry_raw_ids_and_runs_can_be_plotted_and_inspected() {
     prepare(tmp, &events, &data);
     let config = write_config(tmp, "");
     let run = tmp.join("run");
-    let out = ok(
-        tmp,
-        &[
-            "train",
-            "--config",
-            s(&config),
-            "--data",
-            s(&data),
-            "--out",
-            s(&run),
-            "--set",
-            "train.epochs=2",
-        ],
-    );
+    let out = train(tmp, &config, &data, &run, &["--set", "train.epochs=2"]);
     // train draws the run's curves beside its checkpoints.
     let svg = std::fs::read_to_string(run.join("curves.svg")).expect("train wrote curves.svg");
     assert!(out.contains("curves.svg"), "{out}");
@@ -889,20 +868,7 @@ fn predictions_carry_raw_ids_and_runs_can_be_plotted_and_inspected() {
 
     // Several runs on one chart: each run's name in every panel's legend.
     let run2 = tmp.join("run2");
-    ok(
-        tmp,
-        &[
-            "train",
-            "--config",
-            s(&config),
-            "--data",
-            s(&data),
-            "--out",
-            s(&run2),
-            "--set",
-            "train.lr=0.01",
-        ],
-    );
+    train(tmp, &config, &data, &run2, &["--set", "train.lr=0.01"]);
     let both = tmp.join("both.svg");
     ok(tmp, &["plot", s(&run), s(&run2), "--out", s(&both)]);
     let svg = std::fs::read_to_string(&both).unwrap();
@@ -917,18 +883,7 @@ fn predictions_carry_raw_ids_and_runs_can_be_plotted_and_inspected() {
         "`run2` in each of 4 legends"
     );
     // A fresh run into a used directory starts its own metrics (one epoch: one validation).
-    ok(
-        tmp,
-        &[
-            "train",
-            "--config",
-            s(&config),
-            "--data",
-            s(&data),
-            "--out",
-            s(&run),
-        ],
-    );
+    train(tmp, &config, &data, &run, &[]);
     let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 1, "{lines}");
     // A directory without metrics is an error naming the file.
