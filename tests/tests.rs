@@ -21,3 +21,5 @@ mod optim;
 mod train;
 // The `lifelong` binary end to end: pipeline, --help, bad input → status 2 with a named error.
 mod cli;
+// Serving from encodings: equal to eval for every model; incremental encodings.
+mod serving;

@@ -166,6 +166,38 @@ impl TargetAttention {
         mask: &Mask,
         target_v: &Tensor,
     ) -> Result<Tensor> {
+        let (kp, vp) = if mask.k == 0 {
+            (keys.clone(), values.clone())
+        } else {
+            self.project(keys, values)?
+        };
+        self.forward_projected(target_k, &kp, &vp, mask, target_v)
+    }
+
+    /// The keys' and values' projections `W_k e_j`, `W_v e_j` (the rows as they are without
+    /// projections). Serving projects a user's window once and gathers from it per candidate.
+    ///
+    /// # Shapes
+    /// keys `[n, d_k]`, values `[n, d_v]` → `[n, dim]`, `[n, dim]` (or unchanged)
+    pub fn project(&self, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
+        match &self.proj {
+            None => Ok((keys.clone(), values.clone())),
+            Some(p) => Ok((
+                linear(keys, p.wk.as_tensor())?,
+                linear(values, p.wv.as_tensor())?,
+            )),
+        }
+    }
+
+    /// [`TargetAttention::forward`] from projected keys and values ([`TargetAttention::project`]).
+    pub fn forward_projected(
+        &self,
+        target_k: &Tensor,
+        kp: &Tensor,
+        vp: &Tensor,
+        mask: &Mask,
+        target_v: &Tensor,
+    ) -> Result<Tensor> {
         let b = mask.b;
         let out = if mask.k == 0 {
             Tensor::zeros((b, self.dv), target_k.dtype(), target_k.device())?
@@ -174,17 +206,63 @@ impl TargetAttention {
                 None => {
                     let scale = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
                     let q = target_k.broadcast_mul(&scale)?;
-                    attend(&q, keys, values, mask, 1, 1.0)?
+                    attend(&q, kp, vp, mask, 1, 1.0)?
                 }
                 Some(p) => {
                     let dh = (self.dim / self.heads) as f32;
                     let q = linear(target_k, p.wq.as_tensor())?;
-                    let kp = linear(keys, p.wk.as_tensor())?;
-                    let vp = linear(values, p.wv.as_tensor())?;
-                    let o = attend(&q, &kp, &vp, mask, self.heads, 1.0 / dh.sqrt())?;
+                    let o = attend(&q, kp, vp, mask, self.heads, 1.0 / dh.sqrt())?;
                     linear(&o, p.wo.as_tensor())?
                 }
             }
+        };
+        self.with_product(out, target_v)
+    }
+
+    /// Every target attending to one shared window (serving: one user's recent behaviors for
+    /// all its candidates): the window is projected once and the scores are one GEMM per head,
+    /// instead of B copies of the window. The same function as [`TargetAttention::forward`]
+    /// with every sample's window equal to `keys`/`values`.
+    ///
+    /// # Shapes
+    /// target_k `[B, d_k]`, keys `[m, d_k]`, values `[m, d_v]`, target_v `[B, d_v]` →
+    /// `[B, out_dim]`
+    pub fn forward_shared(
+        &self,
+        target_k: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        target_v: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, m) = (target_k.dim(0)?, keys.dim(0)?);
+        if m == 0 {
+            let z = Tensor::zeros((b, self.dv), target_k.dtype(), target_k.device())?;
+            return self.with_product(z, target_v);
+        }
+        let (kp, vp) = self.project(keys, values)?;
+        let (q, scale) = match &self.proj {
+            None => {
+                let s = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
+                (target_k.broadcast_mul(&s)?, 1.0)
+            }
+            Some(p) => {
+                let dh = (self.dim / self.heads) as f64;
+                (linear(target_k, p.wq.as_tensor())?, 1.0 / dh.sqrt())
+            }
+        };
+        let h = self.heads;
+        let split = |x: &Tensor, rows: usize| -> Result<Tensor> {
+            let w = x.dim(1)? / h;
+            Ok(x.reshape((rows, h, w))?.transpose(0, 1)?.contiguous()?)
+        };
+        let (qh, kh, vh) = (split(&q, b)?, split(&kp, m)?, split(&vp, m)?); // [H, ·, ·]
+        let s = (qh.matmul(&kh.transpose(1, 2)?.contiguous()?)? * scale)?; // [H, B, m]
+        let w = candle_nn::ops::softmax_last_dim(&s)?;
+        let o = w.matmul(&vh)?.transpose(0, 1)?.contiguous()?; // [B, H, w_v]
+        let o = o.reshape((b, ()))?;
+        let out = match &self.proj {
+            None => o,
+            Some(p) => linear(&o, p.wo.as_tensor())?,
         };
         self.with_product(out, target_v)
     }

@@ -78,15 +78,52 @@ impl Sdim {
 /// # Shapes
 /// values `[m, d]`, sigs `[m, G]` → `[G, 2^τ, d]`
 pub fn bucket_table(values: &[f32], d: usize, sigs: &[u16], groups: usize, tau: usize) -> Vec<f32> {
+    let mut out = vec![0f32; groups * (1usize << tau) * d];
+    add_to_buckets(&mut out, values, d, sigs, groups, tau, 1.0);
+    out
+}
+
+impl Sdim {
+    /// The interest from precomputed bucket sums (serving from a user's BSE): `sums [B, G, d]`,
+    /// each sample's target's bucket of each group → `u [B, d]`, the same function as
+    /// [`Sdim::forward`] computes from the rows.
+    pub fn from_sums(&self, sums: &[f32], d: usize) -> Vec<f32> {
+        let g = self.groups;
+        let b = sums.len() / (g * d).max(1);
+        let mut u = vec![0f32; b * d];
+        let (mut a, mut norms) = (vec![0f32; g * d], vec![0f32; g]);
+        for (ub, s) in u
+            .chunks_exact_mut(d.max(1))
+            .zip(sums.chunks_exact((g * d).max(1)))
+        {
+            combine(s, d, self.normalize, &mut a, &mut norms, ub);
+        }
+        u
+    }
+}
+
+/// Adds `sign ×` each row of `values` to the bucket its signature names in every group of a
+/// `[G, 2^τ, d]` table (BSE; `sign = -1` takes rows out of it).
+pub fn add_to_buckets(
+    table: &mut [f32],
+    values: &[f32],
+    d: usize,
+    sigs: &[u16],
+    groups: usize,
+    tau: usize,
+    sign: f32,
+) {
     let nb = 1usize << tau;
-    let mut out = vec![0f32; groups * nb * d];
     for (v, s) in values.chunks_exact(d.max(1)).zip(sigs.chunks_exact(groups)) {
         for (g, &sg) in s.iter().enumerate() {
-            let o = &mut out[(g * nb + sg as usize) * d..(g * nb + sg as usize + 1) * d];
-            o.iter_mut().zip(v).for_each(|(a, x)| *a += x);
+            let o = &mut table[(g * nb + sg as usize) * d..(g * nb + sg as usize + 1) * d];
+            if sign == 1.0 {
+                o.iter_mut().zip(v).for_each(|(a, x)| *a += x);
+            } else {
+                o.iter_mut().zip(v).for_each(|(a, x)| *a += sign * x);
+            }
         }
     }
-    out
 }
 
 /// `u = (1/G) Σ_g l2norm(S_g)` from bucket sums `S [G, d]`; `a [G, d]` and the norms are written.

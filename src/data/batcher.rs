@@ -145,6 +145,48 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// A batch of explicit samples (serving and encoding): targets, and each sample's history
+    /// as `(items, cates)`, oldest first, already cut to the model's `max_len`. Labels are 0.
+    pub fn from_samples(
+        user: &[u32],
+        target_item: &[u32],
+        target_cate: &[u32],
+        histories: &[(&[u32], &[u32])],
+    ) -> Batch {
+        let b = target_item.len();
+        let mut offsets = Vec::with_capacity(b + 1);
+        offsets.push(0usize);
+        let (mut hist_item, mut hist_cate, mut hist_pos, mut seg) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut seq_lens = Vec::with_capacity(b);
+        for (i, (items, cates)) in histories.iter().enumerate() {
+            let k = items.len();
+            hist_item.extend_from_slice(items);
+            hist_cate.extend_from_slice(cates);
+            hist_pos.extend((1..=k as u32).rev());
+            seg.extend(std::iter::repeat_n(i as u32, k));
+            seq_lens.push(k as u32);
+            offsets.push(hist_item.len());
+        }
+        Batch {
+            rows: (0..b as u32).collect(),
+            len: seq_lens.iter().copied().max().unwrap_or(0) as usize,
+            label: vec![0.0; b],
+            user: user.to_vec(),
+            target_item: target_item.to_vec(),
+            target_cate: target_cate.to_vec(),
+            seq_lens,
+            offsets: Arc::new(offsets),
+            hist_item,
+            hist_cate,
+            hist_pos,
+            seg,
+            full: None,
+        }
+    }
+}
+
 /// Collates `rows` of `imp` (histories from `hist`) into a [`Batch`]; `full_ids` also computes
 /// [`FullIds`].
 pub fn collate(

@@ -27,6 +27,10 @@
 //! Tensors are named for checkpoints as `param/…`, `buffer/…` (Dice statistics, SimHash
 //! projections) and `table/…`.
 
+pub mod serving;
+
+pub use serving::{EncodingLayout, UserEncoding};
+
 use crate::aggregate::score_pool::score_pool;
 use crate::aggregate::sdim::Signatures;
 use crate::aggregate::{ActivationUnit, Packed, Sdim, TargetAttention};

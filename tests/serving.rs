@@ -1,0 +1,162 @@
+//! Serving from encodings against `eval`: every preset's `score_encoded` equals `predict` on a
+//! batch of the same candidates with the user's history, and an encoding extended behavior by
+//! behavior equals the encoding of the whole history.
+
+use crate::common::{tiny_config, tiny_data, TINY_VOCAB};
+use candle_core::Device;
+use lifelong::config::{Config, Preset};
+use lifelong::data::batcher::collate;
+use lifelong::data::{Histories, Impressions};
+use lifelong::model::CtrModel;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn model_of(cfg: &Config) -> CtrModel {
+    CtrModel::new(
+        &cfg.model,
+        cfg.data.max_len,
+        TINY_VOCAB,
+        cfg.train.seed,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// Every preset, plus SDIM and ETA with the position field in their hashed tokens (the
+/// encodings that shift with every new behavior) and DIN over a recent window.
+fn models() -> Vec<(String, CtrModel)> {
+    let mut out: Vec<(String, CtrModel)> = Preset::ALL
+        .iter()
+        .filter(|p| **p != Preset::Custom)
+        .map(|&p| (format!("{p:?}"), model_of(&tiny_config(p, ""))))
+        .collect();
+    for p in [Preset::Sdim, Preset::Eta] {
+        let mut cfg = tiny_config(p, "");
+        cfg.model.embedding.pos_dim = 2;
+        out.push((format!("{p:?}+pos"), model_of(&cfg)));
+    }
+    out
+}
+
+/// Random histories for users 2..5 (lengths 0 to 11, longer than max_len = 6 included).
+fn histories(seed: u64) -> Histories {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut h = Histories {
+        offsets: vec![0, 0, 0],
+        ..Default::default()
+    };
+    for len in [0usize, 3, 6, 11] {
+        for _ in 0..len {
+            h.items.push(rng.random_range(2..TINY_VOCAB.items as u32));
+            h.cates.push(rng.random_range(2..TINY_VOCAB.cates as u32));
+            h.ts.push(0);
+        }
+        h.offsets.push(h.items.len() as u64);
+    }
+    h
+}
+
+#[test]
+fn every_model_scores_from_encodings_as_eval_does() {
+    let hist = histories(3);
+    let (items, cates): (Vec<u32>, Vec<u32>) = (0..TINY_VOCAB.items as u32)
+        .map(|i| (i, 2 + i % 3))
+        .chain([(1, 1), (7, 2)])
+        .unzip();
+    for (name, model) in models() {
+        let mut spread = 0f32;
+        for u in 2..hist.n_users() as u32 {
+            let (hi, hc) = hist.get(u);
+            let enc = model.encode_user(u, hi, hc).unwrap();
+            let got = model.score_encoded(&enc, &items, &cates).unwrap();
+            let imp = Impressions {
+                label: vec![0.0; items.len()],
+                user: vec![u; items.len()],
+                item: items.clone(),
+                cate: cates.clone(),
+                seq_len: vec![hi.len() as u32; items.len()],
+            };
+            let rows: Vec<u32> = (0..items.len() as u32).collect();
+            let want = model
+                .predict(&collate(&hist, &imp, &rows, model.max_len(), true))
+                .unwrap();
+            for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() < 1e-5,
+                    "{name} user {u} candidate {r}: served {g} vs eval {w}"
+                );
+            }
+            let (lo, hi) = want
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+            spread = spread.max(hi - lo);
+        }
+        assert!(spread > 1e-2, "{name}: candidates barely differ ({spread})");
+        eprintln!("{name}: served = eval, logit spread {spread:.3}");
+    }
+}
+
+#[test]
+fn extending_an_encoding_equals_encoding_the_whole_history() {
+    let hist = histories(5);
+    for (name, model) in models() {
+        for u in 2..hist.n_users() as u32 {
+            let (hi, hc) = hist.get(u);
+            let full = model.encode_user(u, hi, hc).unwrap();
+            for split in 0..=hi.len() {
+                // One fold of the rest, and the rest one behavior at a time.
+                let head = model.encode_user(u, &hi[..split], &hc[..split]).unwrap();
+                let once = model
+                    .extend_encoding(&head, &hi[split..], &hc[split..])
+                    .unwrap();
+                let mut step = head.clone();
+                for j in split..hi.len() {
+                    step = model
+                        .extend_encoding(&step, &hi[j..j + 1], &hc[j..j + 1])
+                        .unwrap();
+                }
+                for (how, e) in [("once", &once), ("stepwise", &step)] {
+                    let ctx = format!("{name} user {u} split {split} {how}");
+                    assert_eq!((&e.items, &e.cates), (&full.items, &full.cates), "{ctx}");
+                    assert_eq!(e.codes, full.codes, "{ctx}: codes");
+                    for (a, b) in e.buckets.iter().zip(&full.buckets) {
+                        assert_eq!(a.len(), b.len(), "{ctx}");
+                        let d = a
+                            .iter()
+                            .zip(b)
+                            .map(|(x, y)| (x - y).abs())
+                            .fold(0f32, f32::max);
+                        assert!(d < 1e-5, "{ctx}: buckets differ by {d}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn score_encoded_rejects_what_does_not_fit() {
+    let model = model_of(&tiny_config(Preset::Sdim, ""));
+    let (hist, _) = tiny_data();
+    let (hi, hc) = hist.get(3);
+    let enc = model.encode_user(3, hi, hc).unwrap();
+    // Candidate ids outside the table, lists of different lengths, a foreign layout.
+    let e = model
+        .score_encoded(&enc, &[99], &[2])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("item index 99"), "{e}");
+    let e = model
+        .score_encoded(&enc, &[2, 3], &[2])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 items but 1 categories"), "{e}");
+    let mut bad = enc.clone();
+    bad.buckets[0].pop();
+    let e = model
+        .score_encoded(&bad, &[2], &[2])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bucket tables"), "{e}");
+    assert!(model.score_encoded(&enc, &[], &[]).unwrap().is_empty());
+}
