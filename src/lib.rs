@@ -28,6 +28,7 @@ pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod embedding;
+pub mod encodings;
 pub mod error;
 pub mod eval;
 pub mod inspect;
@@ -38,6 +39,7 @@ pub mod nn;
 pub mod optim;
 pub mod plot;
 pub mod search;
+pub mod serve;
 pub mod train;
 pub mod window;
 

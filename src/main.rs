@@ -4,10 +4,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lifelong::config::Config;
 use lifelong::data::{self, ColumnNames, Dataset, PrepareConfig, Split, SynthConfig};
-use lifelong::eval;
 use lifelong::model_file::ModelFile;
 use lifelong::plot;
 use lifelong::train::Trainer;
+use lifelong::{encodings, eval};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +22,58 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// The columns of an event log.
+#[derive(clap::Args, Debug)]
+struct LogArgs {
+    /// User id column.
+    #[arg(long, default_value = "user_id")]
+    user_col: String,
+    /// Item id column.
+    #[arg(long, default_value = "item_id")]
+    item_col: String,
+    /// Category id column.
+    #[arg(long, default_value = "cate_id")]
+    cate_col: String,
+    /// Timestamp column.
+    #[arg(long, default_value = "ts")]
+    ts_col: String,
+    /// Label column (optional in the file; 0 = shown and not clicked).
+    #[arg(long, default_value = "label")]
+    label_col: String,
+    /// CSV without a header row: the names of its columns, in order, comma-separated
+    /// (e.g. `user_id,item_id,cate_id,behavior_type,ts`). Without it the first line is the
+    /// header.
+    #[arg(long, value_delimiter = ',')]
+    columns: Option<Vec<String>>,
+    /// CSV field delimiter (one character; default `,`).
+    #[arg(long)]
+    delimiter: Option<char>,
+}
+
+impl LogArgs {
+    fn config(self) -> Result<PrepareConfig> {
+        let delimiter = match self.delimiter {
+            Some(c) if c.is_ascii() => Some(c as u8),
+            Some(c) => anyhow::bail!("--delimiter {c:?}: must be one ASCII character"),
+            None => None,
+        };
+        Ok(PrepareConfig {
+            columns: ColumnNames {
+                user: self.user_col,
+                item: self.item_col,
+                cate: self.cate_col,
+                ts: self.ts_col,
+                label: self.label_col,
+            },
+            csv: data::csv::CsvOptions {
+                columns: self.columns,
+                delimiter,
+            },
+            ..PrepareConfig::default()
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,33 +120,12 @@ enum Command {
         /// Every n-th earlier behavior becomes a training positive.
         #[arg(long, default_value_t = 1)]
         stride: usize,
-        /// User id column.
-        #[arg(long, default_value = "user_id")]
-        user_col: String,
-        /// Item id column.
-        #[arg(long, default_value = "item_id")]
-        item_col: String,
-        /// Category id column.
-        #[arg(long, default_value = "cate_id")]
-        cate_col: String,
-        /// Timestamp column.
-        #[arg(long, default_value = "ts")]
-        ts_col: String,
-        /// Label column (optional in the file; 0 = shown and not clicked).
-        #[arg(long, default_value = "label")]
-        label_col: String,
+        #[command(flatten)]
+        log: LogArgs,
         /// Keep only rows whose COLUMN equals VALUE (repeatable; all must hold), e.g.
         /// `--keep behavior_type=pv`.
         #[arg(long, value_name = "COLUMN=VALUE", value_parser = parse_keep)]
         keep: Vec<(String, String)>,
-        /// CSV without a header row: the names of its columns, in order, comma-separated
-        /// (e.g. `user_id,item_id,cate_id,behavior_type,ts`). Without it the first line is the
-        /// header.
-        #[arg(long, value_delimiter = ',')]
-        columns: Option<Vec<String>>,
-        /// CSV field delimiter (one character; default `,`).
-        #[arg(long)]
-        delimiter: Option<char>,
     },
     /// Train a model.
     Train {
@@ -133,6 +164,33 @@ enum Command {
         /// Write per-row predictions to this parquet file.
         #[arg(long)]
         predictions: Option<PathBuf>,
+    },
+    /// Precompute every user's sequence encoding (SDIM's bucket sums, the search's SimHash
+    /// codes, the recent window) for serving: from a prepared dataset (`--data`), or fold new
+    /// events into existing encodings (`--update DIR --events LOG`).
+    Encode {
+        /// Run directory (its best checkpoint) or a checkpoint file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Prepared dataset whose users to encode.
+        #[arg(long, required_unless_present = "update", conflicts_with = "update")]
+        data: Option<PathBuf>,
+        /// Encodings directory to write (for `--update`: default the updated directory itself,
+        /// each file replaced atomically).
+        #[arg(long, required_unless_present = "update")]
+        out: Option<PathBuf>,
+        /// Encode only shard I of N (users split by a hash of their raw id), into
+        /// OUT/part-I-of-N.parquet: run N processes (or N tasks of a Spark/Ray job) side by side.
+        #[arg(long, default_value = "0/1")]
+        shard: String,
+        /// Existing encodings directory to fold `--events` into.
+        #[arg(long, requires = "events")]
+        update: Option<PathBuf>,
+        /// New events (an event log as `prepare` reads it) for `--update`.
+        #[arg(long)]
+        events: Option<PathBuf>,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Describe a checkpoint: model and parts, config, vocabularies, parameter counts, step and
     /// best validation.
@@ -207,34 +265,16 @@ fn run(cmd: Command) -> Result<()> {
             seed,
             min_history,
             stride,
-            user_col,
-            item_col,
-            cate_col,
-            ts_col,
-            label_col,
+            log,
             keep,
-            columns,
-            delimiter,
         } => {
-            let delimiter = match delimiter {
-                Some(c) if c.is_ascii() => Some(c as u8),
-                Some(c) => anyhow::bail!("--delimiter {c:?}: must be one ASCII character"),
-                None => None,
-            };
             let cfg = PrepareConfig {
-                columns: ColumnNames {
-                    user: user_col,
-                    item: item_col,
-                    cate: cate_col,
-                    ts: ts_col,
-                    label: label_col,
-                },
                 negatives,
                 seed,
                 min_history,
                 stride,
                 keep,
-                csv: data::csv::CsvOptions { columns, delimiter },
+                ..log.config()?
             };
             prepare(&events, &out, &cfg)?;
         }
@@ -263,6 +303,15 @@ fn run(cmd: Command) -> Result<()> {
         } => {
             eval_cmd(&checkpoint, &data, split, json, predictions.as_deref())?;
         }
+        Command::Encode {
+            checkpoint,
+            data,
+            out,
+            shard,
+            update,
+            events,
+            log,
+        } => encode_cmd(&checkpoint, data, out, &shard, update, events, log)?,
         Command::Inspect { path, json } => {
             let i = lifelong::inspect::inspect(&path)?;
             if json {
@@ -284,6 +333,53 @@ fn run(cmd: Command) -> Result<()> {
             println!("wrote {}", out.display());
         }
         Command::Demo => demo()?,
+    }
+    Ok(())
+}
+
+fn encode_cmd(
+    checkpoint: &Path,
+    data: Option<PathBuf>,
+    out: Option<PathBuf>,
+    shard: &str,
+    update: Option<PathBuf>,
+    events: Option<PathBuf>,
+    log: LogArgs,
+) -> Result<()> {
+    let mf = ModelFile::open(checkpoint, &candle_core::Device::Cpu)?;
+    let t0 = std::time::Instant::now();
+    match (data, update, events) {
+        (Some(data), None, _) => {
+            let out = out.context("--out is required")?;
+            let shard = encodings::Shard::parse(shard)?;
+            let s = encodings::encode_dataset(&mf, &data, &out, shard, true)
+                .with_context(|| format!("encoding {}", data.display()))?;
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "encoded {} users ({} behaviors) into {} in {secs:.1} s: {:.0} users/s, {:.0} behaviors/s",
+                s.users,
+                s.behaviors,
+                s.file.display(),
+                s.users as f64 / secs,
+                s.behaviors as f64 / secs
+            );
+        }
+        (None, Some(dir), Some(events)) => {
+            let out = out.unwrap_or_else(|| dir.clone());
+            let s = encodings::update(&mf, &dir, &events, &log.config()?, &out)
+                .with_context(|| format!("updating {} with {}", dir.display(), events.display()))?;
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "folded {} events into {} users ({} new; {} in all) in {secs:.1} s: {:.0} events/s; wrote {}",
+                s.events,
+                s.updated + s.added,
+                s.added,
+                s.users,
+                s.events as f64 / secs,
+                out.display()
+            );
+        }
+        _ => anyhow::bail!("give --data (encode a dataset) or --update DIR --events LOG"),
     }
     Ok(())
 }

@@ -256,3 +256,44 @@ pub fn check_fingerprint(
         _ => Ok(()),
     }
 }
+
+/// A fingerprint of a model's weights and config: CRC-32 of the config (JSON), and of every
+/// dense tensor and table (name, shape, f32 bytes) in name order. Encodings store it, so
+/// serving refuses encodings computed with other weights.
+///
+/// # Errors
+/// Candle errors reading a tensor.
+pub fn model_fingerprint(model: &CtrModel) -> Result<String> {
+    let mut h = crc32fast::Hasher::new();
+    let cfg = serde_json::to_string(model.config())
+        .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
+    h.update(cfg.as_bytes());
+    let mut feed = |name: &str, dims: &[usize], data: &[f32]| {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        for d in dims {
+            h.update(&(*d as u64).to_le_bytes());
+        }
+        let mut buf = Vec::with_capacity(4 * 4096);
+        for chunk in data.chunks(4096) {
+            buf.clear();
+            buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+            h.update(&buf);
+        }
+    };
+    for (name, t) in model.params().named_tensors() {
+        let v = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        feed(&name, t.dims(), &v);
+    }
+    for t in model.tables().iter() {
+        feed(
+            &format!("table/{}", t.name()),
+            &[t.rows(), t.dim()],
+            t.data(),
+        );
+    }
+    Ok(format!("{:08x}", h.finalize()))
+}

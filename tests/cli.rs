@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 /// Runs the binary with `args`, in `cwd` (so relative paths of a config never land in the
 /// repository).
-fn lifelong(cwd: &Path, args: &[&str]) -> Output {
+pub(crate) fn lifelong(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lifelong"))
         .args(args)
         .current_dir(cwd)
@@ -27,16 +27,16 @@ fn lifelong(cwd: &Path, args: &[&str]) -> Output {
         .expect("the lifelong binary runs")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Asserts exit status 0 and returns stdout.
-fn ok(cwd: &Path, args: &[&str]) -> String {
+pub(crate) fn ok(cwd: &Path, args: &[&str]) -> String {
     let o = lifelong(cwd, args);
     assert!(
         o.status.success(),
@@ -50,7 +50,7 @@ fn ok(cwd: &Path, args: &[&str]) -> String {
 
 /// Asserts exit status 2, no panic, and a last stderr line `error: ...` containing every string
 /// of `needles`; returns that line.
-fn fails(cwd: &Path, args: &[&str], needles: &[&str]) -> String {
+pub(crate) fn fails(cwd: &Path, args: &[&str], needles: &[&str]) -> String {
     let o = lifelong(cwd, args);
     let err = stderr(&o);
     assert_eq!(
@@ -82,12 +82,12 @@ fn fails(cwd: &Path, args: &[&str], needles: &[&str]) -> String {
     last
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
 
 /// `synth` into `dir`; returns the events file.
-fn synth(cwd: &Path, dir: &Path, users: usize, items: usize) -> PathBuf {
+pub(crate) fn synth(cwd: &Path, dir: &Path, users: usize, items: usize) -> PathBuf {
     let (u, i) = (users.to_string(), items.to_string());
     let out = ok(
         cwd,
@@ -111,7 +111,7 @@ fn synth(cwd: &Path, dir: &Path, users: usize, items: usize) -> PathBuf {
     events
 }
 
-fn prepare(cwd: &Path, events: &Path, out: &Path) {
+pub(crate) fn prepare(cwd: &Path, events: &Path, out: &Path) {
     ok(cwd, &["prepare", "--events", s(events), "--out", s(out)]);
     assert!(out.join("meta.json").is_file());
 }
@@ -238,7 +238,7 @@ fn i8s(a: &ArrayRef) -> Vec<i8> {
 }
 
 /// Writes `batches` (one schema) as a parquet file with plain arrow-rs.
-fn write_batches(path: &Path, batches: &[RecordBatch]) {
+pub(crate) fn write_batches(path: &Path, batches: &[RecordBatch]) {
     let mut w = ArrowWriter::try_new(
         std::fs::File::create(path).unwrap(),
         batches[0].schema(),
@@ -252,7 +252,7 @@ fn write_batches(path: &Path, batches: &[RecordBatch]) {
 }
 
 /// Writes an event log with the given Int64 columns.
-fn write_log(path: &Path, cols: Vec<(&str, Vec<i64>)>) {
+pub(crate) fn write_log(path: &Path, cols: Vec<(&str, Vec<i64>)>) {
     let batch = RecordBatch::try_from_iter(
         cols.into_iter()
             .map(|(n, v)| (n, Arc::new(Int64Array::from(v)) as ArrayRef)),

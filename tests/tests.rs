@@ -23,3 +23,5 @@ mod train;
 mod cli;
 // Serving from encodings: equal to eval for every model; incremental encodings.
 mod serving;
+// `lifelong encode` (shards, --update) and the serving Scorer against eval, end to end.
+mod encode;

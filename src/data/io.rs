@@ -210,6 +210,14 @@ impl RawIds {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Id `i`.
+    pub fn get(&self, i: usize) -> crate::data::vocab::RawId {
+        use crate::data::vocab::RawId;
+        match self {
+            RawIds::Int(v) => RawId::Int(v[i]),
+            RawIds::Str(s) => RawId::Str(s.get(i).to_string()),
+        }
+    }
 }
 
 /// A column of strings stored flat: one buffer and `len + 1` byte offsets (no per-row
@@ -1168,4 +1176,139 @@ pub fn write_batch(path: &Path, batch: &RecordBatch) -> Result<()> {
         std::iter::once(Ok(batch.clone())),
         ROW_GROUP_ROWS,
     )
+}
+
+/// A parquet file written batch by batch (memory: one row group), atomically: the rows go to a
+/// temporary file in the target's directory, renamed over the target by [`ParquetSink::finish`].
+/// Dropped without `finish` (an error on the way), it leaves the previous file untouched.
+pub struct ParquetSink {
+    path: PathBuf,
+    tmp: tempfile::NamedTempFile,
+    writer: ArrowWriter<std::io::BufWriter<File>>,
+}
+
+impl ParquetSink {
+    /// Starts `path` with `schema`, the key-value `metadata` in its footer, at most
+    /// `row_group_rows` rows per row group.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming `path` when its directory is not writable.
+    pub fn create(
+        path: &Path,
+        schema: SchemaRef,
+        metadata: &[(String, String)],
+        row_group_rows: usize,
+    ) -> Result<Self> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".tmp-");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o644));
+        }
+        let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(path, e))?;
+        let file = tmp.as_file().try_clone().map_err(|e| Error::io(path, e))?;
+        let kv = metadata
+            .iter()
+            .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone()))
+            .collect();
+        let level = ZstdLevel::try_new(3).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+            .set_key_value_metadata(Some(kv))
+            .build();
+        let writer = ArrowWriter::try_new(std::io::BufWriter::new(file), schema, Some(props))
+            .map_err(|e| Error::corrupt(path, format!("writing parquet: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            writer,
+        })
+    }
+
+    /// Appends a batch.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the file if parquet refuses the batch (another schema).
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::corrupt(&self.path, format!("writing parquet: {e}")))
+    }
+
+    /// Writes the footer, syncs, and renames the file into place.
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::Corrupt`] naming the file.
+    pub fn finish(self) -> Result<()> {
+        let path = self.path;
+        let mut w = self
+            .writer
+            .into_inner()
+            .map_err(|e| Error::corrupt(&path, format!("writing parquet: {e}")))?;
+        std::io::Write::flush(&mut w).map_err(|e| Error::io(&path, e))?;
+        self.tmp
+            .as_file()
+            .sync_all()
+            .map_err(|e| Error::io(&path, e))?;
+        self.tmp
+            .persist(&path)
+            .map_err(|e| Error::io(&path, e.error))?;
+        if let Some(d) = path.parent().and_then(|d| File::open(d).ok()) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Reads a parquet file's footer key-value metadata.
+///
+/// # Errors
+/// [`Error::Io`] / [`Error::Corrupt`] naming the file.
+pub fn parquet_key_values(path: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let meta = open_metadata(path)?;
+    Ok(meta
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The record batches of a parquet file, `batch_rows` rows at a time, in order (one batch in
+/// memory at a time); a failing batch is an error naming the file.
+///
+/// # Errors
+/// [`Error::Io`] / [`Error::Corrupt`] naming the file.
+pub fn parquet_batches(
+    path: &Path,
+    batch_rows: usize,
+) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = guard(path, || {
+        ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.with_batch_size(batch_rows.max(1)).build())
+            .map_err(|e| Error::corrupt(path, format!("not a readable parquet file: {e}")))
+    })?;
+    let path = path.to_path_buf();
+    let mut reader = reader;
+    Ok(std::iter::from_fn(move || {
+        match catch_unwind(AssertUnwindSafe(|| reader.next())) {
+            Ok(None) => None,
+            Ok(Some(r)) => Some(r.map_err(|e| Error::corrupt(&path, e))),
+            Err(_) => Some(Err(Error::corrupt(
+                &path,
+                "the parquet reader failed on this file",
+            ))),
+        }
+    }))
 }

@@ -19,7 +19,7 @@ pub use batcher::{Batch, Batcher, BatcherConfig};
 pub use dataset::{Dataset, Histories, Impressions, Meta, Split};
 pub use prepare::{prepare, ColumnNames, PrepareConfig, PrepareSummary};
 pub use synth::{write_synth, SynthConfig};
-pub use vocab::{Vocab, PAD, UNKNOWN};
+pub use vocab::{RawId, Vocab, PAD, UNKNOWN};
 
 /// Version of the prepared-dataset layout written by [`prepare`]; bumped on any incompatible
 /// change. [`Dataset::open`] refuses other versions with a named error.

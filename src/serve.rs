@@ -1,0 +1,365 @@
+//! The serving [`Scorer`]: a checkpoint and a directory of encodings in memory, scoring
+//! candidates for a user in one call, from any number of threads.
+//!
+//! ```no_run
+//! use lifelong::serve::{Candidate, Scorer, User};
+//! use lifelong::data::RawId;
+//! # fn main() -> lifelong::Result<()> {
+//! let scorer = Scorer::open("runs/sdim".as_ref(), "encodings/sdim".as_ref())?;
+//! let cands = [Candidate::item(RawId::Int(17)), Candidate::item(RawId::Int(4))];
+//! let probs = scorer.score(&User::Id(RawId::Int(42)), &cands)?;
+//! # Ok(()) }
+//! ```
+//!
+//! - The user is given by raw id (its encoding is looked up) or by a raw recent history (encoded
+//!   for the request: what scoring costs without offline encoding).
+//! - Raw ids unseen in training map to the unknown index, as in training; a candidate's category
+//!   is the item's (from the training vocabulary) unless the request gives one.
+//! - The user-side work is done once per request and shared by its candidates
+//!   ([`CtrModel::score_encoded`]); nothing per call but the request's own tensors: no batcher
+//!   thread, no gradient leaves, no global state.
+//! - [`Scorer::reload`] swaps in new encodings (another `encode` run, an `--update`) while other
+//!   threads keep scoring: readers never wait on it.
+//! - [`Scorer::handle_json`] answers one JSON request (the format of `examples/serve.rs`) with a
+//!   status and a JSON body, and never panics.
+
+use crate::data::vocab::{RawId, Vocab, UNKNOWN};
+use crate::encodings;
+use crate::model::{CtrModel, UserEncoding};
+use crate::model_file::{self, ModelFile};
+use crate::{Error, Result};
+use arc_swap::ArcSwap;
+use candle_core::Device;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Candidates one request may score at most.
+pub const MAX_CANDIDATES: usize = 100_000;
+/// Behaviors a raw-history request may carry at most.
+pub const MAX_HISTORY: usize = 1_000_000;
+
+/// Who to score for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum User {
+    /// A user with an encoding, by raw id.
+    Id(RawId),
+    /// A user given by a raw history, oldest first (categories: the items' own unless given).
+    History {
+        /// The raw user id, if known (for models with a user field).
+        id: Option<RawId>,
+        /// Raw item ids.
+        items: Vec<RawId>,
+        /// Raw category ids, one per item.
+        cates: Option<Vec<RawId>>,
+    },
+}
+
+/// One candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Raw item id.
+    pub item: RawId,
+    /// Raw category id (default: the item's category in the training vocabulary).
+    pub cate: Option<RawId>,
+}
+
+impl Candidate {
+    /// A candidate by item id alone.
+    pub fn item(item: RawId) -> Self {
+        Self { item, cate: None }
+    }
+}
+
+/// Encodings in memory.
+#[derive(Debug)]
+struct Store {
+    dir: PathBuf,
+    users: HashMap<RawId, Arc<UserEncoding>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    model: CtrModel,
+    checkpoint: PathBuf,
+    fingerprint: String,
+    users: Vocab,
+    items: Vocab,
+    item_cates: Vec<u32>,
+    cates: Vocab,
+    store: ArcSwap<Store>,
+}
+
+/// A loaded model and encodings; cheap to clone (an `Arc` inside), `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct Scorer {
+    inner: Arc<Inner>,
+}
+
+fn normalize(vocab: &Vocab, id: &RawId) -> RawId {
+    match (id, vocab.is_string()) {
+        (RawId::Int(x), true) => RawId::Str(x.to_string()),
+        (RawId::Str(s), false) => s.parse().map(RawId::Int).unwrap_or_else(|_| id.clone()),
+        _ => id.clone(),
+    }
+}
+
+impl Scorer {
+    /// Opens a run directory (its best checkpoint) or checkpoint file, and an encodings
+    /// directory written by `lifelong encode` for it.
+    ///
+    /// # Errors
+    /// Named errors for a bad checkpoint, encodings of other weights or another layout, a
+    /// missing shard, a truncated or corrupt encodings file.
+    pub fn open(checkpoint: &Path, encodings: &Path) -> Result<Self> {
+        let mf = ModelFile::open(checkpoint, &Device::Cpu)?;
+        let vocab = |f: &str| Vocab::read(&encodings.join("vocab").join(format!("{f}.parquet")));
+        let (users, cates) = (vocab("user")?, vocab("cate")?);
+        let item_path = encodings.join("vocab").join("item.parquet");
+        let (items, item_cates) = Vocab::read_with_cates(&item_path, mf.model.vocab().cates)?;
+        if item_cates.len() > mf.model.vocab().items {
+            return Err(Error::corrupt(
+                &item_path,
+                format!(
+                    "{} items but the checkpoint's table has {} rows",
+                    item_cates.len(),
+                    mf.model.vocab().items
+                ),
+            ));
+        }
+        let fingerprint = model_file::model_fingerprint(&mf.model)?;
+        let store = Store {
+            dir: encodings.to_path_buf(),
+            users: encodings::load_all(encodings, &mf.model)?,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                model: mf.model,
+                checkpoint: mf.file,
+                fingerprint,
+                users,
+                items,
+                item_cates,
+                cates,
+                store: ArcSwap::from_pointee(store),
+            }),
+        })
+    }
+
+    /// Replaces the encodings with those of `dir` (for the same checkpoint). Scoring goes on in
+    /// other threads meanwhile; each request sees either the old or the new encodings.
+    /// Returns the number of users now served.
+    ///
+    /// # Errors
+    /// As [`Scorer::open`]; on error the old encodings stay.
+    pub fn reload(&self, dir: &Path) -> Result<usize> {
+        let users = encodings::load_all(dir, &self.inner.model)?;
+        let n = users.len();
+        self.inner.store.store(Arc::new(Store {
+            dir: dir.to_path_buf(),
+            users,
+        }));
+        Ok(n)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &CtrModel {
+        &self.inner.model
+    }
+    /// The checkpoint file served.
+    pub fn checkpoint(&self) -> &Path {
+        &self.inner.checkpoint
+    }
+    /// The weights' fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
+    }
+    /// Users with an encoding.
+    pub fn num_users(&self) -> usize {
+        self.inner.store.load().users.len()
+    }
+    /// The encodings directory served.
+    pub fn encodings_dir(&self) -> PathBuf {
+        self.inner.store.load().dir.clone()
+    }
+
+    /// The encoding of a raw user id, if there is one.
+    pub fn encoding(&self, id: &RawId) -> Option<Arc<UserEncoding>> {
+        let id = normalize(&self.inner.users, id);
+        self.inner.store.load().users.get(&id).cloned()
+    }
+
+    fn item_index(&self, c: &Candidate) -> (u32, u32) {
+        let i = &self.inner;
+        let item = i.items.lookup(&normalize(&i.items, &c.item));
+        let cate = match &c.cate {
+            Some(k) => i.cates.lookup(&normalize(&i.cates, k)),
+            None => i.item_cates.get(item as usize).copied().unwrap_or(UNKNOWN),
+        };
+        (item, cate)
+    }
+
+    /// The user's encoding: looked up, or computed from a raw history.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a user without an encoding, or a malformed history.
+    pub fn user_encoding(&self, user: &User) -> Result<Arc<UserEncoding>> {
+        let i = &self.inner;
+        match user {
+            User::Id(id) => self.encoding(id).ok_or_else(|| {
+                Error::InvalidArgument(format!("unknown user {id}: no encoding for it"))
+            }),
+            User::History { id, items, cates } => {
+                if items.len() > MAX_HISTORY {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} behaviors in the history (at most {MAX_HISTORY})",
+                        items.len()
+                    )));
+                }
+                if let Some(c) = cates.as_ref().filter(|c| c.len() != items.len()) {
+                    return Err(Error::InvalidArgument(format!(
+                        "history: {} items but {} categories",
+                        items.len(),
+                        c.len()
+                    )));
+                }
+                let (ii, cc): (Vec<u32>, Vec<u32>) = items
+                    .iter()
+                    .enumerate()
+                    .map(|(j, it)| {
+                        self.item_index(&Candidate {
+                            item: it.clone(),
+                            cate: cates.as_ref().map(|c| c[j].clone()),
+                        })
+                    })
+                    .unzip();
+                let u = id
+                    .as_ref()
+                    .map_or(UNKNOWN, |x| i.users.lookup(&normalize(&i.users, x)));
+                Ok(Arc::new(i.model.encode_user(u, &ii, &cc)?))
+            }
+        }
+    }
+
+    /// Click probabilities of `candidates` for `user`, in order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an unknown user, no candidates or too many.
+    pub fn score(&self, user: &User, candidates: &[Candidate]) -> Result<Vec<f32>> {
+        if candidates.is_empty() {
+            return Err(Error::InvalidArgument("no candidates to score".into()));
+        }
+        if candidates.len() > MAX_CANDIDATES {
+            return Err(Error::InvalidArgument(format!(
+                "{} candidates (at most {MAX_CANDIDATES} per request)",
+                candidates.len()
+            )));
+        }
+        let enc = self.user_encoding(user)?;
+        let (items, cates): (Vec<u32>, Vec<u32>) =
+            candidates.iter().map(|c| self.item_index(c)).unzip();
+        let logits = self.inner.model.score_encoded(&enc, &items, &cates)?;
+        Ok(logits.into_iter().map(crate::metrics::sigmoid).collect())
+    }
+
+    /// Answers one JSON request: `(HTTP status, JSON body)`. Never panics.
+    ///
+    /// Request: `{"user": ID, "candidates": [ITEM | {"item": ITEM, "cate": CATE}, …]}`, or with
+    /// `"history": {"items": [ITEM, …], "cates": [CATE, …]?}` instead of (or besides) `"user"`;
+    /// ids are numbers or strings. Response: `{"scores": [p, …]}` (200), or `{"error": "…"}`
+    /// with 400 (malformed request), 404 (unknown user) or 500.
+    pub fn handle_json(&self, body: &[u8]) -> (u16, String) {
+        let run = || -> std::result::Result<String, (u16, String)> {
+            let req: Request = serde_json::from_slice(body)
+                .map_err(|e| (400, format!("malformed request: {e}")))?;
+            let user = match (req.user, req.history) {
+                (id, Some(h)) => User::History {
+                    id: id.map(RawId::from),
+                    items: h.items.into_iter().map(RawId::from).collect(),
+                    cates: h.cates.map(|c| c.into_iter().map(RawId::from).collect()),
+                },
+                (Some(id), None) => User::Id(id.into()),
+                (None, None) => return Err((400, "give \"user\" or \"history\"".into())),
+            };
+            if let User::Id(id) = &user {
+                if self.encoding(id).is_none() {
+                    return Err((404, format!("unknown user {id}: no encoding for it")));
+                }
+            }
+            let cands: Vec<Candidate> = req.candidates.into_iter().map(Candidate::from).collect();
+            let scores = self
+                .score(&user, &cands)
+                .map_err(|e| (400, e.to_string()))?;
+            serde_json::to_string(&Response { scores }).map_err(|e| (500, e.to_string()))
+        };
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .unwrap_or_else(|_| Err((500, "internal error while scoring".into())));
+        match out {
+            Ok(body) => (200, body),
+            Err((status, msg)) => (status, serde_json::json!({ "error": msg }).to_string()),
+        }
+    }
+}
+
+/// A raw id in JSON: a number or a string.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+enum JsonId {
+    Int(i64),
+    Str(String),
+}
+
+impl From<JsonId> for RawId {
+    fn from(j: JsonId) -> Self {
+        match j {
+            JsonId::Int(x) => RawId::Int(x),
+            JsonId::Str(s) => RawId::Str(s),
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum JsonCandidate {
+    Id(JsonId),
+    Full { item: JsonId, cate: Option<JsonId> },
+}
+
+impl From<JsonCandidate> for Candidate {
+    fn from(c: JsonCandidate) -> Self {
+        match c {
+            JsonCandidate::Id(i) => Candidate::item(i.into()),
+            JsonCandidate::Full { item, cate } => Candidate {
+                item: item.into(),
+                cate: cate.map(RawId::from),
+            },
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonHistory {
+    items: Vec<JsonId>,
+    cates: Option<Vec<JsonId>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    user: Option<JsonId>,
+    history: Option<JsonHistory>,
+    candidates: Vec<JsonCandidate>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Response {
+    scores: Vec<f32>,
+}
+
+/// Compile-time check: a `Scorer` may be shared by and sent to any thread.
+#[allow(dead_code)]
+fn scorer_is_send_sync() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Scorer>();
+}

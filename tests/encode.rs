@@ -1,0 +1,463 @@
+//! Offline encoding and the serving `Scorer` end to end, for every model: `lifelong encode` (one
+//! process and two shards), the Scorer's probabilities against `eval`'s on the same users and
+//! candidates, `encode --update` against encoding the extended history, and bad input (unknown
+//! user, no candidates, malformed requests, encodings of other weights, truncated files).
+
+use crate::cli::{fails, ok, prepare, s, synth, write_log};
+use lifelong::data::{Dataset, Impressions, RawId, UNKNOWN};
+use lifelong::encodings::{self, EncodedUser};
+use lifelong::model_file::ModelFile;
+use lifelong::serve::{Candidate, Scorer, User};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+const KINDS: [&str; 6] = ["din", "sdim", "sim", "eta", "twin", "dare"];
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+}
+
+impl Fixture {
+    fn run(&self, kind: &str) -> PathBuf {
+        self.root.join(format!("run_{kind}"))
+    }
+    fn enc(&self, kind: &str) -> PathBuf {
+        self.root.join(format!("enc_{kind}"))
+    }
+}
+
+/// One synthetic dataset; every kind trained 15 steps on it and encoded.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let events = synth(&root, &root.join("events"), 120, 400);
+        let data = root.join("prepared");
+        prepare(&root, &events, &data);
+        let f = Fixture {
+            _tmp: tmp,
+            root: root.clone(),
+            data,
+        };
+        for kind in KINDS {
+            let search = if matches!(kind, "din" | "sdim") {
+                ""
+            } else {
+                "[model.search]\nk = 5"
+            };
+            let cfg = root.join(format!("{kind}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[data]\ndir = \"unused\"\nmax_len = 20\n[model]\nkind = \"{kind}\"\n\
+                     [model.embedding]\nitem_dim = 8\ncate_dim = 8\n{search}\n\
+                     [train]\nepochs = 1\nbatch_size = 128\nmax_steps = 15\nseed = 5\n"
+                ),
+            )
+            .unwrap();
+            let run = f.run(kind);
+            ok(
+                &root,
+                &[
+                    "train",
+                    "--config",
+                    s(&cfg),
+                    "--data",
+                    s(&f.data),
+                    "--out",
+                    s(&run),
+                ],
+            );
+            let out = ok(
+                &root,
+                &[
+                    "encode",
+                    "--checkpoint",
+                    s(&run),
+                    "--data",
+                    s(&f.data),
+                    "--out",
+                    s(&f.enc(kind)),
+                ],
+            );
+            assert!(out.contains("encoded 120 users"), "{kind}: {out}");
+        }
+        f
+    })
+}
+
+/// Every row of an encodings directory, by raw user id.
+fn read_all(dir: &Path, run: &Path) -> HashMap<RawId, EncodedUser> {
+    let mf = ModelFile::open(run, &candle_core::Device::Cpu).unwrap();
+    let layout = mf.model.encoding_layout();
+    let fp = lifelong::model_file::model_fingerprint(&mf.model).unwrap();
+    let mut out = HashMap::new();
+    for (file, _) in encodings::parts(dir, &fp, &layout).unwrap() {
+        encodings::read_part(&file, &layout, |rows| {
+            for r in rows {
+                assert!(
+                    out.insert(r.id.clone(), r).is_none(),
+                    "a user encoded twice"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    out
+}
+
+#[test]
+fn scorer_equals_eval_for_every_model() {
+    let f = fixture();
+    let ds = Dataset::open(&f.data).unwrap();
+    let (users, items) = (ds.vocab("user").unwrap(), ds.vocab("item").unwrap());
+    let item_cates = ds.item_cates().unwrap();
+    let hist = std::sync::Arc::new(ds.histories.clone());
+    // 30 known items and one never seen.
+    let cand_items: Vec<u32> = (2..32).chain([UNKNOWN]).collect();
+    let mut cands: Vec<Candidate> = (2..32)
+        .map(|i| Candidate::item(items.raw(i).unwrap()))
+        .collect();
+    cands.push(Candidate::item(RawId::Int(987_654_321)));
+    for kind in KINDS {
+        let scorer = Scorer::open(&f.run(kind), &f.enc(kind)).unwrap();
+        assert_eq!(scorer.num_users(), 120, "{kind}");
+        let mf = ModelFile::open(&f.run(kind), &candle_core::Device::Cpu).unwrap();
+        let mut worst = 0f32;
+        for u in (2..122u32).step_by(7) {
+            let n = cand_items.len();
+            let imp = std::sync::Arc::new(Impressions {
+                label: vec![0.0; n],
+                user: vec![u; n],
+                item: cand_items.clone(),
+                cate: cand_items.iter().map(|&i| item_cates[i as usize]).collect(),
+                seq_len: vec![hist.len_of(u) as u32; n],
+            });
+            let want: Vec<f32> = lifelong::eval::predict(&mf.model, &hist, &imp, 64)
+                .unwrap()
+                .into_iter()
+                .map(lifelong::metrics::sigmoid)
+                .collect();
+            let id = users.raw(u).unwrap();
+            let got = scorer.score(&User::Id(id.clone()), &cands).unwrap();
+            // The same user given by its raw history instead of its encoding.
+            let (hi, hc) = hist.get(u);
+            let cates = ds.vocab("cate").unwrap();
+            let by_history = User::History {
+                id: Some(id),
+                items: hi.iter().map(|&i| items.raw(i).unwrap()).collect(),
+                cates: Some(hc.iter().map(|&c| cates.raw(c).unwrap()).collect()),
+            };
+            let raw = scorer.score(&by_history, &cands).unwrap();
+            for r in 0..n {
+                worst = worst
+                    .max((got[r] - want[r]).abs())
+                    .max((raw[r] - want[r]).abs());
+            }
+        }
+        assert!(worst < 1e-5, "{kind}: served vs eval differ by {worst}");
+    }
+}
+
+#[test]
+fn two_shards_hold_exactly_the_users_of_one_encode() {
+    let f = fixture();
+    let dir = f.root.join("enc_sdim_sharded");
+    let run = f.run("sdim");
+    for shard in ["0/2", "1/2"] {
+        ok(
+            &f.root,
+            &[
+                "encode",
+                "--checkpoint",
+                s(&run),
+                "--data",
+                s(&f.data),
+                "--out",
+                s(&dir),
+                "--shard",
+                shard,
+            ],
+        );
+    }
+    let one = read_all(&f.enc("sdim"), &run);
+    let two = read_all(&dir, &run);
+    assert_eq!(one.len(), 120);
+    assert_eq!(one, two, "sharded encodings differ from one process's");
+    // One shard alone is refused as incomplete.
+    let half = f.root.join("enc_half");
+    std::fs::create_dir_all(half.join("vocab")).unwrap();
+    for v in ["user", "item", "cate"] {
+        let name = format!("vocab/{v}.parquet");
+        std::fs::copy(dir.join(&name), half.join(&name)).unwrap();
+    }
+    std::fs::copy(
+        dir.join("part-00000-of-00002.parquet"),
+        half.join("part-00000-of-00002.parquet"),
+    )
+    .unwrap();
+    let e = Scorer::open(&run, &half).unwrap_err().to_string();
+    assert!(e.contains("shard 1 of 2"), "{e}");
+}
+
+#[test]
+fn update_equals_encoding_the_extended_history() {
+    let f = fixture();
+    let ds = Dataset::open(&f.data).unwrap();
+    let (users, items, cates) = (
+        ds.vocab("user").unwrap(),
+        ds.vocab("item").unwrap(),
+        ds.vocab("cate").unwrap(),
+    );
+    let item_cates = ds.item_cates().unwrap();
+    let t_max = *ds.histories.ts.iter().max().unwrap();
+    // New events: users 2..40 get 1 to 25 new behaviors (more than max_len = 20 for some), one of
+    // them an item never seen; a brand-new user gets 3.
+    let (mut eu, mut ei, mut ec, mut et) = (vec![], vec![], vec![], vec![]);
+    let mut expect_new: HashMap<RawId, Vec<(u32, u32)>> = HashMap::new();
+    for u in 2..40u32 {
+        let RawId::Int(uid) = users.raw(u).unwrap() else {
+            panic!("int ids")
+        };
+        for k in 0..(1 + (u as usize * 7) % 25) {
+            let i = 2 + ((u as usize * 13 + k * 5) % 300) as u32;
+            let (raw_i, idx) = if k == 3 {
+                (555_555_555, UNKNOWN)
+            } else {
+                let RawId::Int(x) = items.raw(i).unwrap() else {
+                    panic!()
+                };
+                (x, i)
+            };
+            let c = if idx == UNKNOWN {
+                UNKNOWN
+            } else {
+                item_cates[idx as usize]
+            };
+            let RawId::Int(raw_c) = cates.raw(c).unwrap_or(RawId::Int(777_777)) else {
+                panic!()
+            };
+            eu.push(uid);
+            ei.push(raw_i);
+            ec.push(raw_c);
+            et.push(t_max + 1 + k as i64);
+            expect_new
+                .entry(RawId::Int(uid))
+                .or_default()
+                .push((idx, c));
+        }
+    }
+    for k in 0..3 {
+        let i = 2 + k as u32;
+        let RawId::Int(x) = items.raw(i).unwrap() else {
+            panic!()
+        };
+        let RawId::Int(cx) = cates.raw(item_cates[i as usize]).unwrap() else {
+            panic!()
+        };
+        eu.push(-42);
+        ei.push(x);
+        ec.push(cx);
+        et.push(t_max + 1 + k);
+        expect_new
+            .entry(RawId::Int(-42))
+            .or_default()
+            .push((i, item_cates[i as usize]));
+    }
+    let log = f.root.join("new_events.parquet");
+    write_log(
+        &log,
+        vec![
+            ("user_id", eu),
+            ("item_id", ei),
+            ("cate_id", ec),
+            ("ts", et),
+        ],
+    );
+    for kind in ["sdim", "eta", "dare"] {
+        let run = f.run(kind);
+        let out_dir = f.root.join(format!("enc_{kind}_updated"));
+        let msg = ok(
+            &f.root,
+            &[
+                "encode",
+                "--checkpoint",
+                s(&run),
+                "--update",
+                s(&f.enc(kind)),
+                "--events",
+                s(&log),
+                "--out",
+                s(&out_dir),
+            ],
+        );
+        assert!(msg.contains("(1 new; 121 in all)"), "{kind}: {msg}");
+        let mf = ModelFile::open(&run, &candle_core::Device::Cpu).unwrap();
+        let got = read_all(&out_dir, &run);
+        assert_eq!(got.len(), 121);
+        let mut checked = 0;
+        for (id, row) in &got {
+            let u = users.lookup(id);
+            let (mut hi, mut hc) = if u == UNKNOWN {
+                (vec![], vec![])
+            } else {
+                let (a, b) = ds.histories.get(u);
+                (a.to_vec(), b.to_vec())
+            };
+            for &(i, c) in expect_new.get(id).map(Vec::as_slice).unwrap_or(&[]) {
+                hi.push(i);
+                hc.push(c);
+            }
+            let want = mf.model.encode_user(u, &hi, &hc).unwrap();
+            let e = &row.enc;
+            assert_eq!(
+                (&e.items, &e.cates, &e.codes),
+                (&want.items, &want.cates, &want.codes),
+                "{kind} user {id}"
+            );
+            for (a, b) in e.buckets.iter().zip(&want.buckets) {
+                let d = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-5, "{kind} user {id}: buckets differ by {d}");
+            }
+            checked += expect_new.contains_key(id) as usize;
+        }
+        assert_eq!(checked, 39, "{kind}");
+        // Events older than an encoding are refused, naming the user.
+        let old = f.root.join(format!("old_{kind}.parquet"));
+        let RawId::Int(uid) = users.raw(5).unwrap() else {
+            panic!()
+        };
+        write_log(
+            &old,
+            vec![
+                ("user_id", vec![uid]),
+                ("item_id", vec![1_000_000]),
+                ("cate_id", vec![1]),
+                ("ts", vec![i64::MIN + 1]),
+            ],
+        );
+        fails(
+            &f.root,
+            &[
+                "encode",
+                "--checkpoint",
+                s(&run),
+                "--update",
+                s(&out_dir),
+                "--events",
+                s(&old),
+            ],
+            &[&format!("user {uid}"), "older than the encoding"],
+        );
+    }
+}
+
+#[test]
+fn serving_bad_input_gets_a_named_error_and_the_scorer_keeps_working() {
+    let f = fixture();
+    let run = f.run("eta");
+    let scorer = Scorer::open(&run, &f.enc("eta")).unwrap();
+    let ds = Dataset::open(&f.data).unwrap();
+    let uid = match ds.vocab("user").unwrap().raw(3).unwrap() {
+        RawId::Int(x) => x,
+        RawId::Str(_) => panic!("int ids"),
+    };
+    let item = match ds.vocab("item").unwrap().raw(2).unwrap() {
+        RawId::Int(x) => x,
+        RawId::Str(_) => panic!(),
+    };
+    let req = |body: String| scorer.handle_json(body.as_bytes());
+    let (code, body) = req(format!(
+        r#"{{"user": {uid}, "candidates": [{item}, {{"item": "{item}"}}, 123456789]}}"#
+    ));
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let p: Vec<f64> = v["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(p.len(), 3);
+    assert!(
+        (p[0] - p[1]).abs() < 1e-7,
+        "a string id of an integer vocabulary is the same item"
+    );
+    assert!(p.iter().all(|x| (0.0..=1.0).contains(x)));
+    for (body, status, needle) in [
+        (
+            format!(r#"{{"user": 31337, "candidates": [{item}]}}"#),
+            404,
+            "unknown user 31337",
+        ),
+        (
+            format!(r#"{{"user": {uid}, "candidates": []}}"#),
+            400,
+            "no candidates",
+        ),
+        ("{\"user\": ".to_string(), 400, "malformed request"),
+        (
+            r#"{"candidates": [1]}"#.to_string(),
+            400,
+            "\\\"user\\\" or \\\"history\\\"",
+        ),
+        (
+            format!(r#"{{"user": {uid}, "candidates": [1], "extra": 1}}"#),
+            400,
+            "unknown field",
+        ),
+        (
+            r#"{"history": {"items": [1, 2], "cates": [1]}, "candidates": [1]}"#.to_string(),
+            400,
+            "2 items but 1 categories",
+        ),
+    ] {
+        let (code, out) = req(body.clone());
+        assert_eq!(code, status, "{body} → {out}");
+        assert!(
+            out.contains("\"error\"") && out.contains(needle),
+            "{body} → {out}"
+        );
+    }
+    // Still serving after every error.
+    assert_eq!(
+        req(format!(r#"{{"user": {uid}, "candidates": [{item}]}}"#)).0,
+        200
+    );
+
+    // Encodings of other weights (another kind's run) and a truncated file are refused by name.
+    let e = Scorer::open(&f.run("sdim"), &f.enc("eta"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("part-00000-of-00001.parquet"), "{e}");
+    let cut = f.root.join("enc_truncated");
+    std::fs::create_dir_all(cut.join("vocab")).unwrap();
+    for v in ["user", "item", "cate"] {
+        std::fs::copy(
+            f.enc("eta").join("vocab").join(format!("{v}.parquet")),
+            cut.join("vocab").join(format!("{v}.parquet")),
+        )
+        .unwrap();
+    }
+    let bytes = std::fs::read(f.enc("eta").join("part-00000-of-00001.parquet")).unwrap();
+    std::fs::write(
+        cut.join("part-00000-of-00001.parquet"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    let e = Scorer::open(&run, &cut).unwrap_err().to_string();
+    assert!(e.contains("part-00000-of-00001.parquet"), "{e}");
+    // A failed reload keeps the old encodings.
+    assert!(scorer.reload(&cut).is_err());
+    assert_eq!(scorer.num_users(), 120);
+    assert_eq!(scorer.reload(&f.enc("eta")).unwrap(), 120);
+}
