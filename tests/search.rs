@@ -10,7 +10,9 @@ use lifelong::aggregate::{Packed, Sdim};
 use lifelong::config::{EmbeddingConfig, Init, View};
 use lifelong::embedding::{gather, LeafBuilder, Tables, Tokens};
 use lifelong::search::simhash::token_codes;
-use lifelong::search::{hamming, signature, topk_hamming_row, topk_row, topk_rows, SimHash};
+use lifelong::search::{
+    hamming, signature, topk_hamming_codes, topk_hamming_row, topk_row, topk_rows, SimHash,
+};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -150,6 +152,55 @@ proptest! {
         // -0.0 and 0.0 are equal scores: compare by value and then the tie rule.
         let want = reference_topk(&scores.iter().map(|&x| if x == 0.0 { 0.0 } else { x }).collect::<Vec<_>>(), m, k);
         prop_assert_eq!(got, want);
+    }
+
+    /// Long rows with small k (the sampled-threshold path: L ≥ 64k), ties, NaN, -0.0 and masks.
+    #[test]
+    fn topk_scores_long_rows_match_sort_then_truncate(
+        scores in prop::collection::vec(prop::sample::select(vec![-2.0f32, -0.0, 0.0, 0.25, 0.5, 1.0, 3.0, 7.5, f32::NAN]), 60..900),
+        wide in prop::collection::vec(-1000i32..1000, 900),
+        spread in any::<bool>(),
+        mask_bits in prop::collection::vec(0u8..4, 900),
+        k in 1usize..14,
+        masked in any::<bool>(),
+    ) {
+        // Many ties (few values) or nearly distinct values.
+        let scores: Vec<f32> = if spread {
+            scores.iter().zip(&wide).map(|(&x, &w)| if x.is_nan() { x } else { w as f32 / 7.0 }).collect()
+        } else {
+            scores
+        };
+        let mask: Vec<u8> = mask_bits[..scores.len()].iter().map(|&m| (m != 0) as u8).collect();
+        let m = masked.then_some(mask.as_slice());
+        let mut got = Vec::new();
+        topk_row(&scores, m, k, &mut got);
+        let want = reference_topk(&scores.iter().map(|&x| if x == 0.0 { 0.0 } else { x }).collect::<Vec<_>>(), m, k);
+        prop_assert_eq!(got, want);
+    }
+
+    /// Hamming top-k over packed codes (byte distances, one and two words) equals
+    /// sort-then-truncate by (distance ↑, position ↓).
+    #[test]
+    fn topk_hamming_codes_match_sort_then_truncate(
+        codes in prop::collection::vec(any::<u64>(), 2..1200),
+        low in any::<bool>(),
+        target in prop::collection::vec(any::<u64>(), 2),
+        two_words in any::<bool>(),
+        k in 0usize..80,
+    ) {
+        let words = if two_words { 2 } else { 1 };
+        // Low-entropy codes give many equal distances.
+        let codes: Vec<u64> = codes.iter().map(|&c| if low { c & 0x0F0F } else { c }).collect();
+        let n = codes.len() / words;
+        let codes = &codes[..n * words];
+        let t = &target[..words];
+        let dist = |j: usize| hamming(t, &codes[j * words..(j + 1) * words]);
+        let mut got = Vec::new();
+        topk_hamming_codes(t, codes, 64 * words as u32, k, &mut got, &mut Vec::new());
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.sort_by(|&a, &b| dist(a).cmp(&dist(b)).then(b.cmp(&a)));
+        idx.truncate(k);
+        prop_assert_eq!(got, idx.into_iter().map(|j| j as u32).collect::<Vec<_>>());
     }
 
     /// Hamming top-k (counting select) equals sort-then-truncate by (distance ↑, position ↓).

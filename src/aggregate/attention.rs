@@ -267,6 +267,77 @@ impl TargetAttention {
         self.with_product(out, target_v)
     }
 
+    /// Serving's target attention over per-sample rows of one shared, projected window: sample
+    /// b attends to rows `rows[b]` of `kp`/`vp` ([`TargetAttention::project`] of the user's
+    /// window), read in place (no `[B·K, dim]` gather). Without gradient; the same function as
+    /// [`TargetAttention::forward`] on the gathered rows.
+    ///
+    /// # Shapes
+    /// target_k `[B, d_k]`, kp `[L, dim]`, vp `[L, dim_v]`, target_v `[B, d_v]` → `[B, out_dim]`
+    pub fn forward_indexed(
+        &self,
+        target_k: &Tensor,
+        kp: &Tensor,
+        vp: &Tensor,
+        rows: &[Vec<u32>],
+        target_v: &Tensor,
+    ) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let b = rows.len();
+        let (q, scale) = match &self.proj {
+            None => {
+                let s = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
+                (target_k.broadcast_mul(&s)?, 1.0f32)
+            }
+            Some(p) => {
+                let dh = (self.dim / self.heads) as f32;
+                (linear(target_k, p.wq.as_tensor())?, 1.0 / dh.sqrt())
+            }
+        };
+        let (dq, dv) = (q.dim(1)?, vp.dim(1)?);
+        let (h, l) = (self.heads, kp.dim(0)?);
+        let (dh, dvh) = (dq / h, dv / h);
+        let qv = q.flatten_all()?.to_vec1::<f32>()?;
+        let kv = kp.flatten_all()?.to_vec1::<f32>()?;
+        let vv = vp.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(bad) = rows.iter().flatten().find(|&&j| j as usize >= l) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "attention row {bad} outside a window of {l}"
+            )));
+        }
+        let mut o = vec![0f32; b * dv];
+        o.par_chunks_mut(dv.max(1))
+            .zip(rows.par_iter())
+            .enumerate()
+            .for_each(|(bi, (ob, r))| {
+                let mut s = vec![0f32; r.len()];
+                for hh in 0..h {
+                    let qh = &qv[bi * dq + hh * dh..bi * dq + (hh + 1) * dh];
+                    for (sj, &j) in s.iter_mut().zip(r) {
+                        let kj = &kv[j as usize * dq + hh * dh..j as usize * dq + (hh + 1) * dh];
+                        *sj = crate::cpu::dot(qh, kj) * scale;
+                    }
+                    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut z = 0f32;
+                    s.iter_mut().for_each(|x| {
+                        *x = (*x - m).exp();
+                        z += *x;
+                    });
+                    let oh = &mut ob[hh * dvh..(hh + 1) * dvh];
+                    for (&w, &j) in s.iter().zip(r) {
+                        let vj = &vv[j as usize * dv + hh * dvh..j as usize * dv + (hh + 1) * dvh];
+                        crate::cpu::axpy(w / z, vj, oh);
+                    }
+                }
+            });
+        let o = Tensor::from_vec(o, (b, dv), target_k.device())?;
+        let out = match &self.proj {
+            None => o,
+            Some(p) => linear(&o, p.wo.as_tensor())?,
+        };
+        self.with_product(out, target_v)
+    }
+
     fn with_product(&self, out: Tensor, target_v: &Tensor) -> Result<Tensor> {
         if self.product {
             let prod = (&out * target_v)?;

@@ -17,12 +17,11 @@
 //! every preset). The auxiliary heads are training-only and not computed.
 
 use super::{Agg, CtrModel, SearchUnit};
-use crate::aggregate::attention::Mask;
 use crate::aggregate::sdim::add_to_buckets;
 use crate::config::{AggregateConfig, View, WindowConfig};
 use crate::data::Batch;
 use crate::embedding::{Field, ViewSpec};
-use crate::search::{self, hamming, signature, token_codes, topk_hamming_row, topk_row};
+use crate::search::{self, signature, token_codes, topk_hamming_codes, topk_row};
 use crate::{Error, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -427,15 +426,9 @@ impl CtrModel {
                 let (words, bits) = (hash.words(), hash.bits() as u32);
                 Some(
                     tc.par_chunks(words)
-                        .map(|q| {
+                        .map_init(Vec::new, |scratch, q| {
                             let mut out = Vec::with_capacity((*k).min(l));
-                            topk_hamming_row(
-                                l,
-                                bits,
-                                *k,
-                                |j| hamming(q, &enc.codes[j * words..(j + 1) * words]),
-                                &mut out,
-                            );
+                            topk_hamming_codes(q, &enc.codes, bits, *k, &mut out, scratch);
                             out
                         })
                         .collect(),
@@ -447,31 +440,33 @@ impl CtrModel {
                     .search_query(scorer, &tokens(*view)?)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                let e = self.window_tokens(v, hi, hc, 0..l)?; // [L, w], once per request
+                // The window's tokens transposed, once per request; scores 64 candidates at a time.
                 let w = v.width;
-                Some(
-                    q.par_chunks(w)
-                        .map(|qb| {
-                            let scores: Vec<f32> = e
-                                .chunks_exact(w)
-                                .map(|ej| {
-                                    v.fields
-                                        .iter()
-                                        .map(|f| {
-                                            crate::cpu::dot(
-                                                &qb[f.col..f.col + f.dim],
-                                                &ej[f.col..f.col + f.dim],
-                                            )
-                                        })
-                                        .sum()
-                                })
-                                .collect();
-                            let mut out = Vec::with_capacity((*k).min(l));
-                            topk_row(&scores, None, *k, &mut out);
-                            out
-                        })
-                        .collect(),
-                )
+                let e = self.window_tokens(v, hi, hc, 0..l)?;
+                let mut et = vec![0f32; w * l];
+                for (j, row) in e.chunks_exact(w).enumerate() {
+                    for (c, &x) in row.iter().enumerate() {
+                        et[c * l + j] = x;
+                    }
+                }
+                let per: Vec<Vec<Vec<u32>>> = q
+                    .par_chunks(w * 64)
+                    .map(|qs| {
+                        let nq = qs.len() / w;
+                        let mut scores = vec![0f32; nq * l];
+                        search::query_scores(qs, &et, l, &mut scores);
+                        scores
+                            .chunks(l.max(1))
+                            .take(nq)
+                            .map(|s| {
+                                let mut out = Vec::with_capacity((*k).min(l));
+                                topk_row(s, None, *k, &mut out);
+                                out
+                            })
+                            .collect()
+                    })
+                    .collect();
+                Some(per.into_iter().flatten().collect())
             }
             SearchUnit::Category { k } => Some(
                 cates
@@ -561,38 +556,25 @@ impl CtrModel {
                             let ret = retrieved.as_ref().ok_or_else(|| {
                                 Error::Config("a retrieved window without a search".into())
                             })?;
-                            let kmax = ret.iter().map(Vec::len).max().unwrap_or(0);
-                            // Project the user's window once, then gather per candidate.
-                            let kk = self.window_tokens(vk, hi, hc, 0..l)?;
-                            let kk = Tensor::from_vec(kk, (l, vk.width), dev)?;
-                            let vals = if keys == values {
-                                kk.clone()
+                            if ret.iter().all(Vec::is_empty) {
+                                // No candidate retrieved anything (an empty history): zeros.
+                                let none =
+                                    Tensor::zeros((0, vk.width), candle_core::DType::F32, dev)?;
+                                let nonev =
+                                    Tensor::zeros((0, vv.width), candle_core::DType::F32, dev)?;
+                                unit.forward_shared(&tk, &none, &nonev, &tv)?
                             } else {
-                                let x = self.window_tokens(vv, hi, hc, 0..l)?;
-                                Tensor::from_vec(x, (l, vv.width), dev)?
-                            };
-                            let mask = Mask {
-                                b: c,
-                                k: kmax,
-                                data: std::sync::Arc::new(
-                                    ret.iter()
-                                        .flat_map(|r| (0..kmax).map(|s| (s < r.len()) as u8 as f32))
-                                        .collect(),
-                                ),
-                            };
-                            if kmax == 0 {
-                                unit.forward_projected(&tk, &kk, &vals, &mask, &tv)?
-                            } else {
+                                // Project the user's window once; each candidate reads its rows.
+                                let kk = self.window_tokens(vk, hi, hc, 0..l)?;
+                                let kk = Tensor::from_vec(kk, (l, vk.width), dev)?;
+                                let vals = if keys == values {
+                                    kk.clone()
+                                } else {
+                                    let x = self.window_tokens(vv, hi, hc, 0..l)?;
+                                    Tensor::from_vec(x, (l, vv.width), dev)?
+                                };
                                 let (kp, vp) = unit.project(&kk, &vals)?;
-                                // Padding reads row 0 (masked out).
-                                let idx: Vec<u32> = ret
-                                    .iter()
-                                    .flat_map(|r| (0..kmax).map(|s| r.get(s).copied().unwrap_or(0)))
-                                    .collect();
-                                let idx = Tensor::from_vec(idx, c * kmax, dev)?;
-                                let kg = kp.index_select(&idx, 0)?;
-                                let vg = vp.index_select(&idx, 0)?;
-                                unit.forward_projected(&tk, &kg, &vg, &mask, &tv)?
+                                unit.forward_indexed(&tk, &kp, &vp, ret, &tv)?
                             }
                         }
                     }

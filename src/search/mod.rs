@@ -18,7 +18,7 @@ pub mod simhash;
 pub mod topk;
 
 pub use simhash::{hamming, signature, token_codes, SimHash};
-pub use topk::{topk_hamming_row, topk_hamming_rows, topk_row, topk_rows};
+pub use topk::{topk_hamming_codes, topk_hamming_row, topk_hamming_rows, topk_row, topk_rows};
 
 use crate::data::Batch;
 use crate::embedding::{Tables, ViewSpec};
@@ -74,27 +74,83 @@ pub fn topk_by_query(
         .enumerate()
         .map(|(b, win)| {
             let q = &query[b * w..(b + 1) * w];
-            let scores: Vec<f32> = (win[0]..win[1])
-                .map(|j| {
-                    view.fields
-                        .iter()
-                        .zip(&hist)
-                        .map(|(f, ids)| {
-                            crate::cpu::dot(
-                                &q[f.col..f.col + f.dim],
-                                tables.table(f.table).row(ids[j]),
-                            )
-                        })
-                        .sum()
-                })
-                .collect();
-            let mut out = Vec::with_capacity(k.min(scores.len()));
+            let l = win[1] - win[0];
+            // The sample's tokens, transposed: et[c][j].
+            let mut et = vec![0f32; w * l];
+            for (f, ids) in view.fields.iter().zip(&hist) {
+                let t = tables.table(f.table);
+                for (j, &id) in ids[win[0]..win[1]].iter().enumerate() {
+                    for (c, &x) in t.row(id).iter().enumerate() {
+                        et[(f.col + c) * l + j] = x;
+                    }
+                }
+            }
+            let mut scores = vec![0f32; l];
+            query_scores(q, &et, l, &mut scores);
+            let mut out = Vec::with_capacity(k.min(l));
             topk_row(&scores, None, k, &mut out);
             out.iter_mut().for_each(|p| *p += win[0] as u32);
             out
         })
         .collect();
     Ok(collect_window(per))
+}
+
+/// The attention search's scores: `out[b][j] = Σ_c q[b][c] · et[c][j]` for queries `q [B', w]`
+/// against a window's tokens stored transposed, `et [w, l]`; each sum runs over `c` in order,
+/// a multiply then an add (no fused multiply-add), so every CPU and every blocking gives the same
+/// bits. The one scoring rule of the search, in training, `eval` and serving alike.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2"))]
+pub fn query_scores(q: &[f32], et: &[f32], l: usize, out: &mut [f32]) {
+    let w = et.len().checked_div(l).unwrap_or(0);
+    const BLOCK: usize = 512;
+    let nq = q.len().checked_div(w).unwrap_or(0);
+    for j0 in (0..l).step_by(BLOCK) {
+        let j1 = (j0 + BLOCK).min(l);
+        let n = j1 - j0;
+        // Four queries at a time share each row of the tokens (one load, four updates).
+        let mut b = 0;
+        while b + 4 <= nq {
+            let (o0, rest) = out[b * l..(b + 4) * l].split_at_mut(l);
+            let (o1, rest) = rest.split_at_mut(l);
+            let (o2, o3) = rest.split_at_mut(l);
+            let (o0, o1, o2, o3) = (
+                &mut o0[j0..j1],
+                &mut o1[j0..j1],
+                &mut o2[j0..j1],
+                &mut o3[j0..j1],
+            );
+            for o in [&mut *o0, &mut *o1, &mut *o2, &mut *o3] {
+                o.iter_mut().for_each(|x| *x = 0.0);
+            }
+            for c in 0..w {
+                let (q0, q1, q2, q3) = (
+                    q[b * w + c],
+                    q[(b + 1) * w + c],
+                    q[(b + 2) * w + c],
+                    q[(b + 3) * w + c],
+                );
+                let row = &et[c * l + j0..c * l + j0 + n];
+                for i in 0..n {
+                    let e = row[i];
+                    o0[i] += q0 * e;
+                    o1[i] += q1 * e;
+                    o2[i] += q2 * e;
+                    o3[i] += q3 * e;
+                }
+            }
+            b += 4;
+        }
+        for b in b..nq {
+            let o = &mut out[b * l + j0..b * l + j1];
+            o.iter_mut().for_each(|x| *x = 0.0);
+            for c in 0..w {
+                let qc = q[b * w + c];
+                let row = &et[c * l + j0..c * l + j1];
+                o.iter_mut().zip(row).for_each(|(x, &e)| *x += qc * e);
+            }
+        }
+    }
 }
 
 /// Top-k by Hamming distance of SimHash codes of `view`'s tokens.
@@ -111,15 +167,16 @@ pub fn topk_by_hamming(
         .offsets
         .par_windows(2)
         .enumerate()
-        .map(|(b, win)| {
+        .map_init(Vec::new, |scratch, (b, win)| {
             let t = &tcodes[b * words..(b + 1) * words];
             let mut out = Vec::with_capacity(k.min(win[1] - win[0]));
-            topk_hamming_row(
-                win[1] - win[0],
+            topk_hamming_codes(
+                t,
+                &hcodes[win[0] * words..win[1] * words],
                 hash.bits() as u32,
                 k,
-                |j| hamming(t, &hcodes[(win[0] + j) * words..(win[0] + j + 1) * words]),
                 &mut out,
+                scratch,
             );
             out.iter_mut().for_each(|p| *p += win[0] as u32);
             out

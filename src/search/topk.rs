@@ -17,39 +17,203 @@ use rayon::prelude::*;
 /// The order-preserving `u32` of an f32 (`a < b` ⇔ `key(a) < key(b)`), `-0.0` as `0.0`, NaN lowest.
 #[inline]
 pub fn score_key(x: f32) -> u32 {
+    // Branch-free (scores' signs are random: a branch on them mispredicts half the time).
+    // `x + 0.0` turns -0.0 into 0.0; negative: flip all bits; positive: set the sign bit. NaN's
+    // 0 stays below every number (the most negative number, -inf, maps to 0x007F_FFFF).
+    let b = (x + 0.0).to_bits();
+    let flip = ((b as i32) >> 31) as u32 | 0x8000_0000;
+    let key = b ^ flip;
     if x.is_nan() {
-        return 0;
-    }
-    let x = if x == 0.0 { 0.0 } else { x };
-    let b = x.to_bits();
-    // Negative: flip all bits; positive: set the sign bit. NaN's 0 stays below every number
-    // (the most negative number, -inf, maps to 0x007F_FFFF).
-    if b >> 31 == 1 {
-        !b
+        0
     } else {
-        b | 0x8000_0000
+        key
     }
 }
 
 /// Positions of the `k` largest `scores` among those with `mask[j] != 0` (all when `None`),
 /// best first, ties to the higher position, appended to `out`.
+///
+/// One pass with a running threshold: a key enters a buffer only if it beats the k-th best seen
+/// so far, and the buffer is cut back to k (one `select_nth_unstable`) whenever it holds 4k, so
+/// for k ≪ L the pass is a compare per entry.
 pub fn topk_row(scores: &[f32], mask: Option<&[u8]>, k: usize, out: &mut Vec<u32>) {
-    let mut keys: Vec<u64> = match mask {
-        None => scores
-            .iter()
-            .enumerate()
-            .map(|(j, &s)| ((score_key(s) as u64) << 32) | j as u64)
-            .collect(),
-        Some(m) => scores
-            .iter()
-            .zip(m)
-            .enumerate()
-            .filter(|(_, (_, &m))| m != 0)
-            .map(|(j, (&s, _))| ((score_key(s) as u64) << 32) | j as u64)
-            .collect(),
+    if k == 0 {
+        return;
+    }
+    let cap = 4 * k.max(16);
+    let mut keys: Vec<u64> = Vec::with_capacity(cap.min(scores.len()) + 1);
+    let mut thr = 0u64; // a key must exceed it (keys are unique: the position is in them)
+    let push = |keys: &mut Vec<u64>, thr: &mut u64, j: usize, s: f32| {
+        let key = ((score_key(s) as u64) << 32) | j as u64;
+        if key >= *thr {
+            keys.push(key);
+            if keys.len() == cap {
+                keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+                keys.truncate(k);
+                *thr = keys[k - 1] + 1;
+            }
+        }
     };
+    match mask {
+        None if scores.len() >= 64 * k => {
+            // A threshold from every 8th score: the k-th best of them is at most the k-th best
+            // of all, so every winner scores at least it; one compare per score then leaves
+            // about 8k entries to select from.
+            let mut sample: Vec<f32> = scores
+                .iter()
+                .step_by(16)
+                .copied()
+                .filter(|x| !x.is_nan())
+                .collect();
+            if sample.len() < k {
+                for (j, &s) in scores.iter().enumerate() {
+                    push(&mut keys, &mut thr, j, s);
+                }
+            } else {
+                sample.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+                let t = sample[k - 1];
+                // 16 at a time: a chunk whose best score is below the threshold is skipped.
+                for (ci, chunk) in scores.chunks(16).enumerate() {
+                    if chunk
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a })
+                        < t
+                    {
+                        continue;
+                    }
+                    for (i, &s) in chunk.iter().enumerate() {
+                        if s >= t {
+                            keys.push(((score_key(s) as u64) << 32) | (ci * 16 + i) as u64);
+                        }
+                    }
+                }
+            }
+        }
+        None => {
+            for (j, &s) in scores.iter().enumerate() {
+                push(&mut keys, &mut thr, j, s);
+            }
+        }
+        Some(m) => {
+            for (j, (&s, &m)) in scores.iter().zip(m).enumerate() {
+                if m != 0 {
+                    push(&mut keys, &mut thr, j, s);
+                }
+            }
+        }
+    }
     select_largest(&mut keys, k);
     out.extend(keys.iter().map(|&key| key as u32));
+}
+
+/// [`topk_hamming_row`] over packed codes: the `k` codes of `codes [len, words]` nearest to `q
+/// [words]`, same result. The distances go to a byte per behavior (`scratch`, reused across
+/// calls), so each code is read once; the passes over them are plain byte scans.
+pub fn topk_hamming_codes(
+    q: &[u64],
+    codes: &[u64],
+    bits: u32,
+    k: usize,
+    out: &mut Vec<u32>,
+    scratch: &mut Vec<u8>,
+) {
+    let words = q.len().max(1);
+    let len = codes.len() / words;
+    if k == 0 || len == 0 {
+        return;
+    }
+    let max = bits.min(255);
+    scratch.clear();
+    scratch.resize(len, 0);
+    distances(q, codes, max as u8, scratch);
+    if k >= len {
+        return topk_hamming_row(len, max, k, |j| scratch[j] as u32, out);
+    }
+    // The cut-off distance: the smallest t with at least k distances ≤ t (binary search over
+    // 0..=max, each step one vectorised count), then at_cut = how many of distance t to take.
+    let (mut lo, mut hi) = (0u32, max);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if count_le(scratch, mid as u8) >= k {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let cut = lo as u8;
+    let below = if cut == 0 {
+        0
+    } else {
+        count_le(scratch, cut - 1)
+    };
+    let mut at_cut = k - below;
+    let mut keys = Vec::with_capacity(k);
+    // Newest first, 64 behaviors at a time, visiting only the positions with distance ≤ cut.
+    let mut end = len;
+    while end > 0 && keys.len() < k {
+        let start = end.saturating_sub(64);
+        let block = &scratch[start..end];
+        if block.iter().fold(u8::MAX, |a, &x| a.min(x)) > cut {
+            end = start;
+            continue;
+        }
+        let mut m = le_mask(block, cut);
+        while m != 0 && keys.len() < k {
+            let i = 63 - m.leading_zeros() as usize; // newest first
+            m &= !(1u64 << i);
+            let j = start + i;
+            let d = scratch[j];
+            if d < cut || at_cut > 0 {
+                if d == cut {
+                    at_cut -= 1;
+                }
+                keys.push((((max as u64) - d as u64) << 32) | j as u64);
+            }
+        }
+        end = start;
+    }
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    out.extend(keys.iter().map(|&key| key as u32));
+}
+
+/// How many of `d` are ≤ `t`.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
+fn count_le(d: &[u8], t: u8) -> usize {
+    let mut n = 0usize;
+    for c in d.chunks(4096) {
+        // Per chunk in u16 (no overflow below 65,536 entries), so the loop vectorises.
+        n += c.iter().map(|&x| (x <= t) as u16).sum::<u16>() as usize;
+    }
+    n
+}
+
+/// Bit i set where `d[i] <= t` (`d` at most 64 long).
+#[inline]
+fn le_mask(d: &[u8], t: u8) -> u64 {
+    let mut m = 0u64;
+    for (i, &x) in d.iter().enumerate() {
+        m |= ((x <= t) as u64) << i;
+    }
+    m
+}
+
+/// `out[j] = min(popcount(q ^ codes[j]), max)`.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512vpopcntdq+popcnt",
+    "x86_64+avx2+popcnt",
+))]
+fn distances(q: &[u64], codes: &[u64], max: u8, out: &mut [u8]) {
+    if q.len() == 1 {
+        let q0 = q[0];
+        for (o, &c) in out.iter_mut().zip(codes) {
+            *o = ((q0 ^ c).count_ones() as u8).min(max);
+        }
+    } else {
+        for (o, c) in out.iter_mut().zip(codes.chunks_exact(q.len())) {
+            let d: u32 = q.iter().zip(c).map(|(a, b)| (a ^ b).count_ones()).sum();
+            *o = d.min(max as u32) as u8;
+        }
+    }
 }
 
 /// Keeps the `k` largest keys of `keys`, sorted descending.

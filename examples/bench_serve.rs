@@ -1,0 +1,164 @@
+//! Serving latency: one request = one user × `--candidates` candidates, through
+//! `CtrModel::score_encoded` (what `serve::Scorer::score` runs), for SDIM, ETA and DARE at their
+//! preset sizes, with the user's encoding precomputed ("encoded") and computed in the request
+//! from the raw history ("raw history": `encode_user` + score); then the same with 2 client
+//! threads, and encoding throughput. Prints tables.
+//!
+//! ```text
+//! RAYON_NUM_THREADS=1 taskset -c 0 cargo run --release --example bench_serve   # one core
+//! cargo run --release --example bench_serve -- --clients 2 --len 10000           # throughput
+//! ```
+//!
+//! Weights are the preset's random initialisation (latency does not depend on their values);
+//! histories and candidates are uniform over 100,000 items in 1,000 categories.
+
+use candle_core::Device;
+use clap::Parser;
+use lifelong::config::{Config, Preset};
+use lifelong::model::{CtrModel, VocabSizes};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::time::Instant;
+
+#[path = "common/mod.rs"]
+mod common;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// History lengths L.
+    #[arg(long = "len", default_values_t = vec![1_000usize, 10_000, 100_000])]
+    lens: Vec<usize>,
+    /// Models.
+    #[arg(long = "model", default_values_t = vec!["sdim".to_string(), "eta".to_string(), "dare".to_string()])]
+    models: Vec<String>,
+    /// Candidates per request.
+    #[arg(long, default_value_t = 1000)]
+    candidates: usize,
+    /// Requests timed per setting (after 3 warm-up requests).
+    #[arg(long, default_value_t = 50)]
+    requests: usize,
+    /// Client threads scoring side by side (throughput).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Users encoded for the encoding throughput (0: skip).
+    #[arg(long, default_value_t = 2000)]
+    encode_users: usize,
+}
+
+const ITEMS: usize = 100_000;
+const CATES: usize = 1_000;
+
+fn model(kind: &str, max_len: usize) -> CtrModel {
+    let p = Preset::ALL
+        .into_iter()
+        .find(|p| p.name() == kind)
+        .unwrap_or_else(|| panic!("unknown model {kind}"));
+    let cfg = Config::from_toml(&format!(
+        "[data]\ndir = \"unused\"\nmax_len = {max_len}\n[model]\nkind = \"{}\"\n",
+        p.name()
+    ))
+    .expect("preset config");
+    let vocab = VocabSizes {
+        users: 2,
+        items: ITEMS + 2,
+        cates: CATES + 2,
+    };
+    CtrModel::new(&cfg.model, max_len, vocab, 1, &Device::Cpu).expect("model")
+}
+
+fn history(rng: &mut ChaCha8Rng, l: usize) -> (Vec<u32>, Vec<u32>) {
+    (0..l)
+        .map(|_| {
+            let i = rng.random_range(2..ITEMS as u32 + 2);
+            (i, 2 + i % CATES as u32)
+        })
+        .unzip()
+}
+
+fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    (at(0.5), at(0.99))
+}
+
+fn main() {
+    lifelong::cpu::tune_runtime();
+    let args = Args::parse();
+    println!("machine: {}", common::machine());
+    println!(
+        "rayon threads: {}, client threads: {}, candidates per request: {}\n",
+        rayon::current_num_threads(),
+        args.clients,
+        args.candidates
+    );
+    println!("| model | L | encoded p50 ms | encoded p99 ms | raw history p50 ms | raw history p99 ms | requests/s ({} clients, encoded) |", args.clients);
+    println!("|---|---|---|---|---|---|---|");
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for kind in &args.models {
+        for &l in &args.lens {
+            let m = model(kind, l);
+            let (hi, hc) = history(&mut rng, l);
+            let enc = m.encode_user(0, &hi, &hc).expect("encode");
+            let (ci, cc) = history(&mut rng, args.candidates);
+            let time = |f: &dyn Fn()| -> Vec<f64> {
+                for _ in 0..3 {
+                    f();
+                }
+                (0..args.requests)
+                    .map(|_| {
+                        let t = Instant::now();
+                        f();
+                        t.elapsed().as_secs_f64() * 1e3
+                    })
+                    .collect()
+            };
+            let encoded = percentiles(time(&|| {
+                std::hint::black_box(m.score_encoded(&enc, &ci, &cc).expect("score"));
+            }));
+            let raw = percentiles(time(&|| {
+                let e = m.encode_user(0, &hi, &hc).expect("encode");
+                std::hint::black_box(m.score_encoded(&e, &ci, &cc).expect("score"));
+            }));
+            // Throughput: `clients` threads each scoring back to back for ~2 s.
+            let t0 = Instant::now();
+            let per = (2.0 / (encoded.0 / 1e3)).ceil().max(5.0) as usize;
+            (0..args.clients).into_par_iter().for_each(|_| {
+                for _ in 0..per {
+                    std::hint::black_box(m.score_encoded(&enc, &ci, &cc).expect("score"));
+                }
+            });
+            let rps = (per * args.clients) as f64 / t0.elapsed().as_secs_f64();
+            println!(
+                "| {kind} | {l} | {:.3} | {:.3} | {:.3} | {:.3} | {rps:.0} |",
+                encoded.0, encoded.1, raw.0, raw.1
+            );
+        }
+    }
+    if args.encode_users > 0 {
+        println!("\n| model | users × L | users/s | behaviors/s |\n|---|---|---|---|");
+        for kind in &args.models {
+            let l = 1000;
+            let m = model(kind, l);
+            let users: Vec<(Vec<u32>, Vec<u32>)> = (0..args.encode_users)
+                .map(|_| history(&mut rng, l))
+                .collect();
+            let t0 = Instant::now();
+            users.par_iter().for_each(|(hi, hc)| {
+                std::hint::black_box(m.encode_user(0, hi, hc).expect("encode"));
+            });
+            let secs = t0.elapsed().as_secs_f64();
+            let n = args.encode_users as f64;
+            println!(
+                "| {kind} | {} × {l} | {:.0} | {:.3e} |",
+                args.encode_users,
+                n / secs,
+                n * l as f64 / secs
+            );
+        }
+    }
+    println!("\npeak RSS {:.0} MB", common::peak_rss_mb());
+}
