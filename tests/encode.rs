@@ -461,3 +461,117 @@ fn serving_bad_input_gets_a_named_error_and_the_scorer_keeps_working() {
     assert_eq!(scorer.num_users(), 120);
     assert_eq!(scorer.reload(&f.enc("eta")).unwrap(), 120);
 }
+
+/// `examples/serve.rs` over loopback: health, scoring, 404/400/413 answers, and
+/// `examples/load_test.rs` against it for a second without a single failed request.
+#[test]
+fn http_example_serves_and_survives_a_load_test() {
+    let f = fixture();
+    let examples = Path::new(env!("CARGO_BIN_EXE_lifelong"))
+        .parent()
+        .unwrap()
+        .join("examples");
+    let (serve, load) = (examples.join("serve"), examples.join("load_test"));
+    if !serve.is_file() || !load.is_file() {
+        panic!(
+            "build the examples first (cargo test builds them): {}",
+            serve.display()
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(&serve)
+        .args([
+            "--checkpoint",
+            s(&f.run("sdim")),
+            "--encodings",
+            s(&f.enc("sdim")),
+            "--addr",
+            &addr,
+            "--max-body",
+            "4096",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The server is killed however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(child);
+    fn request(addr: &str, raw: &str) -> String {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(raw.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    }
+    let post = |path: &str, body: &str| {
+        request(&addr, &format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()))
+    };
+    // Wait for the port.
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(t0.elapsed().as_secs() < 60, "the server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let health = request(
+        &addr,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.contains("\"users\":120"),
+        "{health}"
+    );
+    let ds = Dataset::open(&f.data).unwrap();
+    let uid = ds.vocab("user").unwrap().raw(2).unwrap();
+    let ok_resp = post(
+        "/score",
+        &format!(r#"{{"user": {uid}, "candidates": [1, 2, 3]}}"#),
+    );
+    assert!(
+        ok_resp.starts_with("HTTP/1.1 200") && ok_resp.contains("\"scores\":["),
+        "{ok_resp}"
+    );
+    assert!(post("/score", r#"{"user": -5, "candidates": [1]}"#).starts_with("HTTP/1.1 404"));
+    assert!(post("/score", "not json").starts_with("HTTP/1.1 400"));
+    assert!(post("/score", &"x".repeat(5000)).starts_with("HTTP/1.1 413"));
+    assert!(request(
+        &addr,
+        "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .starts_with("HTTP/1.1 404"));
+    let out = std::process::Command::new(&load)
+        .args([
+            "--url",
+            &format!("http://{addr}"),
+            "--encodings",
+            s(&f.enc("sdim")),
+            "--candidates",
+            "50",
+            "--seconds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "load test failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = text.lines().last().unwrap();
+    assert!(
+        row.trim_end().ends_with("| 0 |"),
+        "errors under load: {row}"
+    );
+}
