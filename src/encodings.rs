@@ -587,6 +587,74 @@ fn progress(n: u64, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// A [`ParquetSink`] on its own thread: batches are handed over (two in flight at most) so
+/// writing (zstd) overlaps the next batch's encoding.
+struct Writer {
+    tx: Option<std::sync::mpsc::SyncSender<Option<RecordBatch>>>,
+    handle: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Writer {
+    fn new(mut sink: ParquetSink) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<RecordBatch>>(2);
+        let handle = std::thread::spawn(move || {
+            for msg in rx {
+                match msg {
+                    Some(b) => sink.write(&b)?,
+                    None => return sink.finish(),
+                }
+            }
+            // Dropped without `finish` (an error upstream): the temporary file goes, the
+            // previous file stays.
+            Err(Error::InvalidArgument(
+                "encoding stopped before the end".into(),
+            ))
+        });
+        Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    fn write(&mut self, b: RecordBatch) -> Result<()> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(Some(b)).is_ok());
+        if sent {
+            Ok(())
+        } else {
+            // The writer stopped: its error says why.
+            self.join().and(Err(Error::InvalidArgument(
+                "the encodings writer stopped".into(),
+            )))
+        }
+    }
+
+    /// Closes the file (renamed into place) and returns the writer's error, if any.
+    fn finish(&mut self) -> Result<()> {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(None);
+        }
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<()> {
+        self.tx.take();
+        match self.handle.take() {
+            Some(h) => h.join().unwrap_or_else(|_| {
+                Err(Error::InvalidArgument(
+                    "the encodings writer panicked".into(),
+                ))
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.join(); // without `finish`: the file is abandoned, not committed
+    }
+}
+
 /// What `encode` did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EncodeSummary {
@@ -643,12 +711,12 @@ pub fn encode_dataset(
     let fingerprint = model_file::model_fingerprint(model)?;
     let schema = schema(&layout, users_vocab.is_string());
     let file = out.join(shard.file_name());
-    let mut sink = ParquetSink::create(
+    let mut sink = Writer::new(ParquetSink::create(
         &file,
         schema.clone(),
         &footer(&fingerprint, &layout, shard)?,
         USERS_PER_BATCH,
-    )?;
+    )?);
     let path = data.join("users.parquet");
     let pb = progress(meta.n_users.saturating_sub(2) as u64, "encode");
     if !show {
@@ -682,7 +750,7 @@ pub fn encode_dataset(
         behaviors += mine.iter().map(|m| m.2.len() as u64).sum::<u64>();
         users += encoded.len();
         if !encoded.is_empty() {
-            sink.write(&to_batch(&schema, &layout, &encoded)?)?;
+            sink.write(to_batch(&schema, &layout, &encoded)?)?;
         }
     }
     pb.finish_and_clear();
@@ -808,12 +876,12 @@ pub fn update(
     let pb = progress(0, "update");
     for (file, shard) in &parts {
         let target = out.join(shard.file_name());
-        let mut sink = ParquetSink::create(
+        let mut sink = Writer::new(ParquetSink::create(
             &target,
             schema.clone(),
             &footer(&fingerprint, &layout, *shard)?,
             USERS_PER_BATCH,
-        )?;
+        )?);
         read_part(file, &layout, |rows| {
             let todo: Vec<(EncodedUser, Option<NewEvents>)> = rows
                 .into_iter()
@@ -826,7 +894,7 @@ pub fn update(
             let done = fold_all(model, todo, file)?;
             users += done.len();
             pb.inc(done.len() as u64);
-            sink.write(&to_batch(&schema, &layout, &done)?)
+            sink.write(to_batch(&schema, &layout, &done)?)
         })?;
         // New users of this shard.
         let mine: Vec<RawId> = delta.keys().filter(|id| shard.owns(id)).cloned().collect();
@@ -852,7 +920,7 @@ pub fn update(
         let done = fold_all(model, fresh, events)?;
         users += done.len();
         if !done.is_empty() {
-            sink.write(&to_batch(&schema, &layout, &done)?)?;
+            sink.write(to_batch(&schema, &layout, &done)?)?;
         }
         sink.finish()?;
     }

@@ -132,7 +132,8 @@ fn combine(s: &[f32], d: usize, normalize: bool, a: &mut [f32], norms: &mut [f32
     u.iter_mut().for_each(|x| *x = 0.0);
     for q in 0..g {
         let sq = &s[q * d..(q + 1) * d];
-        let n = sq.iter().map(|x| x * x).sum::<f32>().sqrt();
+        // A lane-parallel dot (a sequential float sum would not vectorise).
+        let n = crate::cpu::dot(sq, sq).sqrt();
         norms[q] = n;
         let f = if !normalize {
             1.0
@@ -143,9 +144,10 @@ fn combine(s: &[f32], d: usize, normalize: bool, a: &mut [f32], norms: &mut [f32
         };
         let aq = &mut a[q * d..(q + 1) * d];
         aq.iter_mut().zip(sq).for_each(|(x, v)| *x = v * f);
+        let inv_g = 1.0 / g as f32;
         u.iter_mut()
             .zip(aq.iter())
-            .for_each(|(x, v)| *x += v / g as f32);
+            .for_each(|(x, v)| *x += v * inv_g);
     }
 }
 

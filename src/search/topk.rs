@@ -6,9 +6,12 @@
 //! - Scores: each entry becomes one `u64` key `(ordered score bits << 32) | position`, so a single
 //!   O(L) selection (`select_nth_unstable`) picks the k largest keys and the tie rule falls out of
 //!   the key; only the k winners are sorted. `-0.0` counts as `0.0`; NaN ranks below everything.
-//! - Hamming distances are small integers (0..=bits): a counting select finds the cut-off
-//!   distance in one pass, a second pass collects the winners, and distances are recomputed
-//!   rather than stored (nothing of size L is written).
+//! - Hamming distances are small integers (0..=bits): [`topk_hamming_codes`] writes them as one
+//!   byte per behavior (a vectorised XOR + popcount), finds the cut-off distance by a binary
+//!   search of vectorised counts, and collects the winners newest first, skipping 64-behavior
+//!   blocks without one. [`topk_hamming_row`] is the same select over any distance function.
+//! - Long score rows (L ≥ 64k) first take a threshold from every 16th score (its k-th best is at
+//!   most the row's), so one compare per score leaves about 16k keys to select from.
 //!
 //! `k ≥ L` returns every (unmasked) entry.
 
@@ -303,7 +306,7 @@ pub fn topk_rows(scores: &[f32], l: usize, mask: Option<&[u8]>, k: usize) -> (Ve
 }
 
 /// Row-wise Hamming top-k of `target [rows, words]` against `codes [rows, l, words]`: the CPU twin
-/// of the fused CUDA kernel (distances are never stored). Layout of the result as [`topk_rows`].
+/// of the fused CUDA kernel ([`topk_hamming_codes`] per row). Layout of the result as [`topk_rows`].
 pub fn topk_hamming_rows(
     target: &[u64],
     codes: &[u64],
@@ -321,17 +324,11 @@ pub fn topk_hamming_rows(
     idx.par_chunks_mut(k)
         .zip(count.par_iter_mut())
         .enumerate()
-        .for_each(|(r, (o, c))| {
+        .for_each_init(Vec::new, |scratch, (r, (o, c))| {
             let t = &target[r * words..(r + 1) * words];
             let row = &codes[r * l * words..(r + 1) * l * words];
             let mut v = Vec::with_capacity(k.min(l));
-            topk_hamming_row(
-                l,
-                max,
-                k,
-                |j| super::simhash::hamming(t, &row[j * words..(j + 1) * words]),
-                &mut v,
-            );
+            topk_hamming_codes(t, row, max, k, &mut v, scratch);
             o[..v.len()].copy_from_slice(&v);
             *c = v.len() as u32;
         });
