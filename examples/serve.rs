@@ -104,11 +104,28 @@ fn handle(
     }
 }
 
+/// A listening socket with TCP_NODELAY, which the accepted connections inherit: tiny_http writes
+/// a response in 1 KB pieces, and Nagle's algorithm with the client's delayed ACK would hold
+/// each later piece for 40 ms.
+fn listener(addr: &str) -> anyhow::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--addr {addr}: {e}"))?;
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let scorer = Scorer::open(&args.checkpoint, &args.encodings)?;
     let server = Arc::new(
-        Server::http(&args.addr).map_err(|e| anyhow::anyhow!("listening on {}: {e}", args.addr))?,
+        Server::from_listener(listener(&args.addr)?, None)
+            .map_err(|e| anyhow::anyhow!("listening on {}: {e}", args.addr))?,
     );
     eprintln!(
         "serving {} users of {} on http://{} with {} threads",

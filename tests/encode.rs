@@ -359,7 +359,11 @@ fn update_equals_encoding_the_extended_history() {
             &[&format!("user {uid}"), "older than the encoding"],
         );
         // The failed in-place update left every file as it was (atomic writes).
-        assert_eq!(read_all(&out_dir, &run), got, "{kind}: a failed update changed the encodings");
+        assert_eq!(
+            read_all(&out_dir, &run),
+            got,
+            "{kind}: a failed update changed the encodings"
+        );
     }
 }
 

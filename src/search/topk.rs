@@ -10,7 +10,7 @@
 //!   byte per behavior (a vectorised XOR + popcount), finds the cut-off distance by a binary
 //!   search of vectorised counts, and collects the winners newest first, skipping 64-behavior
 //!   blocks without one. [`topk_hamming_row`] is the same select over any distance function.
-//! - Long score rows (L ≥ 64k) first take a threshold from every 16th score (its k-th best is at
+//! - Long score rows (L ≥ 1024k) first take a threshold from every 16th score (its k-th best is at
 //!   most the row's), so one compare per score leaves about 16k keys to select from.
 //!
 //! `k ≥ L` returns every (unmasked) entry.
@@ -36,77 +36,63 @@ pub fn score_key(x: f32) -> u32 {
 /// Positions of the `k` largest `scores` among those with `mask[j] != 0` (all when `None`),
 /// best first, ties to the higher position, appended to `out`.
 ///
-/// One pass with a running threshold: a key enters a buffer only if it beats the k-th best seen
-/// so far, and the buffer is cut back to k (one `select_nth_unstable`) whenever it holds 4k, so
-/// for k ≪ L the pass is a compare per entry.
+/// Every candidate becomes a key and one `select_nth_unstable` picks the k largest. A long row
+/// without a mask (L ≥ 1024k) first takes a threshold from every 16th score: the k-th best of
+/// those is at most the row's k-th best, so only scores at or above it become keys (about 16k).
 pub fn topk_row(scores: &[f32], mask: Option<&[u8]>, k: usize, out: &mut Vec<u32>) {
     if k == 0 {
         return;
     }
-    let cap = 4 * k.max(16);
-    let mut keys: Vec<u64> = Vec::with_capacity(cap.min(scores.len()) + 1);
-    let mut thr = 0u64; // a key must exceed it (keys are unique: the position is in them)
-    let push = |keys: &mut Vec<u64>, thr: &mut u64, j: usize, s: f32| {
-        let key = ((score_key(s) as u64) << 32) | j as u64;
-        if key >= *thr {
-            keys.push(key);
-            if keys.len() == cap {
-                keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-                keys.truncate(k);
-                *thr = keys[k - 1] + 1;
-            }
-        }
-    };
-    match mask {
-        None if scores.len() >= 64 * k => {
-            // A threshold from every 8th score: the k-th best of them is at most the k-th best
-            // of all, so every winner scores at least it; one compare per score then leaves
-            // about 8k entries to select from.
-            let mut sample: Vec<f32> = scores
-                .iter()
-                .step_by(16)
-                .copied()
-                .filter(|x| !x.is_nan())
-                .collect();
-            if sample.len() < k {
-                for (j, &s) in scores.iter().enumerate() {
-                    push(&mut keys, &mut thr, j, s);
-                }
-            } else {
-                sample.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-                let t = sample[k - 1];
+    let key = |j: usize, s: f32| ((score_key(s) as u64) << 32) | j as u64;
+    let mut keys: Vec<u64> = match mask {
+        None if scores.len() >= 1024 * k => match sampled_threshold(scores, k) {
+            Some(t) => {
+                let mut keys = Vec::with_capacity(32 * k);
                 // 16 at a time: a chunk whose best score is below the threshold is skipped.
                 for (ci, chunk) in scores.chunks(16).enumerate() {
-                    if chunk
+                    // `if x > a` (not f32::max, whose NaN rule keeps it scalar) vectorises.
+                    let best = chunk
                         .iter()
-                        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a })
-                        < t
-                    {
+                        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+                    if best < t {
                         continue;
                     }
                     for (i, &s) in chunk.iter().enumerate() {
                         if s >= t {
-                            keys.push(((score_key(s) as u64) << 32) | (ci * 16 + i) as u64);
+                            keys.push(key(ci * 16 + i, s));
                         }
                     }
                 }
+                keys
             }
-        }
-        None => {
-            for (j, &s) in scores.iter().enumerate() {
-                push(&mut keys, &mut thr, j, s);
-            }
-        }
-        Some(m) => {
-            for (j, (&s, &m)) in scores.iter().zip(m).enumerate() {
-                if m != 0 {
-                    push(&mut keys, &mut thr, j, s);
-                }
-            }
-        }
-    }
+            None => scores.iter().enumerate().map(|(j, &s)| key(j, s)).collect(),
+        },
+        None => scores.iter().enumerate().map(|(j, &s)| key(j, s)).collect(),
+        Some(m) => scores
+            .iter()
+            .zip(m)
+            .enumerate()
+            .filter(|(_, (_, &m))| m != 0)
+            .map(|(j, (&s, _))| key(j, s))
+            .collect(),
+    };
     select_largest(&mut keys, k);
     out.extend(keys.iter().map(|&key| key as u32));
+}
+
+/// The k-th best of every 16th score (NaN left out), or `None` when there are fewer than k.
+fn sampled_threshold(scores: &[f32], k: usize) -> Option<f32> {
+    let mut sample: Vec<f32> = scores
+        .iter()
+        .step_by(16)
+        .copied()
+        .filter(|x| !x.is_nan())
+        .collect();
+    if sample.len() < k {
+        return None;
+    }
+    sample.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    Some(sample[k - 1])
 }
 
 /// [`topk_hamming_row`] over packed codes: the `k` codes of `codes [len, words]` nearest to `q
