@@ -545,6 +545,18 @@ pub fn parts(
     Ok(out)
 }
 
+/// [`read_part`] of a part file, or nothing for a part that does not exist yet.
+fn read_part_opt(
+    path: Option<&Path>,
+    layout: &EncodingLayout,
+    f: impl FnMut(Vec<EncodedUser>) -> Result<()>,
+) -> Result<()> {
+    match path {
+        Some(p) => read_part(p, layout, f),
+        None => Ok(()),
+    }
+}
+
 /// Every row of one part file, batch by batch.
 pub fn read_part(
     path: &Path,
@@ -861,13 +873,64 @@ pub fn update(
     cfg: &PrepareConfig,
     out: &Path,
 ) -> Result<UpdateSummary> {
+    let layout = mf.model.encoding_layout();
+    let fingerprint = model_file::model_fingerprint(&mf.model)?;
+    let parts = parts(dir, &fingerprint, &layout)?
+        .into_iter()
+        .map(|(f, s)| (Some(f), s))
+        .collect();
+    fold_into(mf, dir, parts, events, cfg, out, None)
+}
+
+/// Encodes the users of an event log (every behavior of theirs in it, chronological) with the
+/// vocabularies of the prepared dataset `data` (the checkpoint's: their fingerprint is
+/// checked), the users of `shard` only, into `out/part-…parquet`. For logs that were never
+/// prepared, e.g. a day's users in production.
+///
+/// # Errors
+/// As [`update`], and a dataset of other vocabularies.
+pub fn encode_events(
+    mf: &ModelFile,
+    data: &Path,
+    events: &Path,
+    cfg: &PrepareConfig,
+    out: &Path,
+    shard: Shard,
+) -> Result<UpdateSummary> {
+    if let Some(fp) = mf.metadata.get(model_file::KEY_VOCAB_FINGERPRINT) {
+        let here = model_file::vocab_fingerprint(data)?;
+        if &here != fp {
+            return Err(Error::InvalidArgument(format!(
+                "{}: vocabularies (fingerprint {here}) are not the ones {} was trained with ({fp})",
+                data.display(),
+                mf.file.display()
+            )));
+        }
+    }
+    fold_into(mf, data, vec![(None, shard)], events, cfg, out, Some(shard))
+}
+
+/// Folds the events into `parts` (a part without a file starts empty), writing each to `out`;
+/// with `only`, events of users outside that shard are left out.
+fn fold_into(
+    mf: &ModelFile,
+    vocab_dir: &Path,
+    parts: Vec<(Option<PathBuf>, Shard)>,
+    events: &Path,
+    cfg: &PrepareConfig,
+    out: &Path,
+    only: Option<Shard>,
+) -> Result<UpdateSummary> {
     let model = &mf.model;
     let layout = model.encoding_layout();
     let fingerprint = model_file::model_fingerprint(model)?;
-    let parts = parts(dir, &fingerprint, &layout)?;
+    let dir = vocab_dir;
     let vocab = |f: &str| Vocab::read(&dir.join("vocab").join(format!("{f}.parquet")));
     let (users_vocab, items_vocab, cates_vocab) = (vocab("user")?, vocab("item")?, vocab("cate")?);
     let mut delta = read_delta(events, cfg, &items_vocab, &cates_vocab)?;
+    if let Some(sh) = only {
+        delta.retain(|id, _| sh.owns(id));
+    }
     let n_events: usize = delta.values().map(Vec::len).sum();
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     copy_vocab(dir, out)?;
@@ -882,7 +945,9 @@ pub fn update(
             &footer(&fingerprint, &layout, *shard)?,
             USERS_PER_BATCH,
         )?);
-        read_part(file, &layout, |rows| {
+        // Errors name the part file, or the event log for a part that starts empty.
+        let name = file.clone().unwrap_or_else(|| events.to_path_buf());
+        read_part_opt(file.as_deref(), &layout, |rows| {
             let todo: Vec<(EncodedUser, Option<NewEvents>)> = rows
                 .into_iter()
                 .map(|r| {
@@ -891,7 +956,7 @@ pub fn update(
                 })
                 .collect();
             updated += todo.iter().filter(|t| t.1.is_some()).count();
-            let done = fold_all(model, todo, file)?;
+            let done = fold_all(model, todo, &name)?;
             users += done.len();
             pb.inc(done.len() as u64);
             sink.write(to_batch(&schema, &layout, &done)?)

@@ -166,13 +166,15 @@ enum Command {
         predictions: Option<PathBuf>,
     },
     /// Precompute every user's sequence encoding (SDIM's bucket sums, the search's SimHash
-    /// codes, the recent window) for serving: from a prepared dataset (`--data`), or fold new
-    /// events into existing encodings (`--update DIR --events LOG`).
+    /// codes, the recent window) for serving: from a prepared dataset (`--data`), from an event
+    /// log with a dataset's vocabularies (`--data DIR --events LOG`), or fold new events into
+    /// existing encodings (`--update DIR --events LOG`).
     Encode {
         /// Run directory (its best checkpoint) or a checkpoint file.
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Prepared dataset whose users to encode.
+        /// Prepared dataset whose users to encode (with `--events`: whose vocabularies to use
+        /// for the users of that log instead).
         #[arg(long, required_unless_present = "update", conflicts_with = "update")]
         data: Option<PathBuf>,
         /// Encodings directory to write (for `--update`: default the updated directory itself,
@@ -186,7 +188,8 @@ enum Command {
         /// Existing encodings directory to fold `--events` into.
         #[arg(long, requires = "events")]
         update: Option<PathBuf>,
-        /// New events (an event log as `prepare` reads it) for `--update`.
+        /// An event log (as `prepare` reads it): the new events for `--update`, or with `--data`
+        /// the users to encode from their behaviors in it.
         #[arg(long)]
         events: Option<PathBuf>,
         #[command(flatten)]
@@ -349,7 +352,7 @@ fn encode_cmd(
     let mf = ModelFile::open(checkpoint, &candle_core::Device::Cpu)?;
     let t0 = std::time::Instant::now();
     match (data, update, events) {
-        (Some(data), None, _) => {
+        (Some(data), None, None) => {
             let out = out.context("--out is required")?;
             let shard = encodings::Shard::parse(shard)?;
             let s = encodings::encode_dataset(&mf, &data, &out, shard, true)
@@ -362,6 +365,21 @@ fn encode_cmd(
                 s.file.display(),
                 s.users as f64 / secs,
                 s.behaviors as f64 / secs
+            );
+        }
+        (Some(data), None, Some(events)) => {
+            let out = out.context("--out is required")?;
+            let shard = encodings::Shard::parse(shard)?;
+            let s = encodings::encode_events(&mf, &data, &events, &log.config()?, &out, shard)
+                .with_context(|| format!("encoding the users of {}", events.display()))?;
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "encoded {} users ({} events) of {} into {} in {secs:.1} s: {:.0} events/s",
+                s.users,
+                s.events,
+                events.display(),
+                out.display(),
+                s.events as f64 / secs
             );
         }
         (None, Some(dir), Some(events)) => {

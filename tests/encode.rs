@@ -581,3 +581,53 @@ fn http_example_serves_and_survives_a_load_test() {
         "errors under load: {row}"
     );
 }
+
+/// `encode --data DIR --events LOG` (users straight from an event log, the dataset's
+/// vocabularies) gives the encodings `encode --data DIR` gives from the prepared histories.
+#[test]
+fn encoding_from_the_event_log_equals_encoding_the_prepared_histories() {
+    let f = fixture();
+    let events = f.root.join("events").join("events.parquet");
+    for kind in ["sdim", "eta"] {
+        let run = f.run(kind);
+        let dir = f.root.join(format!("enc_{kind}_from_log"));
+        for shard in ["0/2", "1/2"] {
+            let out = ok(
+                &f.root,
+                &[
+                    "encode",
+                    "--checkpoint",
+                    s(&run),
+                    "--data",
+                    s(&f.data),
+                    "--events",
+                    s(&events),
+                    "--out",
+                    s(&dir),
+                    "--shard",
+                    shard,
+                ],
+            );
+            assert!(out.contains("encoded"), "{out}");
+        }
+        let want = read_all(&f.enc(kind), &run);
+        let got = read_all(&dir, &run);
+        assert_eq!(got.len(), want.len(), "{kind}");
+        for (id, w) in &want {
+            let g = &got[id];
+            assert_eq!(
+                (&g.enc.items, &g.enc.cates, &g.enc.codes, g.last_ts),
+                (&w.enc.items, &w.enc.cates, &w.enc.codes, w.last_ts),
+                "{kind} user {id}"
+            );
+            for (a, b) in g.enc.buckets.iter().zip(&w.enc.buckets) {
+                let d = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-5, "{kind} user {id}: buckets differ by {d}");
+            }
+        }
+    }
+}
