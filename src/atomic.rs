@@ -15,6 +15,21 @@ pub fn atomic_write<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut dyn Write) -> Result<()>,
 {
+    let tmp = temp_beside(path)?;
+    {
+        let mut w = BufWriter::new(tmp.as_file());
+        write(&mut w)?;
+        w.flush().map_err(|e| Error::io(path, e))?;
+    }
+    commit(tmp, path)
+}
+
+/// A temporary file (mode 0644, name `.tmp-…`) in `path`'s directory, deleted when dropped
+/// unless [`commit`]ted.
+///
+/// # Errors
+/// [`Error::Io`] naming `path` when the directory is not writable.
+pub(crate) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -27,15 +42,21 @@ where
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(std::fs::Permissions::from_mode(0o644));
     }
-    let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(path, e))?;
-    {
-        let mut w = BufWriter::new(tmp.as_file());
-        write(&mut w)?;
-        w.flush().map_err(|e| Error::io(path, e))?;
-    }
+    builder.tempfile_in(dir).map_err(|e| Error::io(path, e))
+}
+
+/// Syncs a written temporary file and renames it over `path` (then syncs the directory).
+///
+/// # Errors
+/// [`Error::Io`] naming `path`.
+pub(crate) fn commit(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     // Make the rename itself durable.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

@@ -667,6 +667,21 @@ impl Drop for Writer {
     }
 }
 
+/// Refuses a prepared dataset whose vocabularies are not the checkpoint's (their fingerprint).
+fn check_vocabularies(mf: &ModelFile, data: &Path) -> Result<()> {
+    if let Some(fp) = mf.metadata.get(model_file::KEY_VOCAB_FINGERPRINT) {
+        let here = model_file::vocab_fingerprint(data)?;
+        if &here != fp {
+            return Err(Error::InvalidArgument(format!(
+                "{}: vocabularies (fingerprint {here}) are not the ones {} was trained with ({fp})",
+                data.display(),
+                mf.file.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What `encode` did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EncodeSummary {
@@ -706,16 +721,7 @@ pub fn encode_dataset(
             )));
         }
     }
-    if let Some(fp) = mf.metadata.get(model_file::KEY_VOCAB_FINGERPRINT) {
-        let here = model_file::vocab_fingerprint(data)?;
-        if &here != fp {
-            return Err(Error::InvalidArgument(format!(
-                "{}: vocabularies (fingerprint {here}) are not the ones {} was trained with ({fp})",
-                data.display(),
-                mf.file.display()
-            )));
-        }
-    }
+    check_vocabularies(mf, data)?;
     let users_vocab = Vocab::read(&data.join("vocab").join("user.parquet"))?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     copy_vocab(data, out)?;
@@ -897,16 +903,7 @@ pub fn encode_events(
     out: &Path,
     shard: Shard,
 ) -> Result<UpdateSummary> {
-    if let Some(fp) = mf.metadata.get(model_file::KEY_VOCAB_FINGERPRINT) {
-        let here = model_file::vocab_fingerprint(data)?;
-        if &here != fp {
-            return Err(Error::InvalidArgument(format!(
-                "{}: vocabularies (fingerprint {here}) are not the ones {} was trained with ({fp})",
-                data.display(),
-                mf.file.display()
-            )));
-        }
-    }
+    check_vocabularies(mf, data)?;
     fold_into(mf, data, vec![(None, shard)], events, cfg, out, Some(shard))
 }
 
@@ -1041,22 +1038,9 @@ fn read_delta(
     items: &Vocab,
     cates: &Vocab,
 ) -> Result<HashMap<RawId, NewEvents>> {
-    use crate::data::io::{Column, ColumnSpec, Kind};
-    let c = &cfg.columns;
-    let mut specs = vec![
-        ColumnSpec::new(&c.user, Kind::RawId),
-        ColumnSpec::new(&c.item, Kind::RawId),
-        ColumnSpec::new(&c.cate, Kind::RawId),
-        ColumnSpec::new(&c.ts, Kind::Timestamp),
-    ];
-    if !c.label.is_empty() {
-        specs.push(ColumnSpec::optional(&c.label, Kind::Label));
-    }
-    let mut t = if crate::data::csv::is_csv(events) {
-        crate::data::csv::read_csv_table(events, &specs, &cfg.csv)?
-    } else {
-        io::read_table(events, &specs)?
-    };
+    use crate::data::io::Column;
+    let specs = crate::data::prepare::event_specs(&cfg.columns);
+    let mut t = crate::data::prepare::read_events(events, &specs, cfg)?;
     let raw = |c: Option<Column>| {
         c.and_then(Column::into_raw_ids)
             .unwrap_or(io::RawIds::Int(Vec::new()))

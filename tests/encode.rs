@@ -4,6 +4,7 @@
 //! user, no candidates, malformed requests, encodings of other weights, truncated files).
 
 use crate::cli::{fails, ok, prepare, s, synth, write_log};
+use crate::common::assert_same_encoding;
 use lifelong::data::{Dataset, Impressions, RawId, UNKNOWN};
 use lifelong::encodings::{self, EncodedUser};
 use lifelong::model_file::ModelFile;
@@ -314,20 +315,7 @@ fn update_equals_encoding_the_extended_history() {
                 hc.push(c);
             }
             let want = mf.model.encode_user(u, &hi, &hc).unwrap();
-            let e = &row.enc;
-            assert_eq!(
-                (&e.items, &e.cates, &e.codes),
-                (&want.items, &want.cates, &want.codes),
-                "{kind} user {id}"
-            );
-            for (a, b) in e.buckets.iter().zip(&want.buckets) {
-                let d = a
-                    .iter()
-                    .zip(b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
-                assert!(d < 1e-5, "{kind} user {id}: buckets differ by {d}");
-            }
+            assert_same_encoding(&format!("{kind} user {id}"), &row.enc, &want);
             checked += expect_new.contains_key(id) as usize;
         }
         assert_eq!(checked, 39, "{kind}");
@@ -615,19 +603,8 @@ fn encoding_from_the_event_log_equals_encoding_the_prepared_histories() {
         assert_eq!(got.len(), want.len(), "{kind}");
         for (id, w) in &want {
             let g = &got[id];
-            assert_eq!(
-                (&g.enc.items, &g.enc.cates, &g.enc.codes, g.last_ts),
-                (&w.enc.items, &w.enc.cates, &w.enc.codes, w.last_ts),
-                "{kind} user {id}"
-            );
-            for (a, b) in g.enc.buckets.iter().zip(&w.enc.buckets) {
-                let d = a
-                    .iter()
-                    .zip(b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
-                assert!(d < 1e-5, "{kind} user {id}: buckets differ by {d}");
-            }
+            assert_eq!(g.last_ts, w.last_ts, "{kind} user {id}");
+            assert_same_encoding(&format!("{kind} user {id}"), &g.enc, &w.enc);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! batch of the same candidates with the user's history, and an encoding extended behavior by
 //! behavior equals the encoding of the whole history.
 
-use crate::common::{tiny_config, tiny_data, TINY_VOCAB};
+use crate::common::{assert_same_encoding, tiny_config, tiny_data, TINY_VOCAB};
 use candle_core::Device;
 use lifelong::config::{Config, Preset};
 use lifelong::data::batcher::collate;
@@ -117,17 +117,7 @@ fn extending_an_encoding_equals_encoding_the_whole_history() {
                 }
                 for (how, e) in [("once", &once), ("stepwise", &step)] {
                     let ctx = format!("{name} user {u} split {split} {how}");
-                    assert_eq!((&e.items, &e.cates), (&full.items, &full.cates), "{ctx}");
-                    assert_eq!(e.codes, full.codes, "{ctx}: codes");
-                    for (a, b) in e.buckets.iter().zip(&full.buckets) {
-                        assert_eq!(a.len(), b.len(), "{ctx}");
-                        let d = a
-                            .iter()
-                            .zip(b)
-                            .map(|(x, y)| (x - y).abs())
-                            .fold(0f32, f32::max);
-                        assert!(d < 1e-5, "{ctx}: buckets differ by {d}");
-                    }
+                    assert_same_encoding(&ctx, e, &full);
                 }
             }
         }

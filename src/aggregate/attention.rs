@@ -240,16 +240,8 @@ impl TargetAttention {
             return self.with_product(z, target_v);
         }
         let (kp, vp) = self.project(keys, values)?;
-        let (q, scale) = match &self.proj {
-            None => {
-                let s = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
-                (target_k.broadcast_mul(&s)?, 1.0)
-            }
-            Some(p) => {
-                let dh = (self.dim / self.heads) as f64;
-                (linear(target_k, p.wq.as_tensor())?, 1.0 / dh.sqrt())
-            }
-        };
+        let (q, scale) = self.scaled_query(target_k)?;
+        let scale = scale as f64;
         let h = self.heads;
         let split = |x: &Tensor, rows: usize| -> Result<Tensor> {
             let w = x.dim(1)? / h;
@@ -284,16 +276,7 @@ impl TargetAttention {
     ) -> Result<Tensor> {
         use rayon::prelude::*;
         let b = rows.len();
-        let (q, scale) = match &self.proj {
-            None => {
-                let s = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
-                (target_k.broadcast_mul(&s)?, 1.0f32)
-            }
-            Some(p) => {
-                let dh = (self.dim / self.heads) as f32;
-                (linear(target_k, p.wq.as_tensor())?, 1.0 / dh.sqrt())
-            }
-        };
+        let (q, scale) = self.scaled_query(target_k)?;
         let (dq, dv) = (q.dim(1)?, vp.dim(1)?);
         let (h, l) = (self.heads, kp.dim(0)?);
         let (dh, dvh) = (dq / h, dv / h);
@@ -336,6 +319,20 @@ impl TargetAttention {
             Some(p) => linear(&o, p.wo.as_tensor())?,
         };
         self.with_product(out, target_v)
+    }
+
+    /// The query and the score scale: `(W_q t, 1/√d_h)`, or `(t ⊙ scale, 1)` without projections.
+    fn scaled_query(&self, target_k: &Tensor) -> Result<(Tensor, f32)> {
+        Ok(match &self.proj {
+            None => {
+                let s = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
+                (target_k.broadcast_mul(&s)?, 1.0)
+            }
+            Some(p) => {
+                let dh = (self.dim / self.heads) as f32;
+                (linear(target_k, p.wq.as_tensor())?, 1.0 / dh.sqrt())
+            }
+        })
     }
 
     fn with_product(&self, out: Tensor, target_v: &Tensor) -> Result<Tensor> {

@@ -1199,18 +1199,7 @@ impl ParquetSink {
         metadata: &[(String, String)],
         row_group_rows: usize,
     ) -> Result<Self> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(".tmp-");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            builder.permissions(std::fs::Permissions::from_mode(0o644));
-        }
-        let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(path, e))?;
+        let tmp = crate::atomic::temp_beside(path)?;
         let file = tmp.as_file().try_clone().map_err(|e| Error::io(path, e))?;
         let kv = metadata
             .iter()
@@ -1252,17 +1241,7 @@ impl ParquetSink {
             .into_inner()
             .map_err(|e| Error::corrupt(&path, format!("writing parquet: {e}")))?;
         std::io::Write::flush(&mut w).map_err(|e| Error::io(&path, e))?;
-        self.tmp
-            .as_file()
-            .sync_all()
-            .map_err(|e| Error::io(&path, e))?;
-        self.tmp
-            .persist(&path)
-            .map_err(|e| Error::io(&path, e.error))?;
-        if let Some(d) = path.parent().and_then(|d| File::open(d).ok()) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::atomic::commit(self.tmp, &path)
     }
 }
 

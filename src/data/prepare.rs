@@ -203,6 +203,35 @@ struct Shared<'a> {
     seed: u64,
 }
 
+/// The columns of an event log: user, item, category (raw ids), timestamp, and the optional label
+/// (in this order).
+pub(crate) fn event_specs(c: &ColumnNames) -> Vec<ColumnSpec> {
+    let mut specs = vec![
+        ColumnSpec::new(&c.user, Kind::RawId),
+        ColumnSpec::new(&c.item, Kind::RawId),
+        ColumnSpec::new(&c.cate, Kind::RawId),
+        ColumnSpec::new(&c.ts, Kind::Timestamp),
+    ];
+    if !c.label.is_empty() {
+        specs.push(ColumnSpec::optional(&c.label, Kind::Label));
+    }
+    specs
+}
+
+/// Reads the `specs` columns of an event log: CSV (a `.csv` file or a directory of them) or
+/// parquet.
+pub(crate) fn read_events(
+    events: &Path,
+    specs: &[ColumnSpec],
+    cfg: &PrepareConfig,
+) -> Result<io::Table> {
+    if is_csv(events) {
+        read_csv_table(events, specs, &cfg.csv)
+    } else {
+        io::read_table(events, specs)
+    }
+}
+
 /// Reads the event log at `events` (a parquet file, or a directory: every `*.parquet` under it)
 /// and writes a prepared dataset into `out` (created if needed; files already there are
 /// replaced one by one, atomically, `meta.json` last).
@@ -217,26 +246,14 @@ pub fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<Prepare
         return Err(Error::Config("prepare: stride must be at least 1".into()));
     }
     let c = &cfg.columns;
-    let mut specs = vec![
-        ColumnSpec::new(&c.user, Kind::RawId),
-        ColumnSpec::new(&c.item, Kind::RawId),
-        ColumnSpec::new(&c.cate, Kind::RawId),
-        ColumnSpec::new(&c.ts, Kind::Timestamp),
-    ];
-    if !c.label.is_empty() {
-        specs.push(ColumnSpec::optional(&c.label, Kind::Label));
-    }
+    let mut specs = event_specs(c);
     let keep_first = specs.len();
     specs.extend(
         cfg.keep
             .iter()
             .map(|(col, _)| ColumnSpec::new(col, Kind::RawId)),
     );
-    let mut table = if is_csv(events) {
-        read_csv_table(events, &specs, &cfg.csv)?
-    } else {
-        io::read_table(events, &specs)?
-    };
+    let mut table = read_events(events, &specs, cfg)?;
     let rows_read = table.num_rows();
     let mask = keep_mask(&mut table, keep_first, &cfg.keep);
     let n = mask

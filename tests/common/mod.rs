@@ -268,3 +268,28 @@ pub fn gradient_check(model: &CtrModel, batch: &Batch, atol: f64) -> (usize, f64
     }
     (checked, biggest)
 }
+
+/// Asserts two encodings are the same: ids and codes exactly, bucket sums within 1e-5 (sums
+/// folded in another order round differently).
+pub fn assert_same_encoding(
+    ctx: &str,
+    got: &lifelong::model::UserEncoding,
+    want: &lifelong::model::UserEncoding,
+) {
+    assert_eq!(
+        (got.user, &got.items, &got.cates),
+        (want.user, &want.items, &want.cates),
+        "{ctx}: ids"
+    );
+    assert_eq!(got.codes, want.codes, "{ctx}: codes");
+    assert_eq!(got.buckets.len(), want.buckets.len(), "{ctx}");
+    for (a, b) in got.buckets.iter().zip(&want.buckets) {
+        assert_eq!(a.len(), b.len(), "{ctx}");
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "{ctx}: buckets differ by {d}");
+    }
+}
