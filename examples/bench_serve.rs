@@ -44,6 +44,10 @@ struct Args {
     /// Client threads scoring side by side (throughput).
     #[arg(long, default_value_t = 1)]
     clients: usize,
+    /// Also time the eval path (`CtrModel::predict` on a batch of the candidates, each with its
+    /// own copy of the history: no encoding, nothing shared) for L up to this (0: skip).
+    #[arg(long, default_value_t = 10_000)]
+    eval_path_up_to: usize,
     /// Users encoded for the encoding throughput (0: skip).
     #[arg(long, default_value_t = 2000)]
     encode_users: usize,
@@ -95,8 +99,8 @@ fn main() {
         args.clients,
         args.candidates
     );
-    println!("| model | L | encoded p50 ms | encoded p99 ms | raw history p50 ms | raw history p99 ms | requests/s ({} clients, encoded) |", args.clients);
-    println!("|---|---|---|---|---|---|---|");
+    println!("| model | L | encoded p50 ms | encoded p99 ms | raw history p50 ms | raw history p99 ms | eval path p50 ms | requests/s ({} clients, encoded) |", args.clients);
+    println!("|---|---|---|---|---|---|---|---|");
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for kind in &args.models {
         for &l in &args.lens {
@@ -123,6 +127,21 @@ fn main() {
                 let e = m.encode_user(0, &hi, &hc).expect("encode");
                 std::hint::black_box(m.score_encoded(&e, &ci, &cc).expect("score"));
             }));
+            let eval_path = if l <= args.eval_path_up_to {
+                let hist = vec![(&hi[..], &hc[..]); ci.len()];
+                let batch =
+                    lifelong::data::Batch::from_samples(&vec![0; ci.len()], &ci, &cc, &hist);
+                let runs: Vec<f64> = (0..3)
+                    .map(|_| {
+                        let t = Instant::now();
+                        std::hint::black_box(m.predict(&batch).expect("predict"));
+                        t.elapsed().as_secs_f64() * 1e3
+                    })
+                    .collect();
+                format!("{:.1}", percentiles(runs).0)
+            } else {
+                "–".to_string()
+            };
             // Throughput: `clients` threads each scoring back to back for ~2 s.
             let t0 = Instant::now();
             let per = (2.0 / (encoded.0 / 1e3)).ceil().max(5.0) as usize;
@@ -133,7 +152,7 @@ fn main() {
             });
             let rps = (per * args.clients) as f64 / t0.elapsed().as_secs_f64();
             println!(
-                "| {kind} | {l} | {:.3} | {:.3} | {:.3} | {:.3} | {rps:.0} |",
+                "| {kind} | {l} | {:.3} | {:.3} | {:.3} | {:.3} | {eval_path} | {rps:.0} |",
                 encoded.0, encoded.1, raw.0, raw.1
             );
         }
