@@ -403,15 +403,32 @@ impl CtrModel {
             cates,
             &vec![(&[][..], &[][..]); c],
         );
-        let tokens = |view: View| -> Result<Tensor> {
-            let v = t.view(view);
-            Ok(Tensor::from_vec(
-                search::target_tokens(t, v, &cand)?,
-                (c, v.width),
-                dev,
-            )?)
-        };
         let (hi, hc) = (&enc.items[..], &enc.cates[..]);
+        // The candidates' tokens `[C, w]` and the window's `[L, w]` of each view, gathered once
+        // per request (views over the same tables share one gather) and read by every part.
+        type Cache = std::cell::RefCell<Vec<(ViewSpec, Tensor)>>;
+        let (target_cache, window_cache): (Cache, Cache) = Default::default();
+        let cached = |cache: &Cache, view: View, make: &dyn Fn(&ViewSpec) -> Result<Tensor>| {
+            let v = t.view(view);
+            if let Some((_, x)) = cache.borrow().iter().find(|(s, _)| s == v) {
+                return Ok(x.clone());
+            }
+            let x = make(v)?;
+            cache.borrow_mut().push((v.clone(), x.clone()));
+            Ok::<Tensor, Error>(x)
+        };
+        let tokens = |view: View| {
+            cached(&target_cache, view, &|v| {
+                let x = search::target_tokens(t, v, &cand)?;
+                Ok(Tensor::from_vec(x, (c, v.width), dev)?)
+            })
+        };
+        let window = |view: View| {
+            cached(&window_cache, view, &|v| {
+                let x = self.window_tokens(v, hi, hc, 0..l)?;
+                Ok(Tensor::from_vec(x, (l, v.width), dev)?)
+            })
+        };
         let retrieved: Option<Vec<Vec<u32>>> = match &self.search {
             SearchUnit::None => None,
             SearchUnit::Hamming { proj, k, view } => {
@@ -442,7 +459,7 @@ impl CtrModel {
                     .to_vec1::<f32>()?;
                 // The window's tokens transposed, once per request; scores 64 candidates at a time.
                 let w = v.width;
-                let e = self.window_tokens(v, hi, hc, 0..l)?;
+                let e = window(*view)?.flatten_all()?.to_vec1::<f32>()?;
                 let mut et = vec![0f32; w * l];
                 for (j, row) in e.chunks_exact(w).enumerate() {
                     for (c, &x) in row.iter().enumerate() {
@@ -516,9 +533,13 @@ impl CtrModel {
                             lens.push(r.len() as u32);
                             rows.extend(r);
                         }
-                        let seq = self.window_tokens(v, hi, hc, rows.iter().copied())?;
                         let n = rows.len();
-                        let seq = Tensor::from_vec(seq, (n, v.width), dev)?;
+                        let idx: Vec<u32> = rows.iter().map(|&j| j as u32).collect();
+                        let seq = if n == 0 {
+                            Tensor::zeros((0, v.width), candle_core::DType::F32, dev)?
+                        } else {
+                            window(*view)?.index_select(&Tensor::from_vec(idx, n, dev)?, 0)?
+                        };
                         let tb = tt.narrow(0, start, end - start)?;
                         let packed = crate::aggregate::Packed::from_lens(&lens);
                         parts.push(unit.forward_t(&tb, &seq, &packed, false)?);
@@ -542,14 +563,8 @@ impl CtrModel {
                     match &shared {
                         Some(r) => {
                             let m = r.len();
-                            let kk = self.window_tokens(vk, hi, hc, r.clone())?;
-                            let kk = Tensor::from_vec(kk, (m, vk.width), dev)?;
-                            let vals = if keys == values {
-                                kk.clone()
-                            } else {
-                                let x = self.window_tokens(vv, hi, hc, r.clone())?;
-                                Tensor::from_vec(x, (m, vv.width), dev)?
-                            };
+                            let kk = window(*keys)?.narrow(0, r.start, m)?;
+                            let vals = window(*values)?.narrow(0, r.start, m)?;
                             unit.forward_shared(&tk, &kk, &vals, &tv)?
                         }
                         None => {
@@ -565,14 +580,7 @@ impl CtrModel {
                                 unit.forward_shared(&tk, &none, &nonev, &tv)?
                             } else {
                                 // Project the user's window once; each candidate reads its rows.
-                                let kk = self.window_tokens(vk, hi, hc, 0..l)?;
-                                let kk = Tensor::from_vec(kk, (l, vk.width), dev)?;
-                                let vals = if keys == values {
-                                    kk.clone()
-                                } else {
-                                    let x = self.window_tokens(vv, hi, hc, 0..l)?;
-                                    Tensor::from_vec(x, (l, vv.width), dev)?
-                                };
+                                let (kk, vals) = (window(*keys)?, window(*values)?);
                                 let (kp, vp) = unit.project(&kk, &vals)?;
                                 unit.forward_indexed(&tk, &kp, &vp, ret, &tv)?
                             }
