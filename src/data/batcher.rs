@@ -146,8 +146,9 @@ impl Batch {
 }
 
 impl Batch {
-    /// A batch of explicit samples (serving and encoding): targets, and each sample's history
-    /// as `(items, cates)`, oldest first, already cut to the model's `max_len`. Labels are 0.
+    /// A batch of explicit samples: targets, and each sample's history as `(items, cates)`,
+    /// oldest first, already cut to the model's `max_len` (positions: newest = 1). Labels are 0
+    /// and rows `0..B`; [`collate`] builds on it, serving and encoding call it directly.
     pub fn from_samples(
         user: &[u32],
         target_item: &[u32],
@@ -155,10 +156,15 @@ impl Batch {
         histories: &[(&[u32], &[u32])],
     ) -> Batch {
         let b = target_item.len();
+        let n: usize = histories.iter().map(|h| h.0.len()).sum();
         let mut offsets = Vec::with_capacity(b + 1);
         offsets.push(0usize);
-        let (mut hist_item, mut hist_cate, mut hist_pos, mut seg) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut hist_item, mut hist_cate, mut hist_pos, mut seg) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         let mut seq_lens = Vec::with_capacity(b);
         for (i, (items, cates)) in histories.iter().enumerate() {
             let k = items.len();
@@ -196,43 +202,27 @@ pub fn collate(
     max_len: usize,
     full_ids: bool,
 ) -> Batch {
-    let b = rows.len();
-    let lens: Vec<u32> = rows
+    // Each row's history: the last min(seq_len, max_len) of its user's first seq_len behaviors.
+    let histories: Vec<(&[u32], &[u32])> = rows
         .iter()
-        .map(|&r| imp.seq_len[r as usize].min(max_len as u32))
+        .map(|&r| {
+            let r = r as usize;
+            let (items, cates) = hist.get(imp.user[r]);
+            let end = imp.seq_len[r] as usize;
+            let start = end - end.min(max_len);
+            (&items[start..end], &cates[start..end])
+        })
         .collect();
-    let len = lens.iter().copied().max().unwrap_or(0) as usize;
-    let mut offsets = Vec::with_capacity(b + 1);
-    offsets.push(0usize);
-    for &k in &lens {
-        offsets.push(offsets[offsets.len() - 1] + k as usize);
-    }
-    let n = offsets[b];
-    let mut hist_item = Vec::with_capacity(n);
-    let mut hist_cate = Vec::with_capacity(n);
-    let mut hist_pos = Vec::with_capacity(n);
-    let mut seg = Vec::with_capacity(n);
-    let (mut target_item, mut target_cate, mut label, mut user) = (
-        Vec::with_capacity(b),
-        Vec::with_capacity(b),
-        Vec::with_capacity(b),
-        Vec::with_capacity(b),
+    let pick = |v: &[u32]| -> Vec<u32> { rows.iter().map(|&r| v[r as usize]).collect() };
+    let mut batch = Batch::from_samples(
+        &pick(&imp.user),
+        &pick(&imp.item),
+        &pick(&imp.cate),
+        &histories,
     );
-    for (i, (&r, &k)) in rows.iter().zip(&lens).enumerate() {
-        let r = r as usize;
-        target_item.push(imp.item[r]);
-        target_cate.push(imp.cate[r]);
-        label.push(imp.label[r]);
-        user.push(imp.user[r]);
-        let (items, cates) = hist.get(imp.user[r]);
-        let end = imp.seq_len[r] as usize;
-        let start = end - k as usize;
-        hist_item.extend_from_slice(&items[start..end]);
-        hist_cate.extend_from_slice(&cates[start..end]);
-        hist_pos.extend((1..=k).rev());
-        seg.extend(std::iter::repeat_n(i as u32, k as usize));
-    }
-    let full = full_ids.then(|| {
+    batch.rows = rows.to_vec();
+    batch.label = rows.iter().map(|&r| imp.label[r as usize]).collect();
+    if full_ids {
         let cat = |t: &[u32], h: &[u32]| {
             let mut v = Vec::with_capacity(t.len() + h.len());
             v.extend_from_slice(t);
@@ -240,26 +230,12 @@ pub fn collate(
             v
         };
         let (item, cate) = rayon::join(
-            || unique_remap(&cat(&target_item, &hist_item)),
-            || unique_remap(&cat(&target_cate, &hist_cate)),
+            || unique_remap(&cat(&batch.target_item, &batch.hist_item)),
+            || unique_remap(&cat(&batch.target_cate, &batch.hist_cate)),
         );
-        FullIds { item, cate }
-    });
-    Batch {
-        rows: rows.to_vec(),
-        len,
-        label,
-        user,
-        target_item,
-        target_cate,
-        seq_lens: lens,
-        offsets: Arc::new(offsets),
-        hist_item,
-        hist_cate,
-        hist_pos,
-        seg,
-        full,
+        batch.full = Some(FullIds { item, cate });
     }
+    batch
 }
 
 /// Produces the batches of one split, shuffled per epoch, collated ahead of the consumer.
