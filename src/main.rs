@@ -126,6 +126,15 @@ enum Command {
         /// `--keep behavior_type=pv`.
         #[arg(long, value_name = "COLUMN=VALUE", value_parser = parse_keep)]
         keep: Vec<(String, String)>,
+        /// Memory budget (bytes, or with a K/M/G suffix, powers of 1024): a log larger than
+        /// this is spilled to scratch files and built in partitions of users that fit. The
+        /// output does not depend on it.
+        #[arg(long, default_value = "2G", value_parser = parse_bytes)]
+        memory_budget: u64,
+        /// Scratch directory for spilled rows (default: a temporary directory inside --out,
+        /// removed when done). Needs about 21 bytes per event, twice, when the log does not fit.
+        #[arg(long)]
+        scratch: Option<PathBuf>,
     },
     /// Train a model.
     Train {
@@ -215,8 +224,14 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// The whole pipeline on the bundled sample: prepare data/sample, train examples/din.toml,
-    /// evaluate on the test split.
-    Demo,
+    /// evaluate on the test split. Paths are relative to --root (default: the current
+    /// directory, so run it from a checkout): it reads ROOT/data/sample/events.parquet and
+    /// ROOT/examples/din.toml and writes ROOT/data/prepared/sample and ROOT/runs/demo.
+    Demo {
+        /// The repository checkout to run in.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -257,8 +272,7 @@ fn run(cmd: Command) -> Result<()> {
                 len,
                 seed,
             };
-            let path = data::write_synth(&cfg, &out)
-                .with_context(|| format!("writing a synthetic log into {}", out.display()))?;
+            let path = data::write_synth(&cfg, &out).doing("writing a synthetic log into", &out)?;
             println!("wrote {}", path.display());
         }
         Command::Prepare {
@@ -270,6 +284,8 @@ fn run(cmd: Command) -> Result<()> {
             stride,
             log,
             keep,
+            memory_budget,
+            scratch,
         } => {
             let cfg = PrepareConfig {
                 negatives,
@@ -277,6 +293,8 @@ fn run(cmd: Command) -> Result<()> {
                 min_history,
                 stride,
                 keep,
+                memory_budget,
+                scratch,
                 ..log.config()?
             };
             prepare(&events, &out, &cfg)?;
@@ -335,7 +353,7 @@ fn run(cmd: Command) -> Result<()> {
             plot::plot_runs(&curves, &out)?;
             println!("wrote {}", out.display());
         }
-        Command::Demo => demo()?,
+        Command::Demo { root } => demo(&root)?,
     }
     Ok(())
 }
@@ -356,7 +374,7 @@ fn encode_cmd(
             let out = out.context("--out is required")?;
             let shard = encodings::Shard::parse(shard)?;
             let s = encodings::encode_dataset(&mf, &data, &out, shard, true)
-                .with_context(|| format!("encoding {}", data.display()))?;
+                .doing("encoding", &data)?;
             let secs = t0.elapsed().as_secs_f64();
             println!(
                 "encoded {} users ({} behaviors) into {} in {secs:.1} s: {:.0} users/s, {:.0} behaviors/s",
@@ -371,7 +389,7 @@ fn encode_cmd(
             let out = out.context("--out is required")?;
             let shard = encodings::Shard::parse(shard)?;
             let s = encodings::encode_events(&mf, &data, &events, &log.config()?, &out, shard)
-                .with_context(|| format!("encoding the users of {}", events.display()))?;
+                .doing("encoding the users of", &events)?;
             let secs = t0.elapsed().as_secs_f64();
             println!(
                 "encoded {} users ({} events) of {} into {} in {secs:.1} s: {:.0} events/s",
@@ -402,6 +420,49 @@ fn encode_cmd(
     Ok(())
 }
 
+/// A byte count: digits with an optional K, M, G or T suffix (powers of 1024; `B`, `iB` and
+/// lower case accepted: `512M`, `2GiB`, `1g`).
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number of bytes such as 2G or 512M"))?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let shift = match unit.trim_end_matches('b').trim_end_matches('i') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(format!("`{s}`: unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("`{s}`: must be between 1 byte and 16 EiB"))
+}
+
+/// Context for a library error: "VERB PATH: error", or "VERB: error" when the error already
+/// names that path (errors name their file; it should not appear twice).
+trait Doing<T> {
+    fn doing(self, verb: &str, path: &Path) -> Result<T>;
+}
+
+impl<T> Doing<T> for lifelong::Result<T> {
+    fn doing(self, verb: &str, path: &Path) -> Result<T> {
+        self.map_err(|e| {
+            let p = path.display().to_string();
+            let what = if e.to_string().contains(&p) {
+                verb.to_string()
+            } else {
+                format!("{verb} {p}")
+            };
+            anyhow::Error::new(e).context(what)
+        })
+    }
+}
+
 /// `COLUMN=VALUE` of `--keep`.
 fn parse_keep(s: &str) -> std::result::Result<(String, String), String> {
     match s.split_once('=') {
@@ -411,8 +472,7 @@ fn parse_keep(s: &str) -> std::result::Result<(String, String), String> {
 }
 
 fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<()> {
-    let s = data::prepare(events, out, cfg)
-        .with_context(|| format!("preparing {}", events.display()))?;
+    let s = data::prepare(events, out, cfg).doing("preparing", events)?;
     let m = &s.meta;
     println!(
         "prepared {}: {} users, {} items, {} categories, {} behaviors; train {} / valid {} / test {} rows",
@@ -430,14 +490,12 @@ fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<()> {
 
 fn train_cmd(cfg: Config, resume: bool) -> Result<()> {
     let dev = candle_core::Device::Cpu;
-    let ds = Dataset::open(&cfg.data.dir)
-        .with_context(|| format!("opening {}", cfg.data.dir.display()))?;
+    let ds = Dataset::open(&cfg.data.dir).doing("opening", &cfg.data.dir)?;
     let train_split = Arc::new(ds.load_split(Split::Train)?);
     let valid = Arc::new(ds.load_split(Split::Valid)?);
     let run_dir = cfg.train.out.clone();
     let mut trainer = if resume {
-        let t = Trainer::resume(&ds, &run_dir, &dev)
-            .with_context(|| format!("resuming from {}", run_dir.display()))?;
+        let t = Trainer::resume(&ds, &run_dir, &dev).doing("resuming from", &run_dir)?;
         tracing::info!(
             "resuming at epoch {}, batch {}, step {}",
             t.state().epoch + 1,
@@ -486,7 +544,7 @@ fn eval_cmd(
 ) -> Result<()> {
     let dev = candle_core::Device::Cpu;
     let mf = ModelFile::open(checkpoint, &dev)?;
-    let ds = Dataset::open(data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
+    let ds = Dataset::open(data_dir).doing("opening", data_dir)?;
     mf.check_dataset(&ds)?;
     let imp = Arc::new(ds.load_split(split)?);
     anyhow::ensure!(
@@ -518,15 +576,21 @@ fn eval_cmd(
     Ok(())
 }
 
-fn demo() -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+fn demo(root: &Path) -> Result<()> {
+    let root = &std::path::absolute(root).with_context(|| format!("--root {}", root.display()))?;
     let events = root.join("data/sample/events.parquet");
     let prepared = root.join("data/prepared/sample");
     let config = root.join("examples/din.toml");
     anyhow::ensure!(
+        config.exists(),
+        "{} is missing: run `lifelong demo` from the repository checkout, or pass --root CHECKOUT",
+        config.display()
+    );
+    anyhow::ensure!(
         events.exists(),
-        "{} is missing: regenerate it with `lifelong synth --out data/sample`",
-        events.display()
+        "{} is missing: regenerate it with `lifelong synth --out {}`",
+        events.display(),
+        root.join("data/sample").display()
     );
     prepare(&events, &prepared, &PrepareConfig::default())?;
     let mut cfg = Config::load(&config)?;

@@ -487,10 +487,15 @@ fn prepare_without_the_category_column_names_file_and_column() {
     let log = tmp.join("no_cate.parquet");
     write_log(&log, vec![("user_id", u), ("item_id", i), ("ts", t)]);
     let out = tmp.join("out");
-    fails(
+    let err = fails(
         tmp,
         &["prepare", "--events", s(&log), "--out", s(&out)],
         &[s(&log), "cate_id"],
+    );
+    assert_eq!(
+        err.matches(s(&log)).count(),
+        1,
+        "the file is named once: {err}"
     );
     assert!(!out.join("meta.json").exists());
 }
@@ -586,11 +591,80 @@ fn prepare_of_a_truncated_parquet_names_the_file() {
     let bytes = std::fs::read(&good).unwrap();
     let cut = tmp.join("cut.parquet");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    fails(
+    let err = fails(
         tmp,
         &["prepare", "--events", s(&cut), "--out", s(&tmp.join("out"))],
         &[s(&cut)],
     );
+    assert_eq!(
+        err.matches(s(&cut)).count(),
+        1,
+        "the file is named once: {err}"
+    );
+}
+
+#[test]
+fn prepare_within_a_memory_budget_writes_the_same_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let events = synth(tmp, &tmp.join("log"), 300, 500);
+    prepare(tmp, &events, &tmp.join("whole"));
+    let scratch = tmp.join("scratch");
+    ok(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&events),
+            "--out",
+            s(&tmp.join("parts")),
+            "--memory-budget",
+            "200K",
+            "--scratch",
+            s(&scratch),
+        ],
+    );
+    for f in ["meta.json", "vocab/item.parquet"] {
+        assert_eq!(
+            std::fs::read(tmp.join("whole").join(f)).unwrap(),
+            std::fs::read(tmp.join("parts").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let rows = |d: &str, f: &str| read_batches(&tmp.join(d).join(f));
+    for f in ["users.parquet", "train.parquet", "test.parquet"] {
+        assert_eq!(rows("whole", f), rows("parts", f), "{f}");
+    }
+    // The scratch directory given is left empty; a bad budget is refused by name.
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+    let o = lifelong(
+        tmp,
+        &[
+            "prepare",
+            "--events",
+            s(&events),
+            "--out",
+            s(&tmp.join("x")),
+            "--memory-budget",
+            "2Q",
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--memory-budget") && err.contains("unknown unit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn demo_outside_a_checkout_says_where_it_looks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let err = fails(tmp, &["demo"], &["examples/din.toml", "--root"]);
+    assert!(err.contains(s(tmp)), "{err}");
+    // Nothing was written where it ran.
+    assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0);
 }
 
 #[test]

@@ -10,6 +10,10 @@ mod metrics;
 mod checkpoint;
 // Event log → prepared dataset, readers and their named errors.
 mod data;
+// prepare within a memory budget: partitioned runs equal in-memory ones; cross-file checks.
+mod prepare_scale;
+// Mutation fuzzing of the readers: a named error or a result, never a panic.
+mod fuzz;
 // Model pieces: Dice, DIN, BCE against references; every preset's gradient check, padding
 // invariance, DARE's decoupling.
 mod models;

@@ -8,7 +8,7 @@
 //! number of fields.
 
 use super::io::{
-    append_array, check_columns, list_files, missing_column, Column, ColumnSpec, Table,
+    append_array, check_columns, list_files, missing_column, Chunk, Column, ColumnSpec, Table,
 };
 use crate::error::{Error, Result};
 use arrow_csv::reader::Format;
@@ -87,24 +87,54 @@ fn read_file(
 ) -> Result<(usize, Vec<Option<Column>>)> {
     let schema = file_schema(path, opts)?;
     let present = check_columns(path, &schema, specs)?;
-    let mut projection: Vec<usize> = specs
+    let mut out = empty_columns(specs, &schema, &present);
+    let rows = each_batch(path, specs, opts, &schema, &present, |_, cols| {
+        for (acc, col) in out.iter_mut().zip(cols) {
+            if let (Some(acc), Some(col)) = (acc.as_mut(), col) {
+                acc.append(col)
+                    .map_err(|why| Error::corrupt(path, why.to_string()))?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok((rows, out))
+}
+
+fn empty_columns(
+    specs: &[ColumnSpec],
+    schema: &SchemaRef,
+    present: &[bool],
+) -> Vec<Option<Column>> {
+    specs
         .iter()
-        .zip(&present)
-        .filter(|(_, &p)| p)
-        .filter_map(|(spec, _)| schema.index_of(&spec.name).ok())
-        .collect();
-    projection.sort_unstable();
-    projection.dedup();
-    let mut out: Vec<Option<Column>> = specs
-        .iter()
-        .zip(&present)
+        .zip(present)
         .map(|(spec, &p)| {
             p.then(|| {
                 let ci = schema.index_of(&spec.name).unwrap_or(0);
                 Column::empty(&spec.kind, schema.field(ci).data_type())
             })
         })
+        .collect()
+}
+
+/// Streams the file `path` (of `schema`) in batches of [`BATCH_ROWS`] rows, converted to the
+/// `specs` columns, handing each with its first row to `f`; returns the number of rows.
+fn each_batch(
+    path: &Path,
+    specs: &[ColumnSpec],
+    opts: &CsvOptions,
+    schema: &SchemaRef,
+    present: &[bool],
+    mut f: impl FnMut(usize, Vec<Option<Column>>) -> Result<()>,
+) -> Result<usize> {
+    let mut projection: Vec<usize> = specs
+        .iter()
+        .zip(present)
+        .filter(|(_, &p)| p)
+        .filter_map(|(spec, _)| schema.index_of(&spec.name).ok())
         .collect();
+    projection.sort_unstable();
+    projection.dedup();
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = arrow_csv::ReaderBuilder::new(schema.clone())
         .with_format(format(opts))
@@ -116,18 +146,97 @@ fn read_file(
     for batch in reader {
         // arrow-csv's message names the line (ragged rows, values that do not parse).
         let batch = batch.map_err(|e| Error::corrupt(path, one_based_line(&e.to_string())))?;
-        for ((spec, col), &p) in specs.iter().zip(out.iter_mut()).zip(&present) {
+        let mut cols = empty_columns(specs, schema, present);
+        for ((spec, col), &p) in specs.iter().zip(cols.iter_mut()).zip(present) {
             let Some(col) = col.as_mut().filter(|_| p) else {
                 continue;
             };
             let arr = batch
                 .column_by_name(&spec.name)
-                .ok_or_else(|| missing_column(path, &spec.name, &schema))?;
+                .ok_or_else(|| missing_column(path, &spec.name, schema))?;
             append_array(path, &spec.name, row, &spec.kind, arr, col)?;
         }
+        f(row, cols)?;
         row += batch.num_rows();
     }
-    Ok((row, out))
+    Ok(row)
+}
+
+/// Reads the CSV log at `path` (a file, or every `*.csv` under a directory, in path order) a
+/// batch of rows at a time, handing each to `f` (memory: one batch). Every file's header and
+/// types are checked before the first batch. Returns the number of rows.
+///
+/// # Errors
+/// The errors of [`read_csv_table`], and whatever `f` returns.
+pub fn read_csv_chunks(
+    path: &Path,
+    specs: &[ColumnSpec],
+    opts: &CsvOptions,
+    mut f: impl FnMut(Chunk) -> Result<()>,
+) -> Result<usize> {
+    let files: Vec<PathBuf> = list_files(path, "csv")?;
+    let schemas: Vec<SchemaRef> = files
+        .par_iter()
+        .map(|f| file_schema(f, opts))
+        .collect::<Result<_>>()?;
+    let present: Vec<Vec<bool>> = files
+        .iter()
+        .zip(&schemas)
+        .map(|(f, s)| check_columns(f, s, specs))
+        .collect::<Result<_>>()?;
+    for (si, spec) in specs.iter().enumerate() {
+        if spec.optional {
+            let with = present.iter().position(|p| p[si]);
+            let without = present.iter().position(|p| !p[si]);
+            if let (Some(with), Some(without)) = (with, without) {
+                return Err(Error::schema(
+                    &files[without],
+                    &spec.name,
+                    format!("missing here but present in {}", files[with].display()),
+                ));
+            }
+        }
+        let families: Vec<(usize, &'static str)> = files
+            .iter()
+            .enumerate()
+            .filter(|(fi, _)| present[*fi][si])
+            .filter_map(|(fi, _)| {
+                let ci = schemas[fi].index_of(&spec.name).ok()?;
+                Some((fi, spec.kind.family(schemas[fi].field(ci).data_type())?))
+            })
+            .collect();
+        if let Some(&(f0, fam0)) = families.first() {
+            if let Some(&(fi, fam)) = families.iter().find(|(_, fam)| *fam != fam0) {
+                return Err(Error::schema(
+                    &files[fi],
+                    &spec.name,
+                    format!(
+                        "holds {fam} here but {fam0} in {} (types are inferred from the first \
+                         {INFER_ROWS} rows of each file)",
+                        files[f0].display()
+                    ),
+                ));
+            }
+        }
+    }
+    let mut total = 0usize;
+    for ((file, schema), present) in files.iter().zip(&schemas).zip(&present) {
+        total += each_batch(file, specs, opts, schema, present, |row0, columns| {
+            let rows = columns
+                .iter()
+                .flatten()
+                .map(Column::len)
+                .next()
+                .unwrap_or(0);
+            f(Chunk {
+                file: file.clone(),
+                row0,
+                rows,
+                columns,
+            })
+        })?;
+    }
+    Ok(total)
 }
 
 /// arrow-csv 60 reports a value that does not parse "at line N" with N the 0-based line of the

@@ -126,6 +126,32 @@ impl Kind {
         }
     }
 
+    /// What must agree between the files of one table for this kind: string or integer ids,
+    /// and the unit of a timestamp (`None`: anything accepted goes).
+    pub(crate) fn family(&self, dt: &DataType) -> Option<&'static str> {
+        let dt = match dt {
+            DataType::Dictionary(_, v) => v.as_ref(),
+            other => other,
+        };
+        match self {
+            Kind::RawId => Some(if is_str(dt) {
+                "string ids"
+            } else {
+                "integer ids"
+            }),
+            Kind::Timestamp => Some(match dt {
+                DataType::Timestamp(TimeUnit::Second, _) => "timestamps in seconds",
+                DataType::Timestamp(TimeUnit::Millisecond, _) => "timestamps in milliseconds",
+                DataType::Timestamp(TimeUnit::Microsecond, _) => "timestamps in microseconds",
+                DataType::Timestamp(TimeUnit::Nanosecond, _) => "timestamps in nanoseconds",
+                DataType::Date32 => "dates (days)",
+                DataType::Date64 => "dates (milliseconds)",
+                _ => "integer timestamps",
+            }),
+            _ => None,
+        }
+    }
+
     pub(crate) fn expected(&self) -> &'static str {
         match self {
             Kind::RawId => "an integer or string id column",
@@ -597,80 +623,18 @@ pub fn parquet_schema(path: &Path) -> Result<SchemaRef> {
 /// kind) and [`Error::IdOutOfRange`], each naming the file and the 0-based row within it.
 /// When several files are bad, the error of the first in file order is returned.
 pub fn read_table(path: &Path, specs: &[ColumnSpec]) -> Result<Table> {
-    let files = list_parquet_files(path)?;
-    let metas: Vec<ArrowReaderMetadata> = first_error(
-        files
-            .par_iter()
-            .map(|f| open_metadata(f))
-            .collect::<Vec<_>>(),
-    )?;
-
-    // Schema check per file: which specs are present, and their types.
-    let present: Vec<Vec<bool>> = files
-        .iter()
-        .zip(&metas)
-        .map(|(file, meta)| check_columns(file, meta.schema(), specs))
-        .collect::<Result<_>>()?;
-    for (si, spec) in specs.iter().enumerate().filter(|(_, s)| s.optional) {
-        let any = present.iter().any(|p| p[si]);
-        if let Some(fi) = present.iter().position(|p| !p[si]).filter(|_| any) {
-            let with = present.iter().position(|p| p[si]).unwrap_or(0);
-            return Err(Error::schema(
-                &files[fi],
-                &spec.name,
-                format!(
-                    "missing here but present in {}; the file has columns [{}]",
-                    files[with].display(),
-                    column_names(metas[fi].schema())
-                ),
-            ));
-        }
-    }
-
-    // One task per (file, row group).
-    let mut tasks = Vec::new();
-    let mut file_rows = Vec::with_capacity(files.len());
-    for (fi, meta) in metas.iter().enumerate() {
-        let mut row0 = 0usize;
-        for (rg, g) in meta.metadata().row_groups().iter().enumerate() {
-            let n = usize::try_from(g.num_rows()).map_err(|_| {
-                Error::corrupt(
-                    &files[fi],
-                    format!("row group {rg} has {} rows", g.num_rows()),
-                )
-            })?;
-            tasks.push((fi, rg, row0, n));
-            row0 += n;
-        }
-        file_rows.push(row0);
-    }
-    let batch_rows = if specs.iter().any(|s| s.kind.is_list()) {
-        LIST_BATCH_ROWS
-    } else {
-        BATCH_ROWS
-    };
-
+    let plan = TablePlan::open(path, specs)?;
     let chunks = first_error(
-        tasks
-            .par_iter()
-            .map(|&(fi, rg, row0, _)| {
-                read_row_group(
-                    &files[fi],
-                    &metas[fi],
-                    rg,
-                    row0,
-                    specs,
-                    &present[fi],
-                    batch_rows,
-                )
-            })
+        (0..plan.tasks.len())
+            .into_par_iter()
+            .map(|t| plan.read_task(t))
             .collect::<Vec<_>>(),
     )?;
 
     // Concatenate in task (= file) order, dropping each chunk as soon as it is copied.
-    let total: usize = file_rows.iter().sum();
+    let total: usize = plan.file_rows.iter().sum();
     let mut columns: Vec<Option<Column>> = vec![None; specs.len()];
-    for (chunk, &(fi, _, _, _)) in chunks.into_iter().zip(&tasks) {
+    for (chunk, task) in chunks.into_iter().zip(&plan.tasks) {
         for (si, col) in chunk.into_iter().enumerate() {
             let Some(col) = col else { continue };
             match &mut columns[si] {
@@ -681,26 +645,253 @@ pub fn read_table(path: &Path, specs: &[ColumnSpec]) -> Result<Table> {
                 }
                 Some(acc) => acc
                     .append(col)
-                    .map_err(|why| Error::schema(&files[fi], &specs[si].name, why))?,
+                    .map_err(|why| Error::schema(&plan.files[task.file], &specs[si].name, why))?,
             }
         }
     }
     // A present column in files without row groups still gets an (empty) column.
-    for (si, spec) in specs.iter().enumerate() {
-        if columns[si].is_none() {
-            if let Some(fi) = present.iter().position(|p| p[si]) {
-                let schema = metas[fi].schema();
-                if let Ok(ci) = schema.index_of(&spec.name) {
-                    columns[si] = Some(Column::empty(&spec.kind, schema.field(ci).data_type()));
-                }
-            }
+    for (si, col) in columns.iter_mut().enumerate() {
+        if col.is_none() {
+            *col = plan.empty_column(si);
         }
     }
     Ok(Table {
-        files,
-        file_rows,
+        files: plan.files,
+        file_rows: plan.file_rows,
         columns,
     })
+}
+
+/// A run of consecutive rows of one file, read by [`read_chunks`].
+#[derive(Debug)]
+pub struct Chunk {
+    /// The file the rows come from.
+    pub file: PathBuf,
+    /// 0-based row within `file` of the chunk's first row.
+    pub row0: usize,
+    /// Rows in the chunk.
+    pub rows: usize,
+    /// One entry per requested [`ColumnSpec`]; `None` only for an optional column absent from
+    /// every file.
+    pub columns: Vec<Option<Column>>,
+}
+
+impl Chunk {
+    /// Takes column `i` out of the chunk (`None` if absent or already taken).
+    pub fn take(&mut self, i: usize) -> Option<Column> {
+        self.columns.get_mut(i).and_then(Option::take)
+    }
+}
+
+/// Reads the columns `specs` of the parquet file or directory `path` one row group at a time,
+/// in file order, handing each to `f`: memory is bounded by a few row groups, not by the files.
+/// Up to `window` row groups are decoded in parallel ahead of `f`. Every file's footer and
+/// schema is checked before the first chunk. Returns the total number of rows (from the
+/// footers, reconciled with the rows decoded).
+///
+/// # Errors
+/// The errors of [`read_table`], and whatever `f` returns (reading stops there).
+pub fn read_chunks(
+    path: &Path,
+    specs: &[ColumnSpec],
+    window: usize,
+    mut f: impl FnMut(Chunk) -> Result<()>,
+) -> Result<usize> {
+    let plan = TablePlan::open(path, specs)?;
+    let window = window.max(1);
+    for start in (0..plan.tasks.len()).step_by(window) {
+        let end = (start + window).min(plan.tasks.len());
+        let read = first_error(
+            (start..end)
+                .into_par_iter()
+                .map(|t| plan.read_task(t))
+                .collect::<Vec<_>>(),
+        )?;
+        for (t, mut columns) in (start..end).zip(read) {
+            let task = plan.tasks[t];
+            for (si, col) in columns.iter_mut().enumerate() {
+                if col.is_none() {
+                    *col = plan.empty_column(si);
+                }
+            }
+            f(Chunk {
+                file: plan.files[task.file].clone(),
+                row0: task.row0,
+                rows: task.rows,
+                columns,
+            })?;
+        }
+    }
+    Ok(plan.file_rows.iter().sum())
+}
+
+/// The total number of rows of the parquet file or directory `path`, from the footers.
+///
+/// # Errors
+/// As [`parquet_num_rows`], for every file.
+pub fn parquet_total_rows(path: &Path) -> Result<usize> {
+    let files = list_parquet_files(path)?;
+    first_error(files.par_iter().map(|f| parquet_num_rows(f)).collect())
+        .map(|n| n.into_iter().sum())
+}
+
+/// One row group of one file.
+#[derive(Debug, Clone, Copy)]
+struct Task {
+    file: usize,
+    row_group: usize,
+    row0: usize,
+    rows: usize,
+}
+
+/// The files of a table, their footers checked against `specs`, and their row groups.
+struct TablePlan {
+    files: Vec<PathBuf>,
+    metas: Vec<ArrowReaderMetadata>,
+    /// Per file, which specs it holds.
+    present: Vec<Vec<bool>>,
+    tasks: Vec<Task>,
+    file_rows: Vec<usize>,
+    specs: Vec<ColumnSpec>,
+    batch_rows: usize,
+}
+
+impl TablePlan {
+    fn open(path: &Path, specs: &[ColumnSpec]) -> Result<Self> {
+        let files = list_parquet_files(path)?;
+        let metas: Vec<ArrowReaderMetadata> = first_error(
+            files
+                .par_iter()
+                .map(|f| open_metadata(f))
+                .collect::<Vec<_>>(),
+        )?;
+
+        // Schema check per file: which specs are present, and their types.
+        let present: Vec<Vec<bool>> = files
+            .iter()
+            .zip(&metas)
+            .map(|(file, meta)| check_columns(file, meta.schema(), specs))
+            .collect::<Result<_>>()?;
+        for (si, spec) in specs.iter().enumerate().filter(|(_, s)| s.optional) {
+            let any = present.iter().any(|p| p[si]);
+            if let Some(fi) = present.iter().position(|p| !p[si]).filter(|_| any) {
+                let with = present.iter().position(|p| p[si]).unwrap_or(0);
+                return Err(Error::schema(
+                    &files[fi],
+                    &spec.name,
+                    format!(
+                        "missing here but present in {}; the file has columns [{}]",
+                        files[with].display(),
+                        column_names(metas[fi].schema())
+                    ),
+                ));
+            }
+        }
+        // Id columns must hold one kind of id (integer or string), and timestamp columns one
+        // unit, across files: mixing them would order or join rows wrongly without an error.
+        for (si, spec) in specs.iter().enumerate() {
+            let mut first: Option<(usize, &'static str)> = None;
+            for (fi, meta) in metas.iter().enumerate().filter(|(fi, _)| present[*fi][si]) {
+                let schema = meta.schema();
+                let Ok(ci) = schema.index_of(&spec.name) else {
+                    continue;
+                };
+                let Some(family) = spec.kind.family(schema.field(ci).data_type()) else {
+                    continue;
+                };
+                match first {
+                    None => first = Some((fi, family)),
+                    Some((f0, fam0)) if fam0 != family => {
+                        return Err(Error::schema(
+                            &files[fi],
+                            &spec.name,
+                            format!(
+                                "holds {family} here but {fam0} in {}; convert the files to one \
+                                 type first",
+                                files[f0].display()
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+
+        // One task per (file, row group).
+        let mut tasks = Vec::new();
+        let mut file_rows = Vec::with_capacity(files.len());
+        for (fi, meta) in metas.iter().enumerate() {
+            let mut row0 = 0usize;
+            for (rg, g) in meta.metadata().row_groups().iter().enumerate() {
+                let n = usize::try_from(g.num_rows()).map_err(|_| {
+                    Error::corrupt(
+                        &files[fi],
+                        format!("row group {rg} has {} rows", g.num_rows()),
+                    )
+                })?;
+                tasks.push(Task {
+                    file: fi,
+                    row_group: rg,
+                    row0,
+                    rows: n,
+                });
+                row0 += n;
+            }
+            file_rows.push(row0);
+        }
+        let batch_rows = if specs.iter().any(|s| s.kind.is_list()) {
+            LIST_BATCH_ROWS
+        } else {
+            BATCH_ROWS
+        };
+        Ok(Self {
+            files,
+            metas,
+            present,
+            tasks,
+            file_rows,
+            specs: specs.to_vec(),
+            batch_rows,
+        })
+    }
+
+    /// Reads row group `t`, and checks that it decoded as many rows as its footer says.
+    fn read_task(&self, t: usize) -> Result<Vec<Option<Column>>> {
+        let task = self.tasks[t];
+        let path = &self.files[task.file];
+        let cols = read_row_group(
+            path,
+            &self.metas[task.file],
+            task.row_group,
+            task.row0,
+            &self.specs,
+            &self.present[task.file],
+            self.batch_rows,
+        )?;
+        if let Some(n) = cols.iter().flatten().map(Column::len).next() {
+            if n != task.rows {
+                return Err(Error::corrupt(
+                    path,
+                    format!(
+                        "row group {} decoded {n} rows but its footer says {}",
+                        task.row_group, task.rows
+                    ),
+                ));
+            }
+        }
+        Ok(cols)
+    }
+
+    /// An empty column for spec `si` if some file holds it (`None` for an absent optional one).
+    fn empty_column(&self, si: usize) -> Option<Column> {
+        let fi = self.present.iter().position(|p| p[si])?;
+        let schema = self.metas[fi].schema();
+        let ci = schema.index_of(&self.specs[si].name).ok()?;
+        Some(Column::empty(
+            &self.specs[si].kind,
+            schema.field(ci).data_type(),
+        ))
+    }
 }
 
 fn first_error<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {

@@ -12,6 +12,7 @@ pub mod csv;
 pub mod dataset;
 pub mod io;
 pub mod prepare;
+pub mod spill;
 pub mod synth;
 pub mod vocab;
 

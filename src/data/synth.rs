@@ -101,7 +101,7 @@ impl SynthEvents {
     /// Never in practice (the columns have equal lengths).
     pub fn to_record_batch(&self) -> Result<RecordBatch> {
         let cols: Vec<ArrayRef> = [&self.user_id, &self.item_id, &self.cate_id, &self.ts]
-            .map(|c| Arc::new(Int64Array::from(c.clone())) as ArrayRef)
+            .map(|c| Arc::new(Int64Array::from_iter_values(c.iter().copied())) as ArrayRef)
             .to_vec();
         RecordBatch::try_new(Self::schema(), cols)
             .map_err(|e| Error::InvalidArgument(format!("synthetic events: {e}")))
@@ -221,11 +221,7 @@ impl World {
     }
 }
 
-/// Generates the synthetic event log in memory (see the module docs for the model).
-///
-/// # Errors
-/// [`Error::Config`] if `users`, `items`, `cates` or `len` is 0.
-pub fn generate(cfg: &SynthConfig) -> Result<SynthEvents> {
+fn check(cfg: &SynthConfig) -> Result<()> {
     for (name, v) in [
         ("users", cfg.users),
         ("items", cfg.items),
@@ -236,8 +232,16 @@ pub fn generate(cfg: &SynthConfig) -> Result<SynthEvents> {
             return Err(Error::Config(format!("synth: `{name}` must be at least 1")));
         }
     }
-    let world = World::new(cfg);
-    let per_user: Vec<Vec<(u32, i64)>> = (0..cfg.users)
+    Ok(())
+}
+
+/// Users per generated block: the block's users are drawn in parallel, then written.
+const USERS_PER_BLOCK: usize = 16_384;
+
+/// The events of users `users` (a block), in user order.
+fn block(world: &World, cfg: &SynthConfig, users: std::ops::Range<usize>) -> SynthEvents {
+    let per_user: Vec<Vec<(u32, i64)>> = users
+        .clone()
         .into_par_iter()
         .map(|u| world.user(cfg, u))
         .collect();
@@ -248,7 +252,7 @@ pub fn generate(cfg: &SynthConfig) -> Result<SynthEvents> {
         cate_id: Vec::with_capacity(n),
         ts: Vec::with_capacity(n),
     };
-    for (u, beh) in per_user.iter().enumerate() {
+    for (u, beh) in users.zip(&per_user) {
         for &(i, t) in beh {
             ev.user_id.push(USER_ID0 + u as i64);
             ev.item_id.push(ITEM_ID0 + i64::from(i));
@@ -257,28 +261,37 @@ pub fn generate(cfg: &SynthConfig) -> Result<SynthEvents> {
             ev.ts.push(t);
         }
     }
-    Ok(ev)
+    ev
 }
 
-/// Writes `DIR/events.parquet` and returns its path.
+/// Generates the synthetic event log in memory (see the module docs for the model).
+///
+/// # Errors
+/// [`Error::Config`] if `users`, `items`, `cates` or `len` is 0.
+pub fn generate(cfg: &SynthConfig) -> Result<SynthEvents> {
+    check(cfg)?;
+    Ok(block(&World::new(cfg), cfg, 0..cfg.users))
+}
+
+/// Writes `DIR/events.parquet` (atomically) and returns its path. Users are generated and
+/// written a block at a time, so memory does not grow with the number of users; the file is the
+/// same as [`generate`]'s events.
 ///
 /// # Errors
 /// As [`generate`]; [`Error::Io`] naming the directory or file that could not be written.
 pub fn write_synth(cfg: &SynthConfig, out_dir: &Path) -> Result<PathBuf> {
-    let ev = generate(cfg)?;
+    check(cfg)?;
+    let world = World::new(cfg);
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let path = out_dir.join("events.parquet");
-    const CHUNK: usize = 1 << 20;
-    let n = ev.len();
-    let batches = (0..n.div_ceil(CHUNK)).map(|k| {
-        let (s, e) = (k * CHUNK, ((k + 1) * CHUNK).min(n));
-        let cols: Vec<ArrayRef> = [&ev.user_id, &ev.item_id, &ev.cate_id, &ev.ts]
-            .map(|c| Arc::new(Int64Array::from(c[s..e].to_vec())) as ArrayRef)
-            .to_vec();
-        RecordBatch::try_new(SynthEvents::schema(), cols)
-            .map_err(|e| Error::InvalidArgument(format!("synthetic events: {e}")))
-    });
-    io::write_parquet(&path, SynthEvents::schema(), batches, io::ROW_GROUP_ROWS)?;
+    let mut sink = io::ParquetSink::create(&path, SynthEvents::schema(), &[], io::ROW_GROUP_ROWS)?;
+    let mut n = 0usize;
+    for start in (0..cfg.users).step_by(USERS_PER_BLOCK) {
+        let ev = block(&world, cfg, start..(start + USERS_PER_BLOCK).min(cfg.users));
+        n += ev.len();
+        sink.write(&ev.to_record_batch()?)?;
+    }
+    sink.finish()?;
     tracing::info!(events = n, path = %path.display(), "synth: wrote the event log");
     Ok(path)
 }

@@ -151,27 +151,130 @@ impl PartialEq for Vocab {
     }
 }
 
-/// Counts occurrences and first appearances of keys, and codes every row by its key's
-/// first-appearance number.
-fn count_keys<K: Hash + Eq + Copy>(
-    keys: impl Iterator<Item = K>,
-    n: usize,
-) -> (Vec<K>, Vec<u64>, Vec<u32>) {
-    let mut map: FxMap<K, u32> = FxMap::default();
-    let mut first: Vec<K> = Vec::new();
-    let mut counts: Vec<u64> = Vec::new();
-    let mut codes: Vec<u32> = Vec::with_capacity(n);
-    for k in keys {
-        let next = first.len() as u32;
-        let c = *map.entry(k).or_insert(next);
-        if c == next {
-            first.push(k);
-            counts.push(0);
-        }
-        counts[c as usize] += 1;
-        codes.push(c);
+/// Builds a vocabulary over a stream of id chunks: every distinct id gets a *code* (its
+/// first-appearance number, 0..), its rows are counted, and [`VocabBuilder::finish`] turns codes
+/// into indices (frequency descending, ties by first appearance). Memory: one entry per distinct
+/// id, whatever the number of rows.
+#[derive(Debug, Default)]
+pub struct VocabBuilder {
+    keys: Keys,
+    counts: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+enum Keys {
+    #[default]
+    Unset,
+    Int(FxMap<i64, u32>, Vec<i64>),
+    Str(FxMap<String, u32>, Vec<String>),
+}
+
+fn code_of<K: Hash + Eq + Clone>(
+    map: &mut FxMap<K, u32>,
+    first: &mut Vec<K>,
+    counts: &mut Vec<u64>,
+    k: &K,
+) -> u32 {
+    let next = first.len() as u32;
+    let c = *map.entry(k.clone()).or_insert(next);
+    if c == next {
+        first.push(k.clone());
+        counts.push(0);
     }
-    (first, counts, codes)
+    counts[c as usize] += 1;
+    c
+}
+
+impl VocabBuilder {
+    /// Codes `ids` (appended to `codes`, one per row), counting every row.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `ids` are strings and earlier chunks were integers (or
+    /// the reverse), or when there are more distinct ids than an int32 index holds.
+    pub fn add(&mut self, ids: &RawIds, codes: &mut Vec<u32>) -> Result<()> {
+        if matches!(self.keys, Keys::Unset) {
+            self.keys = match ids {
+                RawIds::Int(_) => Keys::Int(FxMap::default(), Vec::new()),
+                RawIds::Str(_) => Keys::Str(FxMap::default(), Vec::new()),
+            };
+        }
+        codes.reserve(ids.len());
+        let counts = &mut self.counts;
+        match (&mut self.keys, ids) {
+            (Keys::Int(map, first), RawIds::Int(v)) => {
+                codes.extend(v.iter().map(|k| code_of(map, first, counts, k)));
+            }
+            (Keys::Str(map, first), RawIds::Str(v)) => {
+                for k in v.iter() {
+                    // Look up by &str first: a String is allocated only for a new id.
+                    let c = match map.get(k) {
+                        Some(&c) => {
+                            counts[c as usize] += 1;
+                            c
+                        }
+                        None => code_of(map, first, counts, &k.to_string()),
+                    };
+                    codes.push(c);
+                }
+            }
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "the ids are integers in some rows and strings in others".into(),
+                ))
+            }
+        }
+        if self.counts.len() > i32::MAX as usize - 2 {
+            return Err(Error::InvalidArgument(format!(
+                "{} distinct ids do not fit in an int32 vocabulary index",
+                self.counts.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Number of distinct ids so far.
+    pub fn num_ids(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Rows counted per code.
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// Approximate heap bytes held (for memory budgets).
+    pub fn heap_bytes(&self) -> usize {
+        let n = self.counts.len();
+        let per_key = match &self.keys {
+            Keys::Unset => 0,
+            Keys::Int(..) => 8 + 8 + 12 + 8,
+            Keys::Str(_, first) => {
+                let avg = first.iter().take(1000).map(String::len).sum::<usize>()
+                    / first.len().clamp(1, 1000);
+                2 * (24 + avg) + 12 + 8
+            }
+        };
+        n * per_key * 3 / 2
+    }
+
+    /// The vocabulary, and the index (2..) of every code.
+    pub fn finish(self) -> (Vocab, Vec<u32>) {
+        let (order, rank) = ranks(&self.counts);
+        let index: Vec<u32> = rank.into_iter().map(|r| r + 2).collect();
+        let vocab = match self.keys {
+            Keys::Unset => Vocab::default(),
+            Keys::Int(_, first) => {
+                Vocab::from_ints(order.iter().map(|&a| first[a as usize]).collect())
+            }
+            Keys::Str(_, mut first) => Vocab::from_strings(
+                order
+                    .iter()
+                    .map(|&a| std::mem::take(&mut first[a as usize]))
+                    .collect(),
+            ),
+        };
+        (vocab, index)
+    }
 }
 
 /// The rank of every first-appearance number: frequency descending, ties by first appearance.
@@ -192,40 +295,12 @@ impl Vocab {
     /// # Errors
     /// [`Error::InvalidArgument`] if there are more distinct ids than fit in an int32 index.
     pub fn encode(ids: &RawIds) -> Result<(Vocab, Vec<u32>)> {
-        let too_many = |k: usize| {
-            Error::InvalidArgument(format!(
-                "{k} distinct ids do not fit in an int32 vocabulary index"
-            ))
-        };
-        match ids {
-            RawIds::Int(v) => {
-                let (first, counts, mut codes) = count_keys(v.iter().copied(), v.len());
-                if first.len() > i32::MAX as usize - 2 {
-                    return Err(too_many(first.len()));
-                }
-                let (order, rank) = ranks(&counts);
-                codes
-                    .par_iter_mut()
-                    .for_each(|c| *c = rank[*c as usize] + 2);
-                let raw: Vec<i64> = order.iter().map(|&a| first[a as usize]).collect();
-                Ok((Vocab::from_ints(raw), codes))
-            }
-            RawIds::Str(s) => {
-                let (first, counts, mut codes) = count_keys(s.iter(), s.len());
-                if first.len() > i32::MAX as usize - 2 {
-                    return Err(too_many(first.len()));
-                }
-                let (order, rank) = ranks(&counts);
-                codes
-                    .par_iter_mut()
-                    .for_each(|c| *c = rank[*c as usize] + 2);
-                let raw: Vec<String> = order
-                    .iter()
-                    .map(|&a| first[a as usize].to_string())
-                    .collect();
-                Ok((Vocab::from_strings(raw), codes))
-            }
-        }
+        let mut b = VocabBuilder::default();
+        let mut codes = Vec::new();
+        b.add(ids, &mut codes)?;
+        let (vocab, index) = b.finish();
+        codes.par_iter_mut().for_each(|c| *c = index[*c as usize]);
+        Ok((vocab, codes))
     }
 
     /// A vocabulary whose indices 2.. are `raw` in order (duplicates keep their first index).

@@ -1,0 +1,270 @@
+//! `prepare` within a memory budget: partitioned and spilled runs give the dataset an in-memory
+//! run gives, and the reader's cross-file checks (id kinds, timestamp units, footer row counts).
+
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow_array::{BooleanArray, TimestampSecondArray};
+use lifelong::data::io::{self, ColumnSpec, Kind, RawIds};
+use lifelong::data::synth::SynthConfig;
+use lifelong::data::{prepare, write_synth, Dataset, PrepareConfig, Split};
+use lifelong::Error;
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use std::path::Path;
+use std::sync::Arc;
+
+fn write(path: &Path, cols: Vec<(&str, ArrayRef)>, rg: usize) {
+    let batch = RecordBatch::try_from_iter(cols).unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rg))
+        .build();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// A log that exercises every rule: string users, integer items, a label column with label-0
+/// rows, timestamp ties, two files (rows of one user in both), small row groups, and one user
+/// with more rows than a partition of the smallest budget holds.
+fn mixed_log(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut x: u64 = 12345;
+    let mut rnd = |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m
+    };
+    for part in 0..2 {
+        let (mut u, mut i, mut c, mut t, mut l) = (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..6000 {
+            // User 0 is heavy (a third of the rows), the rest spread over 300 users.
+            let user = if rnd(3) == 0 { 0 } else { 1 + rnd(300) };
+            let item = rnd(400) as i64;
+            u.push(format!("u{user}"));
+            i.push(item * 7 + 1000);
+            c.push(item % 13);
+            t.push(rnd(50) as i64); // many ties
+            l.push(rnd(4) != 0);
+        }
+        let u: Vec<&str> = u.iter().map(String::as_str).collect();
+        write(
+            &dir.join(format!("part-{part}.parquet")),
+            vec![
+                ("user_id", Arc::new(StringArray::from(u)) as ArrayRef),
+                ("item_id", Arc::new(Int64Array::from(i))),
+                ("cate_id", Arc::new(Int64Array::from(c))),
+                ("ts", Arc::new(Int64Array::from(t))),
+                ("label", Arc::new(BooleanArray::from(l))),
+            ],
+            1000,
+        );
+    }
+}
+
+fn assert_same_dataset(a: &Path, b: &Path) {
+    let (da, db) = (Dataset::open(a).unwrap(), Dataset::open(b).unwrap());
+    assert_eq!(da.meta, db.meta);
+    assert_eq!(da.histories, db.histories);
+    for s in [Split::Train, Split::Valid, Split::Test] {
+        assert_eq!(
+            da.load_split(s).unwrap(),
+            db.load_split(s).unwrap(),
+            "{s:?}"
+        );
+    }
+    for v in ["user", "item", "cate"] {
+        let f = format!("vocab/{v}.parquet");
+        assert_eq!(
+            std::fs::read(a.join(&f)).unwrap(),
+            std::fs::read(b.join(&f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+fn scratch_left(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".prepare-scratch"))
+        .collect()
+}
+
+#[test]
+fn partitioned_and_spilled_prepare_equals_in_memory_prepare() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    mixed_log(&log);
+    let base = PrepareConfig {
+        negatives: Some(2),
+        ..PrepareConfig::default()
+    };
+    let whole = tmp.path().join("whole");
+    let s = prepare(&log, &whole, &base).unwrap();
+    assert_eq!((s.partitions, s.spilled_rows), (1, 0));
+    assert!(
+        s.meta.n_train > 1000
+            && s.meta.prepare["counts"]["label0_impressions"].as_u64() > Some(100)
+    );
+
+    // A budget of 1 byte: partitions of the minimum size (1,024 rows), every row spilled.
+    let parts = tmp.path().join("parts");
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let cfg = PrepareConfig {
+        memory_budget: 1,
+        scratch: Some(scratch.clone()),
+        ..base.clone()
+    };
+    let p = prepare(&log, &parts, &cfg).unwrap();
+    assert!(p.partitions > 5, "{} partitions", p.partitions);
+    assert!(p.spilled_rows > 10_000, "{} rows spilled", p.spilled_rows);
+    assert_same_dataset(&whole, &parts);
+    assert!(
+        scratch_left(&scratch).is_empty(),
+        "{:?}",
+        scratch_left(&scratch)
+    );
+
+    // The heavy user (about 4,000 rows, more than a partition holds) sits alone in its
+    // partition and still gets its whole history.
+    let ds = Dataset::open(&parts).unwrap();
+    let heavy = ds.vocab("user").unwrap().lookup_str("u0");
+    assert_eq!(heavy, 2, "the most frequent user gets the first index");
+    assert!(ds.histories.len_of(heavy) > 2000);
+
+    // A budget between the two: fewer, larger partitions; scratch defaults to a directory
+    // inside the output, removed afterwards.
+    let mid = tmp.path().join("mid");
+    let q = prepare(
+        &log,
+        &mid,
+        &PrepareConfig {
+            memory_budget: 600_000,
+            ..base.clone()
+        },
+    )
+    .unwrap();
+    assert!(
+        q.partitions > 1 && q.partitions < p.partitions,
+        "{}",
+        q.partitions
+    );
+    assert_same_dataset(&whole, &mid);
+    assert!(scratch_left(&mid).is_empty());
+}
+
+#[test]
+fn synth_streams_the_same_events_and_prepares_in_partitions() {
+    let tmp = tempfile::tempdir().unwrap();
+    // More users than one generated block (16,384), so the file is written in several.
+    let cfg = SynthConfig {
+        users: 20_000,
+        items: 3000,
+        cates: 30,
+        len: 6,
+        seed: 5,
+    };
+    let path = write_synth(&cfg, tmp.path()).unwrap();
+    let ev = lifelong::data::synth::generate(&cfg).unwrap();
+    let spec = |name: &str, kind: Kind| ColumnSpec::new(name, kind);
+    let mut t = io::read_table(
+        &path,
+        &[
+            spec("user_id", Kind::RawId),
+            spec("item_id", Kind::RawId),
+            spec("ts", Kind::Timestamp),
+        ],
+    )
+    .unwrap();
+    assert!(t.file_rows[0] == ev.len() && ev.len() > 16_384);
+    assert_eq!(
+        t.take(0).unwrap().into_raw_ids(),
+        Some(RawIds::Int(ev.user_id))
+    );
+    assert_eq!(
+        t.take(1).unwrap().into_raw_ids(),
+        Some(RawIds::Int(ev.item_id))
+    );
+    assert_eq!(t.take(2).unwrap().into_i64(), Some(ev.ts));
+
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    prepare(&path, &a, &PrepareConfig::default()).unwrap();
+    let s = prepare(
+        &path,
+        &b,
+        &PrepareConfig {
+            memory_budget: 2_000_000,
+            ..PrepareConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(s.partitions > 3, "{}", s.partitions);
+    assert_same_dataset(&a, &b);
+}
+
+#[test]
+fn files_with_different_timestamp_units_or_id_kinds_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ids = |v: &[i64]| Arc::new(Int64Array::from(v.to_vec())) as ArrayRef;
+    write(
+        &dir.join("a.parquet"),
+        vec![
+            ("user_id", ids(&[1, 2])),
+            ("item_id", ids(&[1, 2])),
+            ("cate_id", ids(&[1, 1])),
+            ("ts", Arc::new(TimestampSecondArray::from(vec![10, 20]))),
+        ],
+        10,
+    );
+    write(
+        &dir.join("b.parquet"),
+        vec![
+            ("user_id", ids(&[1, 2])),
+            ("item_id", ids(&[1, 2])),
+            ("cate_id", ids(&[1, 1])),
+            (
+                "ts",
+                Arc::new(TimestampMillisecondArray::from(vec![15_000, 5])),
+            ),
+        ],
+        10,
+    );
+    let e = prepare(&dir, &tmp.path().join("o"), &PrepareConfig::default()).unwrap_err();
+    assert!(matches!(e, Error::Schema { .. }), "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains("b.parquet")
+            && m.contains("ts")
+            && m.contains("milliseconds")
+            && m.contains("a.parquet"),
+        "{m}"
+    );
+
+    // Integer users in one file, string users in another.
+    std::fs::remove_file(dir.join("b.parquet")).unwrap();
+    write(
+        &dir.join("b.parquet"),
+        vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(vec!["1", "2"])) as ArrayRef,
+            ),
+            ("item_id", ids(&[1, 2])),
+            ("cate_id", ids(&[1, 1])),
+            ("ts", Arc::new(TimestampSecondArray::from(vec![30, 40]))),
+        ],
+        10,
+    );
+    let m = prepare(&dir, &tmp.path().join("o"), &PrepareConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        m.contains("b.parquet") && m.contains("user_id") && m.contains("string ids"),
+        "{m}"
+    );
+}
