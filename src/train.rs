@@ -52,6 +52,13 @@ pub struct TrainerState {
     pub finished: bool,
     /// Every validation so far.
     pub evals: Vec<EvalRecord>,
+    /// Sum of the training losses since the last validation (so a resumed run reports the
+    /// same mean as an uninterrupted one).
+    #[serde(default)]
+    pub loss_sum: f64,
+    /// Steps summed in `loss_sum`.
+    #[serde(default)]
+    pub loss_n: u64,
 }
 
 /// One validation.
@@ -325,8 +332,17 @@ impl Trainer {
         );
         let n_batches = batcher.num_batches();
         let (mut samples, mut train_secs) = (0u64, 0f64);
-        let (mut loss_sum, mut loss_n) = (0f64, 0u64);
-        'epochs: while !self.state.finished && self.state.epoch < t.epochs {
+        // A resumed run that already took its steps has nothing to do (raise train.max_steps
+        // with --set to train further).
+        let steps_left = t.max_steps == 0 || self.state.step < t.max_steps;
+        if !steps_left {
+            tracing::info!(
+                step = self.state.step,
+                max_steps = t.max_steps,
+                "train.max_steps already reached; nothing to train"
+            );
+        }
+        'epochs: while steps_left && !self.state.finished && self.state.epoch < t.epochs {
             let epoch = self.state.epoch;
             let bar = self.progress_bar(n_batches as u64, self.state.batch as u64, epoch);
             let mut clock = Instant::now();
@@ -342,8 +358,8 @@ impl Trainer {
                 self.state.batch += 1;
                 samples += batch.size() as u64;
                 bar_samples += batch.size() as u64;
-                loss_sum += loss as f64;
-                loss_n += 1;
+                self.state.loss_sum += loss as f64;
+                self.state.loss_n += 1;
                 ema = Some(ema.map_or(loss as f64, |e| 0.98 * e + 0.02 * loss as f64));
                 if let Some(b) = &bar {
                     b.inc(1);
@@ -371,8 +387,8 @@ impl Trainer {
                         self.state.batch = 0;
                     }
                     if do_eval || end_of_epoch {
-                        let train_loss = loss_sum / loss_n.max(1) as f64;
-                        (loss_sum, loss_n) = (0.0, 0);
+                        let train_loss = self.state.loss_sum / self.state.loss_n.max(1) as f64;
+                        (self.state.loss_sum, self.state.loss_n) = (0.0, 0);
                         self.validate(&hist, &valid, train_loss, epoch)?;
                     }
                     if self.state.epoch >= t.epochs {
@@ -445,20 +461,19 @@ impl Trainer {
             fmt_opt(m.gauc),
             m.logloss
         );
-        let line =
-            serde_json::to_string(&rec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let mlog = self.run_dir.join("metrics.jsonl");
-        // A fresh run's first validation starts the file anew (an earlier run in the same
-        // directory must not leak into its curves); a resumed run continues its own.
-        let mut text = if self.state.evals.is_empty() {
-            String::new()
-        } else {
-            std::fs::read_to_string(&mlog).unwrap_or_default()
-        };
-        text.push_str(&line);
-        text.push('\n');
-        crate::atomic::atomic_write_bytes(&mlog, text.as_bytes())?;
+        // metrics.jsonl is written from the validations the trainer state holds (the state a
+        // checkpoint stores): a resumed run continues exactly its checkpoint's curve, with no
+        // line of an interrupted, never-checkpointed interval and nothing read back from disk;
+        // a fresh run starts the file anew.
         self.state.evals.push(rec);
+        let mut text = String::new();
+        for r in &self.state.evals {
+            text.push_str(
+                &serde_json::to_string(r).map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            );
+            text.push('\n');
+        }
+        crate::atomic::atomic_write_bytes(&self.run_dir.join("metrics.jsonl"), text.as_bytes())?;
         let better = match (m.auc, self.state.best_auc) {
             (Some(a), Some(b)) => a > b,
             (Some(_), None) => true,
