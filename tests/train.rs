@@ -233,6 +233,12 @@ fn resume_mid_epoch_matches_uninterrupted_run() {
     part.fit(hist.clone(), tr.clone(), va.clone()).unwrap();
     assert_eq!(part.state().step, 7);
     drop(part);
+    // Resumed with the same max_steps, it has nothing left to do: no step, no validation.
+    let mut again = Trainer::resume(&ds, &part_dir, &Device::Cpu).unwrap();
+    again.progress = false;
+    again.fit(hist.clone(), tr.clone(), va.clone()).unwrap();
+    assert_eq!((again.state().step, again.state().evals.len()), (7, 1));
+    drop(again);
     let mut resumed = Trainer::resume(&ds, &part_dir, &Device::Cpu).unwrap();
     assert_eq!((resumed.state().epoch, resumed.state().step), (0, 7));
     resumed.set_max_steps(0);
@@ -262,6 +268,22 @@ fn resume_mid_epoch_matches_uninterrupted_run() {
         assert_eq!(s1, s2);
         assert!((a1 - a2).abs() <= 1e-6, "{a1} vs {a2}");
     }
+    // The mean train loss of the interval the interruption cut (steps 6..=10) includes the
+    // steps before it, as in the uninterrupted run.
+    for (e1, e2) in full.state().evals.iter().zip(&resumed.state().evals) {
+        let (l1, l2) = (e1.train_loss, e2.train_loss);
+        assert!((l1 - l2).abs() <= 1e-6 * l1.abs().max(1.0), "step {}: {l1} vs {l2}", e1.step);
+    }
+    // metrics.jsonl holds the same validations, one line each.
+    let lines = |d: &Path| {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lines(&full_dir), lines(&part_dir));
+    assert_eq!(lines(&full_dir).len(), fa.len());
 }
 
 #[test]
