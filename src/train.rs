@@ -33,6 +33,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Removes the `.tmp-*` files of atomic writes that never completed (a process killed while
+/// writing a checkpoint); a run directory belongs to one trainer at a time.
+fn remove_stale_temps(run_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with(".tmp-") && e.path().is_file() {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::info!(file = %e.path().display(), "removed an unfinished write"),
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), "could not remove an unfinished write: {err}")
+                }
+            }
+        }
+    }
+}
+
 /// Where training stands; saved in every checkpoint's metadata.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TrainerState {
@@ -170,6 +189,7 @@ impl Trainer {
         let dense = dense_optimizer(&model, &cfg)?;
         let sparse = RowWise::new(t.sparse_optimizer, AdamParams::with_lr(t.sparse_lr));
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        remove_stale_temps(run_dir);
         Ok(Self {
             cfg,
             model,
@@ -184,6 +204,8 @@ impl Trainer {
     }
 
     /// Resumes from `run_dir/last.safetensors`: config, weights, optimiser and trainer state.
+    /// Temporary files a killed run left in the directory (`.tmp-*`, never renamed into place)
+    /// are removed.
     ///
     /// # Errors
     /// [`Error::Checkpoint`] when the checkpoint is missing, corrupt, or does not match `data`.

@@ -657,6 +657,80 @@ fn prepare_within_a_memory_budget_writes_the_same_dataset() {
     );
 }
 
+/// `train` killed with SIGKILL at random moments, many times, checkpointing every step: after
+/// every kill the last checkpoint loads, and resuming always works, to the end of training.
+#[test]
+fn train_killed_at_random_moments_always_resumes() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let events = synth(tmp, &tmp.join("events"), 200, 500);
+    let data = tmp.join("prepared");
+    prepare(tmp, &events, &data);
+    let config = write_config(tmp, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "epochs = 1",
+        "epochs = 12\ncheckpoint_every = 1\neval_every = 7",
+    );
+    std::fs::write(&config, text).unwrap();
+    let run = tmp.join("run");
+    let last = run.join("last.safetensors");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let (mut kills_after_a_checkpoint, mut steps) = (0, Vec::new());
+    for _ in 0..10 {
+        let mut args = vec![
+            "train",
+            "--config",
+            s(&config),
+            "--data",
+            s(&data),
+            "--out",
+            s(&run),
+        ];
+        if last.exists() {
+            args.push("--resume");
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lifelong"))
+            .args(&args)
+            .current_dir(tmp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::thread::sleep(std::time::Duration::from_millis(150 + x % 900));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if last.exists() {
+            let (_, cfg) = lifelong::model_file::read_checkpoint(&last)
+                .unwrap_or_else(|e| panic!("after a kill the last checkpoint must load: {e}"));
+            assert_eq!(cfg.train.epochs, 12);
+            kills_after_a_checkpoint += 1;
+            let meta = read_metadata(&last).unwrap();
+            let state: serde_json::Value =
+                serde_json::from_str(&meta[lifelong::model_file::KEY_TRAINER]).unwrap();
+            steps.push(state["step"].as_u64().unwrap());
+        }
+    }
+    assert!(
+        kills_after_a_checkpoint >= 5,
+        "{kills_after_a_checkpoint} kills after a checkpoint"
+    );
+    // Progress is never lost: each kill's checkpoint is at least as far as the one before.
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+    let out = train(tmp, &config, &data, &run, &["--resume"]);
+    assert!(out.contains("trained"), "{out}");
+    let leftovers: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    ok(tmp, &["eval", "--checkpoint", s(&run), "--data", s(&data)]);
+}
+
 #[test]
 fn demo_outside_a_checkout_says_where_it_looks() {
     let tmp = tempfile::tempdir().unwrap();

@@ -63,7 +63,10 @@ fn mixed_log(dir: &Path) {
 }
 
 fn assert_same_dataset(a: &Path, b: &Path) {
-    let (da, db) = (Dataset::open(a).unwrap(), Dataset::open(b).unwrap());
+    let (mut da, mut db) = (Dataset::open(a).unwrap(), Dataset::open(b).unwrap());
+    // Everything but the input paths.
+    da.meta.prepare["inputs"] = serde_json::Value::Null;
+    db.meta.prepare["inputs"] = serde_json::Value::Null;
     assert_eq!(da.meta, db.meta);
     assert_eq!(da.histories, db.histories);
     for s in [Split::Train, Split::Valid, Split::Test] {
@@ -265,6 +268,175 @@ fn files_with_different_timestamp_units_or_id_kinds_are_named() {
         .to_string();
     assert!(
         m.contains("b.parquet") && m.contains("user_id") && m.contains("string ids"),
+        "{m}"
+    );
+}
+
+/// One row per user with the history in lists: three parallel lists, or one list of structs
+/// (what Spark's `collect_list(struct(ts, item_id, cate_id))` writes).
+fn history_table(path: &Path, ev: &lifelong::data::synth::SynthEvents, structs: bool, rg: usize) {
+    use arrow_array::{ListArray, StructArray};
+    use arrow_schema::{DataType, Field, Fields};
+    // Runs of one user (the log is grouped by user).
+    let (mut users, mut lens): (Vec<i64>, Vec<usize>) = (Vec::new(), Vec::new());
+    for &u in &ev.user_id {
+        if users.last() == Some(&u) {
+            *lens.last_mut().unwrap() += 1;
+        } else {
+            users.push(u);
+            lens.push(1);
+        }
+    }
+    let mut ob = arrow_array::builder::OffsetBufferBuilder::<i32>::new(lens.len());
+    lens.iter().for_each(|&l| ob.push_length(l));
+    let buf = ob.finish();
+    let col = |v: &[i64]| Arc::new(Int64Array::from(v.to_vec())) as ArrayRef;
+    let mut cols: Vec<(&str, ArrayRef)> = vec![("user_id", col(&users))];
+    if structs {
+        let fields = Fields::from(vec![
+            Field::new("ts", DataType::Int64, false),
+            Field::new("item_id", DataType::Int64, false),
+            Field::new("cate_id", DataType::Int64, false),
+        ]);
+        let s = StructArray::new(
+            fields.clone(),
+            vec![col(&ev.ts), col(&ev.item_id), col(&ev.cate_id)],
+            None,
+        );
+        let item = Arc::new(Field::new("element", DataType::Struct(fields), false));
+        cols.push((
+            "history",
+            Arc::new(ListArray::new(item, buf, Arc::new(s), None)),
+        ));
+    } else {
+        for (name, v) in [
+            ("item_id", &ev.item_id),
+            ("cate_id", &ev.cate_id),
+            ("ts", &ev.ts),
+        ] {
+            let item = Arc::new(Field::new("item", DataType::Int64, false));
+            cols.push((
+                name,
+                Arc::new(ListArray::new(item, buf.clone(), col(v), None)),
+            ));
+        }
+    }
+    write(path, cols, rg);
+}
+
+#[test]
+fn a_per_user_history_table_prepares_like_its_event_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig {
+        users: 150,
+        items: 400,
+        cates: 12,
+        len: 30,
+        seed: 9,
+    };
+    // The event log grouped by user, chronological: the order an exploded table has.
+    let log = write_synth(&cfg, &tmp.path().join("log")).unwrap();
+    let ev = lifelong::data::synth::generate(&cfg).unwrap();
+    let flat = tmp.path().join("flat");
+    prepare(&log, &flat, &PrepareConfig::default()).unwrap();
+    for structs in [false, true] {
+        let table = tmp.path().join(format!("hist-{structs}.parquet"));
+        history_table(&table, &ev, structs, 40);
+        let out = tmp.path().join(format!("from-hist-{structs}"));
+        let s = prepare(&table, &out, &PrepareConfig::default()).unwrap();
+        assert_eq!(
+            s.meta.prepare["counts"]["events"].as_u64(),
+            Some(ev.len() as u64)
+        );
+        assert_same_dataset(&flat, &out);
+        for f in ["users.parquet", "train.parquet", "test.parquet"] {
+            assert_eq!(
+                std::fs::read(flat.join(f)).unwrap(),
+                std::fs::read(out.join(f)).unwrap(),
+                "{f} (structs: {structs})"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_history_table_with_ragged_or_null_lists_names_the_user_row() {
+    use arrow_array::builder::{Int64Builder, ListBuilder};
+    let tmp = tempfile::tempdir().unwrap();
+    let list = |rows: &[Option<&[i64]>]| {
+        let mut b = ListBuilder::new(Int64Builder::new());
+        for r in rows {
+            match r {
+                Some(v) => {
+                    v.iter().for_each(|&x| b.values().append_value(x));
+                    b.append(true);
+                }
+                None => b.append(false),
+            }
+        }
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let users = || Arc::new(Int64Array::from(vec![7, 8, 9])) as ArrayRef;
+    let path = tmp.path().join("ragged.parquet");
+    write(
+        &path,
+        vec![
+            ("user_id", users()),
+            ("item_id", list(&[Some(&[1, 2]), Some(&[3]), Some(&[4, 5])])),
+            ("cate_id", list(&[Some(&[1, 1]), Some(&[1]), Some(&[1])])),
+            ("ts", list(&[Some(&[1, 2]), Some(&[3]), Some(&[4, 5])])),
+        ],
+        10,
+    );
+    let e = prepare(&path, &tmp.path().join("o"), &PrepareConfig::default()).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("ragged.parquet") && m.contains("row 2") && m.contains("cate_id"),
+        "{m}"
+    );
+    let path = tmp.path().join("null.parquet");
+    write(
+        &path,
+        vec![
+            ("user_id", users()),
+            ("item_id", list(&[Some(&[1]), None, Some(&[4])])),
+            ("cate_id", list(&[Some(&[1]), Some(&[1]), Some(&[1])])),
+            ("ts", list(&[Some(&[1]), Some(&[3]), Some(&[4])])),
+        ],
+        10,
+    );
+    let m = prepare(&path, &tmp.path().join("o"), &PrepareConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        m.contains("null.parquet") && m.contains("row 1") && m.contains("null history"),
+        "{m}"
+    );
+    // A value error inside a list names the user's row too: a null item in user 9's list.
+    let mut b = ListBuilder::new(Int64Builder::new());
+    b.values().append_value(1);
+    b.append(true);
+    b.values().append_value(2);
+    b.append(true);
+    b.values().append_value(3);
+    b.values().append_null();
+    b.append(true);
+    let path = tmp.path().join("nullitem.parquet");
+    write(
+        &path,
+        vec![
+            ("user_id", users()),
+            ("item_id", Arc::new(b.finish()) as ArrayRef),
+            ("cate_id", list(&[Some(&[1]), Some(&[1]), Some(&[1, 1])])),
+            ("ts", list(&[Some(&[1]), Some(&[3]), Some(&[4, 5])])),
+        ],
+        10,
+    );
+    let m = prepare(&path, &tmp.path().join("o"), &PrepareConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        m.contains("nullitem.parquet") && m.contains("row 2") && m.contains("item_id"),
         "{m}"
     );
 }

@@ -272,7 +272,11 @@ fn resume_mid_epoch_matches_uninterrupted_run() {
     // steps before it, as in the uninterrupted run.
     for (e1, e2) in full.state().evals.iter().zip(&resumed.state().evals) {
         let (l1, l2) = (e1.train_loss, e2.train_loss);
-        assert!((l1 - l2).abs() <= 1e-6 * l1.abs().max(1.0), "step {}: {l1} vs {l2}", e1.step);
+        assert!(
+            (l1 - l2).abs() <= 1e-6 * l1.abs().max(1.0),
+            "step {}: {l1} vs {l2}",
+            e1.step
+        );
     }
     // metrics.jsonl holds the same validations, one line each.
     let lines = |d: &Path| {

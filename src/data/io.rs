@@ -623,7 +623,20 @@ pub fn parquet_schema(path: &Path) -> Result<SchemaRef> {
 /// kind) and [`Error::IdOutOfRange`], each naming the file and the 0-based row within it.
 /// When several files are bad, the error of the first in file order is returned.
 pub fn read_table(path: &Path, specs: &[ColumnSpec]) -> Result<Table> {
-    let plan = TablePlan::open(path, specs)?;
+    read_table_with(path, specs, false)
+}
+
+/// [`read_table`] for an event log: a per-user history table (list columns) is read as the
+/// event rows it collects ([`crate::data::history_table`]).
+///
+/// # Errors
+/// As [`read_table`].
+pub fn read_event_table(path: &Path, specs: &[ColumnSpec]) -> Result<Table> {
+    read_table_with(path, specs, true)
+}
+
+fn read_table_with(path: &Path, specs: &[ColumnSpec], histories: bool) -> Result<Table> {
+    let plan = TablePlan::open(path, specs, histories)?;
     let chunks = first_error(
         (0..plan.tasks.len())
             .into_par_iter()
@@ -683,8 +696,9 @@ impl Chunk {
     }
 }
 
-/// Reads the columns `specs` of the parquet file or directory `path` one row group at a time,
-/// in file order, handing each to `f`: memory is bounded by a few row groups, not by the files.
+/// Reads the columns `specs` of the event log (parquet file or directory) `path` one row group
+/// at a time, in file order, handing each to `f`: memory is bounded by a few row groups, not by
+/// the files. A per-user history table is read as its event rows, as in [`read_event_table`].
 /// Up to `window` row groups are decoded in parallel ahead of `f`. Every file's footer and
 /// schema is checked before the first chunk. Returns the total number of rows (from the
 /// footers, reconciled with the rows decoded).
@@ -697,7 +711,7 @@ pub fn read_chunks(
     window: usize,
     mut f: impl FnMut(Chunk) -> Result<()>,
 ) -> Result<usize> {
-    let plan = TablePlan::open(path, specs)?;
+    let plan = TablePlan::open(path, specs, true)?;
     let window = window.max(1);
     for start in (0..plan.tasks.len()).step_by(window) {
         let end = (start + window).min(plan.tasks.len());
@@ -748,6 +762,8 @@ struct Task {
 struct TablePlan {
     files: Vec<PathBuf>,
     metas: Vec<ArrowReaderMetadata>,
+    /// Per file, the exploded schema of a history table (`None`: an event table).
+    exploded: Vec<Option<SchemaRef>>,
     /// Per file, which specs it holds.
     present: Vec<Vec<bool>>,
     tasks: Vec<Task>,
@@ -757,7 +773,8 @@ struct TablePlan {
 }
 
 impl TablePlan {
-    fn open(path: &Path, specs: &[ColumnSpec]) -> Result<Self> {
+    /// `histories`: read history tables (list columns) as event rows.
+    fn open(path: &Path, specs: &[ColumnSpec], histories: bool) -> Result<Self> {
         let files = list_parquet_files(path)?;
         let metas: Vec<ArrowReaderMetadata> = first_error(
             files
@@ -766,11 +783,25 @@ impl TablePlan {
                 .collect::<Vec<_>>(),
         )?;
 
+        // A history table (list columns) is read as the event rows it collects.
+        let exploded: Vec<Option<SchemaRef>> = metas
+            .iter()
+            .map(|m| {
+                histories
+                    .then(|| crate::data::history_table::exploded_schema(m.schema()))
+                    .flatten()
+            })
+            .collect();
+        let schema_of = |fi: usize| {
+            exploded[fi]
+                .clone()
+                .unwrap_or_else(|| metas[fi].schema().clone())
+        };
         // Schema check per file: which specs are present, and their types.
         let present: Vec<Vec<bool>> = files
             .iter()
-            .zip(&metas)
-            .map(|(file, meta)| check_columns(file, meta.schema(), specs))
+            .enumerate()
+            .map(|(fi, file)| check_columns(file, &schema_of(fi), specs))
             .collect::<Result<_>>()?;
         for (si, spec) in specs.iter().enumerate().filter(|(_, s)| s.optional) {
             let any = present.iter().any(|p| p[si]);
@@ -782,7 +813,7 @@ impl TablePlan {
                     format!(
                         "missing here but present in {}; the file has columns [{}]",
                         files[with].display(),
-                        column_names(metas[fi].schema())
+                        column_names(&schema_of(fi))
                     ),
                 ));
             }
@@ -791,8 +822,8 @@ impl TablePlan {
         // unit, across files: mixing them would order or join rows wrongly without an error.
         for (si, spec) in specs.iter().enumerate() {
             let mut first: Option<(usize, &'static str)> = None;
-            for (fi, meta) in metas.iter().enumerate().filter(|(fi, _)| present[*fi][si]) {
-                let schema = meta.schema();
+            for fi in (0..metas.len()).filter(|&fi| present[fi][si]) {
+                let schema = schema_of(fi);
                 let Ok(ci) = schema.index_of(&spec.name) else {
                     continue;
                 };
@@ -847,6 +878,7 @@ impl TablePlan {
         Ok(Self {
             files,
             metas,
+            exploded,
             present,
             tasks,
             file_rows,
@@ -859,16 +891,25 @@ impl TablePlan {
     fn read_task(&self, t: usize) -> Result<Vec<Option<Column>>> {
         let task = self.tasks[t];
         let path = &self.files[task.file];
+        let exploded = self.exploded[task.file].as_ref();
         let cols = read_row_group(
             path,
             &self.metas[task.file],
+            exploded,
             task.row_group,
             task.row0,
             &self.specs,
             &self.present[task.file],
             self.batch_rows,
         )?;
-        if let Some(n) = cols.iter().flatten().map(Column::len).next() {
+        // (A history table's row group holds users, its columns events.)
+        if let Some(n) = cols
+            .iter()
+            .flatten()
+            .map(Column::len)
+            .next()
+            .filter(|_| exploded.is_none())
+        {
             if n != task.rows {
                 return Err(Error::corrupt(
                     path,
@@ -885,7 +926,9 @@ impl TablePlan {
     /// An empty column for spec `si` if some file holds it (`None` for an absent optional one).
     fn empty_column(&self, si: usize) -> Option<Column> {
         let fi = self.present.iter().position(|p| p[si])?;
-        let schema = self.metas[fi].schema();
+        let schema = self.exploded[fi]
+            .as_ref()
+            .unwrap_or(self.metas[fi].schema());
         let ci = schema.index_of(&self.specs[si].name).ok()?;
         Some(Column::empty(
             &self.specs[si].kind,
@@ -946,23 +989,32 @@ pub(crate) fn missing_column(file: &Path, column: &str, schema: &SchemaRef) -> E
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn read_row_group(
     path: &Path,
     meta: &ArrowReaderMetadata,
+    exploded: Option<&SchemaRef>,
     rg: usize,
     row0: usize,
     specs: &[ColumnSpec],
     present: &[bool],
     batch_rows: usize,
 ) -> Result<Vec<Option<Column>>> {
-    let schema = meta.schema();
+    let file_schema = meta.schema();
+    let schema = exploded.unwrap_or(file_schema);
+    // A history table is read whole (its few columns are all lists or keys); an event table
+    // only the requested columns.
     let mut roots = Vec::new();
-    for (spec, &p) in specs.iter().zip(present) {
-        if p {
-            let ci = schema
-                .index_of(&spec.name)
-                .map_err(|_| missing_column(path, &spec.name, schema))?;
-            roots.push(ci);
+    if exploded.is_some() {
+        roots.extend(0..file_schema.fields().len());
+    } else {
+        for (spec, &p) in specs.iter().zip(present) {
+            if p {
+                let ci = schema
+                    .index_of(&spec.name)
+                    .map_err(|_| missing_column(path, &spec.name, schema))?;
+                roots.push(ci);
+            }
         }
     }
     roots.sort_unstable();
@@ -989,6 +1041,15 @@ fn read_row_group(
         let mut row = row0;
         for batch in reader {
             let batch = batch.map_err(|e| Error::corrupt(path, format!("row group {rg}: {e}")))?;
+            let rows = batch.num_rows();
+            // A history table's events, and the row of the file each comes from.
+            let (batch, source) = match exploded {
+                Some(_) => {
+                    let (b, s) = crate::data::history_table::explode(path, row, &batch)?;
+                    (b, Some(s))
+                }
+                None => (batch, None),
+            };
             for ((spec, col), &p) in specs.iter().zip(out.iter_mut()).zip(present) {
                 let Some(col) = col.as_mut().filter(|_| p) else {
                     continue;
@@ -999,11 +1060,14 @@ fn read_row_group(
                 let ctx = Ctx {
                     path,
                     column: &spec.name,
-                    row0: row,
+                    row0: if source.is_some() { 0 } else { row },
                 };
-                convert(&ctx, &spec.kind, arr, col)?;
+                convert(&ctx, &spec.kind, arr, col).map_err(|e| match &source {
+                    Some(s) => crate::data::history_table::locate(e, row, s),
+                    None => e,
+                })?;
             }
-            row += batch.num_rows();
+            row += rows;
         }
         Ok(out)
     })

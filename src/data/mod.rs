@@ -10,6 +10,7 @@
 pub mod batcher;
 pub mod csv;
 pub mod dataset;
+pub mod history_table;
 pub mod io;
 pub mod prepare;
 pub mod spill;
