@@ -233,6 +233,7 @@ fn main() -> anyhow::Result<()> {
         item: imp.item[..n_valid].to_vec(),
         cate: imp.cate[..n_valid].to_vec(),
         seq_len: imp.seq_len[..n_valid].to_vec(),
+        history: Vec::new(),
     });
     let (hist, imp) = (Arc::new(hist), Arc::new(imp));
     let mut rows = Vec::new();

@@ -809,11 +809,15 @@ fn read_users_batch(
             return Err(here("user", "null".into()));
         }
         let u = user.value(r);
-        if u < 2 || u as usize >= meta.n_users {
+        if u < 2 || u as usize >= meta.history_rows() {
             return Err(here(
                 "user",
-                format!("user index {u} outside 2..{}", meta.n_users),
+                format!("user index {u} outside 2..{}", meta.history_rows()),
             ));
+        }
+        if u as usize >= meta.n_users {
+            // A history of imported impressions that belongs to no user row: nothing to serve.
+            continue;
         }
         let ids = |l: &ListArray, c: &str, bound: usize| -> Result<Vec<u32>> {
             let v = l.value(r);

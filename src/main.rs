@@ -102,9 +102,27 @@ enum Command {
     /// Turn an event log (parquet or CSV, a file or a directory) into a prepared dataset.
     Prepare {
         /// Event log: a parquet or .csv file, or a directory (every *.parquet under it, else
-        /// every *.csv).
+        /// every *.csv), or a per-user history table (list columns).
+        #[arg(
+            long,
+            required_unless_present = "impressions",
+            conflicts_with = "impressions"
+        )]
+        events: Option<PathBuf>,
+        /// Instead of an event log, an impression dataset (one row per impression with label,
+        /// user, target and the history as lists): a directory with train, valid and test
+        /// (files or directories), or one table with --split-col.
         #[arg(long)]
-        events: PathBuf,
+        impressions: Option<PathBuf>,
+        /// Impressions: the list column of the history's item ids.
+        #[arg(long, default_value = "hist_item_ids")]
+        hist_item_col: String,
+        /// Impressions: the list column of the history's category ids.
+        #[arg(long, default_value = "hist_cate_ids")]
+        hist_cate_col: String,
+        /// Impressions: a column naming each row's split (train/valid/test or 0/1/2).
+        #[arg(long)]
+        split_col: Option<String>,
         /// Output directory of the prepared dataset.
         #[arg(long)]
         out: PathBuf,
@@ -286,6 +304,10 @@ fn run(cmd: Command) -> Result<()> {
             keep,
             memory_budget,
             scratch,
+            impressions,
+            hist_item_col,
+            hist_cate_col,
+            split_col,
         } => {
             let cfg = PrepareConfig {
                 negatives,
@@ -297,7 +319,20 @@ fn run(cmd: Command) -> Result<()> {
                 scratch,
                 ..log.config()?
             };
-            prepare(&events, &out, &cfg)?;
+            match (events, impressions) {
+                (_, Some(input)) => {
+                    let cols = data::ImpressionColumns {
+                        hist_item: hist_item_col,
+                        hist_cate: hist_cate_col,
+                        split: split_col.unwrap_or_default(),
+                    };
+                    let s = data::prepare_impressions(&input, &out, &cfg, &cols)
+                        .doing("preparing the impressions of", &input)?;
+                    report_prepared(&out, &s.meta);
+                }
+                (Some(events), None) => prepare(&events, &out, &cfg)?,
+                (None, None) => anyhow::bail!("--events or --impressions is required"),
+            }
         }
         Command::Train {
             config,
@@ -473,7 +508,11 @@ fn parse_keep(s: &str) -> std::result::Result<(String, String), String> {
 
 fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<()> {
     let s = data::prepare(events, out, cfg).doing("preparing", events)?;
-    let m = &s.meta;
+    report_prepared(out, &s.meta);
+    Ok(())
+}
+
+fn report_prepared(out: &Path, m: &data::Meta) {
     println!(
         "prepared {}: {} users, {} items, {} categories, {} behaviors; train {} / valid {} / test {} rows",
         out.display(),
@@ -485,7 +524,6 @@ fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<()> {
         m.n_valid,
         m.n_test
     );
-    Ok(())
 }
 
 fn train_cmd(cfg: Config, resume: bool) -> Result<()> {

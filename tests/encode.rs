@@ -138,6 +138,7 @@ fn scorer_equals_eval_for_every_model() {
                 item: cand_items.clone(),
                 cate: cand_items.iter().map(|&i| item_cates[i as usize]).collect(),
                 seq_len: vec![hist.len_of(u) as u32; n],
+                history: Vec::new(),
             });
             let want: Vec<f32> = lifelong::eval::predict(&mf.model, &hist, &imp, 64)
                 .unwrap()

@@ -12,6 +12,8 @@ mod checkpoint;
 mod data;
 // prepare within a memory budget: partitioned runs equal in-memory ones; cross-file checks.
 mod prepare_scale;
+// prepare --impressions: hand-computed import, split column, named errors.
+mod impressions;
 // Mutation fuzzing of the readers: a named error or a result, never a panic.
 mod fuzz;
 // Model pieces: Dice, DIN, BCE against references; every preset's gradient check, padding

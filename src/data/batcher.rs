@@ -207,7 +207,7 @@ pub fn collate(
         .iter()
         .map(|&r| {
             let r = r as usize;
-            let (items, cates) = hist.get(imp.user[r]);
+            let (items, cates) = hist.get(imp.history_of(r));
             let end = imp.seq_len[r] as usize;
             let start = end - end.min(max_len);
             (&items[start..end], &cates[start..end])

@@ -55,9 +55,25 @@ pub struct Meta {
     pub n_test: usize,
     /// Longest history.
     pub max_history: usize,
+    /// Rows of `users.parquet`'s index space: the users (`n_users`), then histories that belong
+    /// to no single user row (imported impressions whose histories are not prefixes of one
+    /// another). 0 (absent) = `n_users`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_histories: usize,
     /// The options `prepare` ran with (free-form, for provenance).
     #[serde(default)]
     pub prepare: serde_json::Value,
+}
+
+fn is_zero(x: &usize) -> bool {
+    *x == 0
+}
+
+impl Meta {
+    /// Rows of the history index space (at least `n_users`).
+    pub fn history_rows(&self) -> usize {
+        self.n_histories.max(self.n_users)
+    }
 }
 
 /// Every user's chronological history, stored once (jagged, CSR-like).
@@ -108,11 +124,20 @@ pub struct Impressions {
     /// Target category index.
     pub cate: Vec<u32>,
     /// How many of the user's behaviors precede this impression: its history is
-    /// `Histories::get(user)[..seq_len]`.
+    /// `Histories::get(history)[..seq_len]`.
     pub seq_len: Vec<u32>,
+    /// The history row of each impression; empty when every row's history is its user's (what
+    /// `prepare` writes for an event log). Imported impressions whose histories are not
+    /// prefixes of one another point at rows past the users ([`Meta::n_histories`]).
+    pub history: Vec<u32>,
 }
 
 impl Impressions {
+    /// The history row of impression `r`.
+    #[inline]
+    pub fn history_of(&self, r: usize) -> u32 {
+        self.history.get(r).copied().unwrap_or(self.user[r])
+    }
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.label.len()
@@ -200,6 +225,7 @@ impl Dataset {
             ColumnSpec::new("item", Kind::index("item", m.n_items)),
             ColumnSpec::new("cate", Kind::index("cate", m.n_cates)),
             ColumnSpec::new("seq_len", Kind::Count),
+            ColumnSpec::optional("history", Kind::index("history", m.history_rows())),
         ];
         let mut t = io::read_table(&path, &specs)?;
         let label = t.take(0).and_then(Column::into_u8).unwrap_or_default();
@@ -207,31 +233,33 @@ impl Dataset {
         let item = t.take(2).and_then(Column::into_u32).unwrap_or_default();
         let cate = t.take(3).and_then(Column::into_u32).unwrap_or_default();
         let seq_len = t.take(4).and_then(Column::into_u32).unwrap_or_default();
-        let bad = user
-            .par_iter()
-            .zip(seq_len.par_iter())
-            .position_first(|(&u, &s)| s as usize > self.histories.len_of(u));
-        if let Some(r) = bad {
-            let (file, row) = t.locate(r);
-            return Err(Error::value(
-                file,
-                row,
-                "seq_len",
-                format!(
-                    "seq_len {} is longer than user {}'s history ({} behaviors in users.parquet)",
-                    seq_len[r],
-                    user[r],
-                    self.histories.len_of(user[r])
-                ),
-            ));
-        }
-        Ok(Impressions {
+        let history = t.take(5).and_then(Column::into_u32).unwrap_or_default();
+        let imp = Impressions {
             label: label.into_iter().map(f32::from).collect(),
             user,
             item,
             cate,
             seq_len,
-        })
+            history,
+        };
+        let bad = (0..imp.len())
+            .into_par_iter()
+            .position_first(|r| imp.seq_len[r] as usize > self.histories.len_of(imp.history_of(r)));
+        if let Some(r) = bad {
+            let (file, row) = t.locate(r);
+            let h = imp.history_of(r);
+            return Err(Error::value(
+                file,
+                row,
+                "seq_len",
+                format!(
+                    "seq_len {} is longer than history {h}'s length ({} behaviors in users.parquet)",
+                    imp.seq_len[r],
+                    self.histories.len_of(h)
+                ),
+            ));
+        }
+        Ok(imp)
     }
 
     /// The item → category table from `vocab/item.parquet`: entry `i` is the category index of
@@ -318,7 +346,7 @@ pub fn read_meta(dir: &Path) -> Result<Meta> {
 /// Reads and validates `users.parquet` into [`Histories`] indexed by user index.
 fn read_histories(path: &Path, meta: &Meta) -> Result<Histories> {
     let specs = [
-        ColumnSpec::new("user", Kind::index("user", meta.n_users)),
+        ColumnSpec::new("user", Kind::index("user", meta.history_rows())),
         ColumnSpec::new("items", Kind::index_list("item", meta.n_items)),
         ColumnSpec::new("cates", Kind::index_list("cate", meta.n_cates)),
         ColumnSpec::new("ts", Kind::IntList),
@@ -337,7 +365,7 @@ fn read_histories(path: &Path, meta: &Meta) -> Result<Histories> {
         .take(3)
         .and_then(Column::into_i64_list)
         .unwrap_or_default();
-    let n_users = meta.n_users;
+    let n_users = meta.history_rows();
     let mut row_of = vec![usize::MAX; n_users];
     for (r, &u) in users.iter().enumerate() {
         let here = |col: &str, why: String| {

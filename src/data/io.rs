@@ -698,7 +698,8 @@ impl Chunk {
 
 /// Reads the columns `specs` of the event log (parquet file or directory) `path` one row group
 /// at a time, in file order, handing each to `f`: memory is bounded by a few row groups, not by
-/// the files. A per-user history table is read as its event rows, as in [`read_event_table`].
+/// the files. With `histories`, a per-user history table is read as its event rows, as in
+/// [`read_event_table`]; without, list columns are read as lists.
 /// Up to `window` row groups are decoded in parallel ahead of `f`. Every file's footer and
 /// schema is checked before the first chunk. Returns the total number of rows (from the
 /// footers, reconciled with the rows decoded).
@@ -709,9 +710,10 @@ pub fn read_chunks(
     path: &Path,
     specs: &[ColumnSpec],
     window: usize,
+    histories: bool,
     mut f: impl FnMut(Chunk) -> Result<()>,
 ) -> Result<usize> {
-    let plan = TablePlan::open(path, specs, true)?;
+    let plan = TablePlan::open(path, specs, histories)?;
     let window = window.max(1);
     for start in (0..plan.tasks.len()).step_by(window) {
         let end = (start + window).min(plan.tasks.len());

@@ -11,6 +11,7 @@ pub mod batcher;
 pub mod csv;
 pub mod dataset;
 pub mod history_table;
+pub mod impressions;
 pub mod io;
 pub mod prepare;
 pub mod spill;
@@ -19,6 +20,7 @@ pub mod vocab;
 
 pub use batcher::{Batch, Batcher, BatcherConfig};
 pub use dataset::{Dataset, Histories, Impressions, Meta, Split};
+pub use impressions::{prepare_impressions, ImpressionColumns};
 pub use prepare::{prepare, ColumnNames, PrepareConfig, PrepareSummary};
 pub use synth::{write_synth, SynthConfig};
 pub use vocab::{RawId, Vocab, PAD, UNKNOWN};

@@ -274,7 +274,7 @@ fn read_event_chunks(
     if is_csv(events) {
         read_csv_chunks(events, specs, &cfg.csv, f)
     } else {
-        io::read_chunks(events, specs, rayon::current_num_threads(), f)
+        io::read_chunks(events, specs, rayon::current_num_threads(), true, f)
     }
 }
 
@@ -670,6 +670,7 @@ pub fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<Prepare
         n_valid: t.rows[1],
         n_test: t.rows[2],
         max_history: t.max_history,
+        n_histories: 0,
         prepare: serde_json::json!({
             "config": cfg,
             "inputs": inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
@@ -711,7 +712,7 @@ pub fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<Prepare
 /// its history entry (16), about two impressions (2 × 16), the output batches and the
 /// allocator's slack. Calibrated on peak RSS (109 bytes per event measured for a 10^7-event log
 /// in one partition; README's figures).
-pub const BYTES_PER_EVENT: u64 = 120;
+pub const BYTES_PER_EVENT: u64 = 136;
 
 /// How many events a partition may hold under `budget` bytes when `fixed` are already taken.
 fn partition_events(budget: u64, fixed: usize) -> usize {

@@ -37,6 +37,7 @@ pub fn tiny_data() -> (Histories, Impressions) {
         item: vec![6, 9, 10, 2, 11, 7, 4],
         cate: vec![4, 2, 4, 2, 2, 3, 3],
         seq_len: vec![5, 3, 0, 3, 6, 2, 7],
+        history: Vec::new(),
     };
     (hist, imp)
 }
