@@ -14,6 +14,8 @@ mod data;
 mod prepare_scale;
 // prepare --impressions: hand-computed import, split column, named errors.
 mod impressions;
+// Collation and the batcher: hand-computed batches, shuffling, the mid-epoch skip.
+mod batcher;
 // Mutation fuzzing of the readers: a named error or a result, never a panic.
 mod fuzz;
 // Model pieces: Dice, DIN, BCE against references; every preset's gradient check, padding
