@@ -29,7 +29,10 @@ fn collate_takes_the_last_behaviors_before_each_impression() {
     assert_eq!(b.len, 4);
     // A seq_len below max_len keeps all of it: row 1 (user 2, seq_len 3) → items [2, 3, 4].
     let b = collate(&hist, &imp, &[1], 50, false);
-    assert_eq!((b.hist_item.clone(), b.hist_pos.clone()), (vec![2, 3, 4], vec![3, 2, 1]));
+    assert_eq!(
+        (b.hist_item.clone(), b.hist_pos.clone()),
+        (vec![2, 3, 4], vec![3, 2, 1])
+    );
 }
 
 #[test]

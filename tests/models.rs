@@ -112,18 +112,18 @@ fn dice_running_statistics_follow_momentum() {
 
 /// An activation unit with Dice layers `hidden` over tokens of width `d`, seeded.
 fn dice_unit(d: usize, hidden: &[usize], softmax: bool, seed: u64) -> (ParamStore, ActivationUnit) {
+    unit_with(Activation::Dice, d, hidden, softmax, seed)
+}
+
+fn unit_with(
+    act: Activation,
+    d: usize,
+    hidden: &[usize],
+    softmax: bool,
+    seed: u64,
+) -> (ParamStore, ActivationUnit) {
     let mut ps = ParamStore::new(Device::Cpu, seed);
-    let unit = ActivationUnit::new(
-        &mut ps,
-        "att",
-        d,
-        hidden,
-        Activation::Dice,
-        softmax,
-        1e-8,
-        0.1,
-    )
-    .unwrap();
+    let unit = ActivationUnit::new(&mut ps, "att", d, hidden, act, softmax, 1e-8, 0.1).unwrap();
     (ps, unit)
 }
 
@@ -232,16 +232,23 @@ fn masked_softmax_fully_masked_row_is_zero_not_nan() {
 /// for the target, the history and every parameter of the unit.
 #[test]
 fn din_fused_ops_match_composite_gradients() {
-    for (softmax, hidden, train) in [
-        (false, vec![5], true),
-        (true, vec![5], true),
-        (false, vec![5], false),
-        (false, vec![5, 4], true),
-        (true, vec![5, 4], true),
-    ] {
+    let mut cases = vec![
+        (Activation::Dice, false, vec![5], true),
+        (Activation::Dice, true, vec![5], true),
+        (Activation::Dice, false, vec![5], false),
+        (Activation::Dice, false, vec![5, 4], true),
+        (Activation::Dice, true, vec![5, 4], true),
+    ];
+    // Every other activation, one and two layers, with and without softmax.
+    for act in [Activation::Prelu, Activation::Relu, Activation::Sigmoid] {
+        for (softmax, hidden) in [(false, vec![5]), (true, vec![5, 4]), (false, vec![5, 4])] {
+            cases.push((act, softmax, hidden, true));
+        }
+    }
+    for (act, softmax, hidden, train) in cases {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let d = 6;
-        let (ps, unit) = dice_unit(d, &hidden, softmax, 8);
+        let (ps, unit) = unit_with(act, d, &hidden, softmax, 8);
         let (target, _, packed_seq, _, packed) = tiny_packed(&mut rng, d);
         let t = Var::from_tensor(&target).unwrap();
         let s = Var::from_tensor(&packed_seq).unwrap();
@@ -272,7 +279,7 @@ fn din_fused_ops_match_composite_gradients() {
             );
             assert!(
                 max_abs_diff(a, b) < 1e-4,
-                "softmax={softmax} {name}: {}",
+                "{act:?} {hidden:?} softmax={softmax} {name}: {}",
                 max_abs_diff(a, b)
             );
         }
@@ -290,6 +297,30 @@ fn every_model_passes_a_gradient_check() {
         eprintln!("{preset:?}: {checked} entries, largest gradient {biggest:.3}");
         assert!(checked > 200, "{preset:?}: only {checked} entries");
         assert!(biggest > 0.05, "{preset:?}: gradients all tiny ({biggest})");
+    }
+}
+
+/// DIN with the smooth activations (sigmoid, Dice), two-layer units, with and without softmax,
+/// against finite differences through the whole model. (PReLU and ReLU have kinks where a
+/// finite step crosses zero; `din_fused_ops_match_composite_gradients` checks them exactly
+/// against candle's autograd instead.)
+#[test]
+fn din_unit_depths_and_smooth_activations_pass_a_gradient_check() {
+    let batch = tiny_batch(6);
+    for (act, hidden, softmax) in [("sigmoid", "[4, 3]", false), ("dice", "[4, 3]", true)] {
+        // The tiny DIN of `tiny_config`, its unit varied (Custom: no preset text to clash with).
+        let model_text = format!(
+            "[model]\nkind = \"din\"\n[model.embedding]\nitem_dim = 3\ncate_dim = 2\npos_dim = 2\n\
+             user_dim = 2\ninit = {{ kind = \"normal\", std = 0.5 }}\n[[model.aggregate]]\n\
+             hidden = {hidden}\nactivation = \"{act}\"\nsoftmax = {softmax}\n"
+        );
+        let (_, model) = tiny_model(Preset::Custom, &model_text);
+        let (checked, biggest) = gradient_check(&model, &batch, 5e-5);
+        assert!(checked > 150, "{act} {hidden}: only {checked} entries");
+        assert!(
+            biggest > 0.01,
+            "{act} {hidden}: gradients all tiny ({biggest})"
+        );
     }
 }
 

@@ -202,6 +202,7 @@ fn probe_tensor(out: &lifelong::model::Forward, coef: &[f64]) -> Tensor {
 /// `|analytic − numeric| ≤ 1e-3·max(|analytic|, |numeric|) + atol`. Returns (entries checked,
 /// the largest |analytic| seen).
 pub fn gradient_check(model: &CtrModel, batch: &Batch, atol: f64) -> (usize, f64) {
+    let h = 0.01f32;
     let plan = model.plan(batch).unwrap();
     let (leaves, look) = model.leaves(batch, &plan, true).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(77);
@@ -246,7 +247,6 @@ pub fn gradient_check(model: &CtrModel, batch: &Batch, atol: f64) -> (usize, f64
             var.set(&Tensor::from_slice(v, var.shape(), &Device::Cpu).unwrap())
                 .unwrap()
         };
-        let h = 0.01f32;
         for i in 0..base.len() {
             let at = |d: f32| {
                 let mut x = base.clone();
