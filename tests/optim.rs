@@ -182,3 +182,54 @@ fn row_zero_is_updated_only_without_padding() {
         }
     }
 }
+
+/// AdamW (decoupled weight decay) by hand over two steps: w ← w·(1 − lr·wd) − lr·m̂/(√v̂ + ε),
+/// with a gradient of zero on the second entry (only the decay moves it) and a scaled
+/// (clipped) gradient on the second step.
+#[test]
+fn adamw_decays_weights_and_scales_gradients_as_computed_by_hand() {
+    let w0 = [1.0f32, -2.0];
+    let g = [0.5f32, 0.0];
+    let var = Var::from_slice(&w0, 2, &Device::Cpu).unwrap();
+    let p = AdamParams {
+        weight_decay: 0.01,
+        ..AdamParams::with_lr(0.1)
+    };
+    let mut adam = Adam::new(vec![("w".into(), var.clone())], p).unwrap();
+    let gt = Tensor::from_slice(&g, 2, &Device::Cpu).unwrap();
+    let grads = || {
+        (var.as_tensor() * &gt)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    };
+    adam.step(&grads(), 1.0).unwrap();
+    adam.step(&grads(), 0.5).unwrap();
+    // By hand, in f64.
+    let (b1, b2, eps, lr, wd) = (0.9f64, 0.999f64, 1e-8f64, 0.1f64, 0.01f64);
+    let mut want = [0f64; 2];
+    for j in 0..2 {
+        let (mut w, mut m, mut v) = (w0[j] as f64, 0f64, 0f64);
+        for (t, scale) in [(1, 1.0f64), (2, 0.5)] {
+            let gj = g[j] as f64 * scale;
+            m = b1 * m + (1.0 - b1) * gj;
+            v = b2 * v + (1.0 - b2) * gj * gj;
+            let (mh, vh) = (m / (1.0 - b1.powi(t)), v / (1.0 - b2.powi(t)));
+            w = w * (1.0 - lr * wd) - lr * mh / (vh.sqrt() + eps);
+        }
+        want[j] = w;
+    }
+    let got = var.as_tensor().to_vec1::<f32>().unwrap();
+    for j in 0..2 {
+        assert!(
+            (got[j] as f64 - want[j]).abs() < 1e-6,
+            "entry {j}: {} vs {}",
+            got[j],
+            want[j]
+        );
+    }
+    // The second entry moved by the decay alone: −2·(1 − 0.001)².
+    assert!((want[1] + 2.0 * 0.999f64.powi(2)).abs() < 1e-12);
+}

@@ -389,3 +389,80 @@ fn checkpoint_refuses_a_dataset_with_other_vocabularies() {
         Ok(_) => panic!("resumed on a dataset with other vocabularies"),
     }
 }
+
+/// Early stopping: with learning rates too small to learn anything (only Dice's running
+/// statistics move the AUC), `patience = 2` stops at the first validation that follows two
+/// without a better AUC, as the rule applied to the recorded AUCs says, long before 50 epochs.
+#[test]
+fn early_stopping_stops_after_patience_validations_without_improvement() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared(dir.path(), 200, 30);
+    let (hist, tr, va, _) = splits(&ds);
+    let run = dir.path().join("run");
+    let mut cfg = config(&ds.dir, &run, "epochs = 50\neval_every = 2\npatience = 2");
+    cfg.train.lr = 1e-12;
+    cfg.train.sparse_lr = 1e-12;
+    let mut t = Trainer::new(cfg, &ds, &run, &Device::Cpu).unwrap();
+    t.progress = false;
+    t.fit(hist, tr, va).unwrap();
+    let s = t.state();
+    assert!(s.finished);
+    let aucs: Vec<f64> = s.evals.iter().map(|e| e.valid.auc.unwrap()).collect();
+    let (mut best, mut best_at, mut bad, mut stop) = (f64::NEG_INFINITY, 0, 0, None);
+    for (i, &a) in aucs.iter().enumerate() {
+        if a > best {
+            (best, best_at, bad) = (a, i, 0);
+        } else {
+            bad += 1;
+            if bad >= 2 {
+                stop = Some(i + 1);
+                break;
+            }
+        }
+    }
+    assert_eq!(Some(aucs.len()), stop, "{aucs:?}");
+    assert_eq!(s.step, 2 * aucs.len() as u64);
+    assert_eq!(s.best_step, 2 * (best_at as u64 + 1));
+    assert!(s.step < 40, "stopped late: {aucs:?}");
+}
+
+/// Row-wise Adagrad's accumulators are checkpointed: an interrupted and resumed run ends with the
+/// weights of an uninterrupted one.
+#[test]
+fn adagrad_state_survives_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared(dir.path(), 200, 30);
+    let (hist, tr, va, _) = splits(&ds);
+    let extra = "epochs = 2\neval_every = 0\npatience = 0\nsparse_optimizer = \"adagrad\"";
+    let full_dir = dir.path().join("full");
+    let mut full = Trainer::new(
+        config(&ds.dir, &full_dir, extra),
+        &ds,
+        &full_dir,
+        &Device::Cpu,
+    )
+    .unwrap();
+    full.progress = false;
+    full.fit(hist.clone(), tr.clone(), va.clone()).unwrap();
+    let part_dir = dir.path().join("part");
+    let mut cfg = config(&ds.dir, &part_dir, extra);
+    cfg.train.max_steps = 3;
+    let mut part = Trainer::new(cfg, &ds, &part_dir, &Device::Cpu).unwrap();
+    part.progress = false;
+    part.fit(hist.clone(), tr.clone(), va.clone()).unwrap();
+    drop(part);
+    let mut resumed = Trainer::resume(&ds, &part_dir, &Device::Cpu).unwrap();
+    resumed.set_max_steps(0);
+    resumed.progress = false;
+    resumed.fit(hist, tr, va).unwrap();
+    assert!(full.state().step > 3);
+    assert_eq!(resumed.state().step, full.state().step);
+    for ((na, a), (_, b)) in weights(&full).iter().zip(weights(&resumed).iter()) {
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1e-6, "{na} differs by {d}");
+    }
+}
