@@ -132,16 +132,7 @@ fn tiny_log(path: &Path) {
 
 fn files_of(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
-    for rel in [
-        "meta.json",
-        "users.parquet",
-        "train.parquet",
-        "valid.parquet",
-        "test.parquet",
-        "vocab/user.parquet",
-        "vocab/item.parquet",
-        "vocab/cate.parquet",
-    ] {
+    for rel in crate::common::PREPARED_FILES {
         out.push((PathBuf::from(rel), std::fs::read(dir.join(rel)).unwrap()));
     }
     out

@@ -47,16 +47,7 @@ fn mutate(
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.join("vocab")).unwrap();
-    for f in [
-        "meta.json",
-        "users.parquet",
-        "train.parquet",
-        "valid.parquet",
-        "test.parquet",
-        "vocab/user.parquet",
-        "vocab/item.parquet",
-        "vocab/cate.parquet",
-    ] {
+    for f in crate::common::PREPARED_FILES {
         std::fs::copy(from.join(f), to.join(f)).unwrap();
     }
 }

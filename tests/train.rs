@@ -202,6 +202,18 @@ fn weights(t: &Trainer) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// A trainer of `config(.., extra)` in `dir/name`, fitted (stopping after `max_steps` if > 0).
+fn fitted(ds: &Dataset, dir: &Path, name: &str, extra: &str, max_steps: u64) -> Trainer {
+    let (hist, tr, va, _) = splits(ds);
+    let run = dir.join(name);
+    let mut cfg = config(&ds.dir, &run, extra);
+    cfg.train.max_steps = max_steps;
+    let mut t = Trainer::new(cfg, ds, &run, &Device::Cpu).unwrap();
+    t.progress = false;
+    t.fit(hist, tr, va).unwrap();
+    t
+}
+
 /// Stop after 7 steps (mid-epoch, after a validation at step 5), resume from `last`, finish:
 /// the weights and the validation history equal an uninterrupted run's.
 #[test]
@@ -211,26 +223,13 @@ fn resume_mid_epoch_matches_uninterrupted_run() {
     let (hist, tr, va, _) = splits(&ds);
     let extra = "epochs = 2\neval_every = 5\npatience = 0\ncheckpoint_every = 3";
     let full_dir = dir.path().join("full");
-    let mut full = Trainer::new(
-        config(&ds.dir, &full_dir, extra),
-        &ds,
-        &full_dir,
-        &Device::Cpu,
-    )
-    .unwrap();
-    full.progress = false;
-    full.fit(hist.clone(), tr.clone(), va.clone()).unwrap();
+    let full = fitted(&ds, dir.path(), "full", extra, 0);
     assert!(
         full.state().step > 10,
         "need a run longer than the interruption"
     );
-
     let part_dir = dir.path().join("part");
-    let mut cfg = config(&ds.dir, &part_dir, extra);
-    cfg.train.max_steps = 7;
-    let mut part = Trainer::new(cfg, &ds, &part_dir, &Device::Cpu).unwrap();
-    part.progress = false;
-    part.fit(hist.clone(), tr.clone(), va.clone()).unwrap();
+    let part = fitted(&ds, dir.path(), "part", extra, 7);
     assert_eq!(part.state().step, 7);
     drop(part);
     // Resumed with the same max_steps, it has nothing left to do: no step, no validation.
@@ -434,23 +433,9 @@ fn adagrad_state_survives_resume() {
     let ds = prepared(dir.path(), 200, 30);
     let (hist, tr, va, _) = splits(&ds);
     let extra = "epochs = 2\neval_every = 0\npatience = 0\nsparse_optimizer = \"adagrad\"";
-    let full_dir = dir.path().join("full");
-    let mut full = Trainer::new(
-        config(&ds.dir, &full_dir, extra),
-        &ds,
-        &full_dir,
-        &Device::Cpu,
-    )
-    .unwrap();
-    full.progress = false;
-    full.fit(hist.clone(), tr.clone(), va.clone()).unwrap();
+    let full = fitted(&ds, dir.path(), "full", extra, 0);
     let part_dir = dir.path().join("part");
-    let mut cfg = config(&ds.dir, &part_dir, extra);
-    cfg.train.max_steps = 3;
-    let mut part = Trainer::new(cfg, &ds, &part_dir, &Device::Cpu).unwrap();
-    part.progress = false;
-    part.fit(hist.clone(), tr.clone(), va.clone()).unwrap();
-    drop(part);
+    drop(fitted(&ds, dir.path(), "part", extra, 3));
     let mut resumed = Trainer::resume(&ds, &part_dir, &Device::Cpu).unwrap();
     resumed.set_max_steps(0);
     resumed.progress = false;

@@ -294,3 +294,15 @@ pub fn assert_same_encoding(
         assert!(d < 1e-5, "{ctx}: buckets differ by {d}");
     }
 }
+
+/// The files of a prepared dataset, relative to its directory.
+pub const PREPARED_FILES: [&str; 8] = [
+    "meta.json",
+    "users.parquet",
+    "train.parquet",
+    "valid.parquet",
+    "test.parquet",
+    "vocab/user.parquet",
+    "vocab/item.parquet",
+    "vocab/cate.parquet",
+];
