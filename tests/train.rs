@@ -451,3 +451,67 @@ fn adagrad_state_survives_resume() {
         assert!(d <= 1e-6, "{na} differs by {d}");
     }
 }
+
+fn norm_of(t: &Trainer, prefix: &str) -> f64 {
+    weights(t)
+        .iter()
+        .filter(|(n, _)| n.starts_with(prefix))
+        .flat_map(|(_, v)| v.iter().map(|&x| x as f64 * x as f64))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// `embedding_l2` pulls the embedding rows a batch touches towards 0 (the item table ends
+/// smaller than without it) and leaves the run unchanged at 0; `clip_grad_norm` changes the
+/// run when the gradient norm exceeds it and is a no-op when it never does.
+#[test]
+fn embedding_l2_and_gradient_clipping_act_on_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepared(dir.path(), 200, 30);
+    let base = "epochs = 1\neval_every = 0\npatience = 0";
+    let plain = fitted(&ds, dir.path(), "plain", base, 12);
+    let same = |a: &Trainer, b: &Trainer| weights(a) == weights(b);
+    let l2_zero = fitted(
+        &ds,
+        dir.path(),
+        "l2_0",
+        &format!("{base}\nembedding_l2 = 0.0"),
+        12,
+    );
+    assert!(same(&plain, &l2_zero));
+    let l2 = fitted(
+        &ds,
+        dir.path(),
+        "l2",
+        &format!("{base}\nembedding_l2 = 0.5"),
+        12,
+    );
+    let (n0, n1) = (norm_of(&plain, "table/item"), norm_of(&l2, "table/item"));
+    assert!(
+        n1 < 0.9 * n0,
+        "item table norm {n1} with L2 vs {n0} without"
+    );
+
+    let loose = fitted(
+        &ds,
+        dir.path(),
+        "loose",
+        &format!("{base}\nclip_grad_norm = 1e9"),
+        12,
+    );
+    assert!(
+        same(&plain, &loose),
+        "a clip never reached must change nothing"
+    );
+    let tight = fitted(
+        &ds,
+        dir.path(),
+        "tight",
+        &format!("{base}\nclip_grad_norm = 1e-4"),
+        12,
+    );
+    assert!(
+        !same(&plain, &tight),
+        "a clip far below the gradient norm must change the run"
+    );
+}
