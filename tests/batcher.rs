@@ -92,3 +92,36 @@ fn batcher_shuffles_by_seed_and_epoch_and_resumes_mid_epoch() {
         assert_eq!(*b, collate(&hist, &imp, &b.rows, 3, false));
     }
 }
+
+/// A panic while collating (here: a row whose seq_len exceeds its history, which `load_split`
+/// would have refused) reaches the consumer as an error, not as the end of the epoch, in
+/// training and in scoring.
+#[test]
+fn a_failing_producer_is_an_error_not_the_end_of_the_epoch() {
+    let (hist, mut imp) = tiny_data();
+    imp.seq_len[3] = 99;
+    let b = Batcher::new(
+        Arc::new(hist.clone()),
+        Arc::new(imp.clone()),
+        BatcherConfig {
+            batch_size: 2,
+            max_len: 3,
+            shuffle: false,
+            seed: 1,
+            prefetch: 1,
+            full_ids: false,
+        },
+    );
+    let got: Vec<_> = b.iter(0, 0).collect();
+    // Batch 0 (rows 0, 1) is fine; batch 1 (rows 2, 3) fails, and the iterator ends there.
+    assert_eq!(got.len(), 2);
+    assert!(got[0].is_ok());
+    let e = got[1].as_ref().unwrap_err().to_string();
+    assert!(e.contains("batch producer failed"), "{e}");
+    // Scoring the same rows fails with that error instead of returning fewer logits.
+    let (_, model) = crate::common::tiny_model(lifelong::config::Preset::Din, "");
+    let e = lifelong::eval::predict(&model, &Arc::new(hist), &Arc::new(imp), 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("batch producer failed"), "{e}");
+}

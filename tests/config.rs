@@ -181,6 +181,24 @@ fn stored_config_round_trips_and_is_validated() {
     assert!(e.contains("stored config") && e.contains("bits"), "{e}");
 }
 
+/// A `--data`/`--out` path that is not UTF-8 is stored lossily (it is provenance only), never a
+/// panic, and the stored config still loads.
+#[cfg(unix)]
+#[test]
+fn non_utf8_paths_are_stored_lossily() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut c = cfg("[model]\nkind = \"din\"").unwrap();
+    c.data.dir = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"data/\xff\xfe"));
+    c.train.out = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"runs/\xc3"));
+    let back = Config::from_json(&c.to_json()).unwrap();
+    assert_eq!(
+        back.data.dir,
+        std::path::PathBuf::from("data/\u{fffd}\u{fffd}")
+    );
+    assert_eq!(back.train.out, std::path::PathBuf::from("runs/\u{fffd}"));
+    assert_eq!(back.model, c.model);
+}
+
 /// Every table draws from its own seed: adding a table (user, position, decoupled attention
 /// tables) leaves the others' initial values unchanged.
 #[test]

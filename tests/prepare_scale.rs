@@ -440,3 +440,38 @@ fn a_history_table_with_ragged_or_null_lists_names_the_user_row() {
         "{m}"
     );
 }
+
+/// An event log with an unrelated list column (tags) is an event log, not a history table: the
+/// list is ignored and the rows are not multiplied.
+#[test]
+fn an_unrelated_list_column_leaves_an_event_log_as_it_is() {
+    use arrow_array::builder::{ListBuilder, StringBuilder};
+    let tmp = tempfile::tempdir().unwrap();
+    let ids = |v: &[i64]| Arc::new(Int64Array::from(v.to_vec())) as ArrayRef;
+    let base = || {
+        vec![
+            ("user_id", ids(&[1, 1, 2, 2, 2])),
+            ("item_id", ids(&[5, 6, 5, 7, 8])),
+            ("cate_id", ids(&[1, 1, 1, 2, 2])),
+            ("ts", ids(&[1, 2, 1, 2, 3])),
+        ]
+    };
+    let plain = tmp.path().join("plain.parquet");
+    write(&plain, base(), 10);
+    let mut tags = ListBuilder::new(StringBuilder::new());
+    for k in 0..5 {
+        for _ in 0..k {
+            tags.values().append_value("t");
+        }
+        tags.append(true);
+    }
+    let mut cols = base();
+    cols.push(("tags", Arc::new(tags.finish()) as ArrayRef));
+    let tagged = tmp.path().join("tagged.parquet");
+    write(&tagged, cols, 10);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    prepare(&plain, &a, &PrepareConfig::default()).unwrap();
+    let s = prepare(&tagged, &b, &PrepareConfig::default()).unwrap();
+    assert_eq!(s.meta.prepare["counts"]["events"].as_u64(), Some(5));
+    assert_same_dataset(&a, &b);
+}

@@ -5,7 +5,8 @@
 //! writes, or as three parallel lists (`item_id`, `cate_id`, `ts` each a list). Such a table is
 //! *exploded* batch by batch: every list element becomes an event row, the row's other columns
 //! (the user) are repeated, and the fields of a list of structs become columns. All lists of one
-//! row must have the same length. What comes out goes through the event-log reader's checks.
+//! row must have the same length. Only lists that hold a column the reader asks for count: an
+//! event log with an unrelated list column (tags, say) is read as it is, the list ignored. What comes out goes through the event-log reader's checks.
 //! `collect_list` does not promise an order, which is why the timestamps decide and ties keep
 //! the list order.
 
@@ -23,20 +24,30 @@ fn list_child(dt: &DataType) -> Option<&Field> {
     }
 }
 
-/// The schema of the exploded table when `schema` is a history table (at least one list
-/// column), else `None`. A list's element type becomes the column's type; a list of structs
-/// contributes one column per struct field.
-pub fn exploded_schema(schema: &SchemaRef) -> Option<SchemaRef> {
-    if !schema
-        .fields()
-        .iter()
-        .any(|f| list_child(f.data_type()).is_some())
-    {
+/// Whether list column `f` holds one of the `wanted` columns: it is named like one, or it is a
+/// list of structs with a field named like one.
+fn holds_wanted(f: &Field, wanted: &[String]) -> bool {
+    match list_child(f.data_type()) {
+        Some(child) => match child.data_type() {
+            DataType::Struct(inner) => inner.iter().any(|g| wanted.iter().any(|w| w == g.name())),
+            _ => wanted.iter().any(|w| w == f.name()),
+        },
+        None => false,
+    }
+}
+
+/// The schema of the exploded table when `schema` is a history table (one of the `wanted`
+/// columns is in a list, or in a list of structs), else `None`. A list's element type becomes
+/// the column's type; a list of structs contributes one column per struct field; other list
+/// columns (tags, say) are dropped, and the remaining columns repeat per element.
+pub fn exploded_schema(schema: &SchemaRef, wanted: &[String]) -> Option<SchemaRef> {
+    if !schema.fields().iter().any(|f| holds_wanted(f, wanted)) {
         return None;
     }
     let mut fields = Vec::new();
     for f in schema.fields() {
         match list_child(f.data_type()) {
+            Some(_) if !holds_wanted(f, wanted) => {}
             Some(child) => match child.data_type() {
                 DataType::Struct(inner) => {
                     fields.extend(inner.iter().map(|g| g.as_ref().clone().with_nullable(true)))
@@ -64,14 +75,22 @@ fn offsets_and_values<O: OffsetSizeTrait>(arr: &ArrayRef) -> (Vec<usize>, ArrayR
 /// # Errors
 /// [`Error::Value`] naming the file, row and column for a null list or for lists of one row
 /// that differ in length.
-pub fn explode(file: &Path, row0: usize, batch: &RecordBatch) -> Result<(RecordBatch, Vec<u32>)> {
+pub fn explode(
+    file: &Path,
+    row0: usize,
+    batch: &RecordBatch,
+    wanted: &[String],
+) -> Result<(RecordBatch, Vec<u32>)> {
     let schema = batch.schema();
-    let Some(out_schema) = exploded_schema(&schema) else {
+    let Some(out_schema) = exploded_schema(&schema, wanted) else {
         return Ok((batch.clone(), (0..batch.num_rows() as u32).collect()));
     };
     // Every list column's offsets (they must agree row by row) and values.
     let mut lists: Vec<(usize, Vec<usize>, ArrayRef)> = Vec::new();
     for (ci, f) in schema.fields().iter().enumerate() {
+        if !holds_wanted(f, wanted) {
+            continue;
+        }
         let arr = batch.column(ci);
         let (off, values) = match f.data_type() {
             DataType::List(_) => offsets_and_values::<i32>(arr),
@@ -119,6 +138,9 @@ pub fn explode(file: &Path, row0: usize, batch: &RecordBatch) -> Result<(RecordB
         .collect();
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(out_schema.fields().len());
     for (ci, f) in schema.fields().iter().enumerate() {
+        if list_child(f.data_type()).is_some() && !holds_wanted(f, wanted) {
+            continue;
+        }
         match lists.iter().find(|(c, _, _)| *c == ci) {
             Some((_, _, values)) => match values.data_type() {
                 DataType::Struct(_) => {

@@ -786,11 +786,12 @@ impl TablePlan {
         )?;
 
         // A history table (list columns) is read as the event rows it collects.
+        let wanted: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let exploded: Vec<Option<SchemaRef>> = metas
             .iter()
             .map(|m| {
                 histories
-                    .then(|| crate::data::history_table::exploded_schema(m.schema()))
+                    .then(|| crate::data::history_table::exploded_schema(m.schema(), &wanted))
                     .flatten()
             })
             .collect();
@@ -1047,7 +1048,8 @@ fn read_row_group(
             // A history table's events, and the row of the file each comes from.
             let (batch, source) = match exploded {
                 Some(_) => {
-                    let (b, s) = crate::data::history_table::explode(path, row, &batch)?;
+                    let wanted: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+                    let (b, s) = crate::data::history_table::explode(path, row, &batch, &wanted)?;
                     (b, Some(s))
                 }
                 None => (batch, None),
