@@ -11,7 +11,8 @@
 //!   category is the one it first appears with.
 //! - Histories are stored once per user where they share a prefix: a row whose history extends
 //!   or is a prefix of one of its user's stored histories points into it (`seq_len` = its
-//!   length); otherwise it starts a new stored history. A user's first stored history is its
+//!   length; matched against the user's first and 15 most recent stored histories); otherwise it
+//!   starts a new stored history. A user's first stored history is its
 //!   row of `users.parquet`; the others get rows after the users (`meta.n_histories`) and the
 //!   split files a `history` column. So replayed logs (each row's history a prefix of the next)
 //!   store every behavior once, and shuffled or sampled histories are kept exactly.
@@ -58,6 +59,9 @@ impl Default for ImpressionColumns {
 }
 
 const SPLITS: [&str; 3] = ["train", "valid", "test"];
+
+/// How many of a user's stored histories a row is matched against (its first and most recent).
+const MAX_MATCHED: usize = 16;
 
 /// The inputs: one (path, split) per source, in split order, or one table with a split column.
 fn sources(input: &Path, cols: &ImpressionColumns) -> Result<Vec<(PathBuf, Option<usize>)>> {
@@ -288,8 +292,14 @@ pub fn prepare_impressions(
                 .map(|&x| cate_vocab.lookup_int(x))
                 .collect();
             let n = hi.len();
-            // The user's stored histories this one extends or is a prefix of.
-            let found = of_user[u as usize].iter().copied().find(|&h| {
+            // The user's stored histories this one extends or is a prefix of: its first and its
+            // most recent ones (a bound, so a user with many unrelated histories stays linear).
+            let mine = &of_user[u as usize];
+            let candidates = mine
+                .iter()
+                .take(1)
+                .chain(mine.iter().skip(1).rev().take(MAX_MATCHED - 1));
+            let found = candidates.copied().find(|&h| {
                 let (si, sc) = &stored[h as usize];
                 let m = si.len().min(n);
                 si[..m] == hi[..m] && sc[..m] == hc[..m]
