@@ -9,9 +9,9 @@ use parquet::arrow::ArrowWriter;
 use std::path::Path;
 use std::sync::Arc;
 
-type Row<'a> = (i8, i64, i64, i64, &'a [i64], &'a [i64]);
+pub(crate) type Row<'a> = (i8, i64, i64, i64, &'a [i64], &'a [i64]);
 
-fn write_rows(path: &Path, rows: &[Row], split: Option<&[&str]>) {
+pub(crate) fn write_rows(path: &Path, rows: &[Row], split: Option<&[&str]>) {
     let mut hi = ListBuilder::new(Int64Builder::new());
     let mut hc = ListBuilder::new(Int64Builder::new());
     for r in rows {
@@ -178,4 +178,94 @@ fn impressions_errors_are_named() {
         m.contains("one.parquet") && m.contains("row 1") && m.contains("`dev`"),
         "{m}"
     );
+}
+
+/// A planted signal in impression form: a click exactly when the target's category is among the
+/// history's, histories drawn per row (no shared prefixes), 8 categories.
+fn planted(dir: &Path) {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, n) in [("train", 4000), ("valid", 500), ("test", 1000)] {
+        let mut hists: Vec<(Vec<i64>, Vec<i64>)> = Vec::new();
+        let mut heads = Vec::new();
+        for _ in 0..n {
+            let len = 3 + rnd(6) as usize;
+            let items: Vec<i64> = (0..len).map(|_| rnd(160) as i64).collect();
+            let cates: Vec<i64> = items.iter().map(|i| i % 8).collect();
+            let target = rnd(160) as i64;
+            let label = cates.contains(&(target % 8)) as i8;
+            heads.push((label, rnd(300) as i64, target, target % 8));
+            hists.push((items, cates));
+        }
+        let rows: Vec<Row> = heads
+            .iter()
+            .zip(&hists)
+            .map(|(h, (i, c))| (h.0, h.1, h.2, h.3, i.as_slice(), c.as_slice()))
+            .collect();
+        write_rows(&dir.join(format!("{name}.parquet")), &rows, None);
+    }
+}
+
+/// The CLI end to end on imported impressions: prepare --impressions, train, eval; the model
+/// learns the planted rule from each row's own history (0.97 measured; a model reading the
+/// user's first stored history instead, or none, sees no signal: histories are drawn per row).
+#[test]
+fn cli_trains_on_imported_impressions() {
+    use crate::cli::{ok, s};
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let imp = tmp.join("imp");
+    planted(&imp);
+    let data = tmp.join("prep");
+    let out = ok(
+        tmp,
+        &["prepare", "--impressions", s(&imp), "--out", s(&data)],
+    );
+    assert!(out.contains("train 4000 / valid 500 / test 1000"), "{out}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("meta.json")).unwrap()).unwrap();
+    assert!(meta["n_histories"].as_u64().unwrap() > 5000, "{meta}");
+    let config = tmp.join("din.toml");
+    std::fs::write(
+        &config,
+        "[data]\ndir = \"x\"\nmax_len = 10\n[model]\nkind = \"din\"\n[model.embedding]\n\
+         item_dim = 8\ncate_dim = 8\n[[model.aggregate]]\nhidden = [16]\n[model.head]\n\
+         hidden = [16]\n[train]\nepochs = 4\nbatch_size = 128\nlr = 0.005\nsparse_lr = 0.02\n\
+         eval_every = 0\npatience = 0\nseed = 3\nout = \"run\"\n",
+    )
+    .unwrap();
+    let run = tmp.join("run");
+    ok(
+        tmp,
+        &[
+            "train",
+            "--config",
+            s(&config),
+            "--data",
+            s(&data),
+            "--out",
+            s(&run),
+        ],
+    );
+    let out = ok(
+        tmp,
+        &[
+            "eval",
+            "--checkpoint",
+            s(&run),
+            "--data",
+            s(&data),
+            "--json",
+        ],
+    );
+    let m: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let auc = m["auc"].as_f64().unwrap();
+    eprintln!("planted impressions: test AUC {auc:.4}");
+    assert!(auc > 0.9, "test AUC {auc}");
 }
