@@ -475,3 +475,32 @@ fn an_unrelated_list_column_leaves_an_event_log_as_it_is() {
     assert_eq!(s.meta.prepare["counts"]["events"].as_u64(), Some(5));
     assert_same_dataset(&a, &b);
 }
+
+/// Re-preparing into a directory that holds a dataset: a run that fails while writing leaves no
+/// `meta.json`, so the mix of new and old files is never opened as a dataset.
+#[test]
+fn a_failed_rewrite_never_leaves_an_old_meta_json_beside_new_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig {
+        users: 50,
+        items: 80,
+        cates: 5,
+        len: 10,
+        seed: 1,
+    };
+    let log = write_synth(&cfg, &tmp.path().join("log")).unwrap();
+    let out = tmp.path().join("out");
+    prepare(&log, &out, &PrepareConfig::default()).unwrap();
+    assert!(Dataset::open(&out).is_ok());
+    // test.parquet cannot be replaced (a directory with a file in it stands there now).
+    std::fs::remove_file(out.join("test.parquet")).unwrap();
+    std::fs::create_dir_all(out.join("test.parquet/x")).unwrap();
+    let other = write_synth(&SynthConfig { seed: 2, ..cfg }, &tmp.path().join("log2")).unwrap();
+    let e = prepare(&other, &out, &PrepareConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("test.parquet"), "{e}");
+    assert!(!out.join("meta.json").exists());
+    let e = Dataset::open(&out).unwrap_err().to_string();
+    assert!(e.contains("meta.json"), "{e}");
+}

@@ -353,6 +353,7 @@ pub fn prepare_impressions(
     let mut order: Vec<u32> = (0..stored.len() as u32).collect();
     order.sort_by_key(|&h| row_of[h as usize]);
 
+    crate::data::prepare::remove_meta(out)?;
     let vocab_dir = out.join("vocab");
     std::fs::create_dir_all(&vocab_dir).map_err(|e| Error::io(&vocab_dir, e))?;
     user_vocab.write(&vocab_dir.join("user.parquet"), None)?;

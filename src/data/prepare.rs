@@ -592,7 +592,9 @@ pub fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<Prepare
     );
 
     // Vocabularies now; the data files stream partition by partition; meta.json last, so a
-    // directory with a meta.json is complete.
+    // directory with a meta.json is complete (an earlier run's goes first, so a run that fails
+    // midway never leaves new files beside an old meta.json).
+    remove_meta(out)?;
     let vocab_dir = out.join("vocab");
     std::fs::create_dir_all(&vocab_dir).map_err(|e| Error::io(&vocab_dir, e))?;
     let writes: [&(dyn Fn() -> Result<()> + Sync); 3] = [
@@ -706,6 +708,16 @@ pub fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<Prepare
         partitions: n_parts,
         spilled_rows: spilled,
     })
+}
+
+/// Removes `out/meta.json` if there is one: the files about to be replaced no longer match it.
+pub(crate) fn remove_meta(out: &Path) -> Result<()> {
+    let meta = out.join("meta.json");
+    match std::fs::remove_file(&meta) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(&meta, e)),
+    }
 }
 
 /// Bytes one event takes while its partition is built: its coded row (21), the permutation (4),
