@@ -504,3 +504,40 @@ fn a_failed_rewrite_never_leaves_an_old_meta_json_beside_new_files() {
     let e = Dataset::open(&out).unwrap_err().to_string();
     assert!(e.contains("meta.json"), "{e}");
 }
+
+/// A CSV log within a budget: streamed batch by batch, spilled and partitioned like parquet, the
+/// same dataset as in memory.
+#[test]
+fn a_csv_log_prepares_the_same_within_a_tiny_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("csv");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut x: u64 = 777;
+    for part in 0..2 {
+        let mut text = String::from("user_id,item_id,cate_id,ts\n");
+        for _ in 0..70_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (u, i, t) = (x % 500, (x >> 20) % 300, (x >> 40) % 1000);
+            text.push_str(&format!("u{u},{i},c{},{t}\n", i % 7));
+        }
+        std::fs::write(dir.join(format!("part-{part}.csv")), text).unwrap();
+    }
+    let whole = tmp.path().join("whole");
+    prepare(&dir, &whole, &PrepareConfig::default()).unwrap();
+    let parts = tmp.path().join("parts");
+    let s = prepare(
+        &dir,
+        &parts,
+        &PrepareConfig {
+            memory_budget: 1,
+            ..PrepareConfig::default()
+        },
+    )
+    .unwrap();
+    // 140,000 rows in CSV batches of 65,536: three batches, every row spilled.
+    assert_eq!(s.spilled_rows, 140_000);
+    assert!(s.partitions > 50, "{}", s.partitions);
+    assert_same_dataset(&whole, &parts);
+}
