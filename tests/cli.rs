@@ -156,7 +156,7 @@ out = "no/such/run"
 }
 
 /// `train --config CONFIG --data DATA --out RUN EXTRA...`, asserting success; returns stdout.
-fn train(cwd: &Path, config: &Path, data: &Path, run: &Path, extra: &[&str]) -> String {
+pub(crate) fn train(cwd: &Path, config: &Path, data: &Path, run: &Path, extra: &[&str]) -> String {
     let mut args = vec![
         "train",
         "--config",

@@ -217,7 +217,7 @@ fn planted(dir: &Path) {
 /// user's first stored history instead, or none, sees no signal: histories are drawn per row).
 #[test]
 fn cli_trains_on_imported_impressions() {
-    use crate::cli::{ok, s};
+    use crate::cli::{ok, s, train};
     let tmp = tempfile::tempdir().unwrap();
     let tmp = tmp.path();
     let imp = tmp.join("imp");
@@ -241,18 +241,7 @@ fn cli_trains_on_imported_impressions() {
     )
     .unwrap();
     let run = tmp.join("run");
-    ok(
-        tmp,
-        &[
-            "train",
-            "--config",
-            s(&config),
-            "--data",
-            s(&data),
-            "--out",
-            s(&run),
-        ],
-    );
+    train(tmp, &config, &data, &run, &[]);
     let out = ok(
         tmp,
         &[
