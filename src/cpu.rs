@@ -54,6 +54,19 @@ impl<'a> Mat<'a> {
 /// When the shapes do not agree or a slice is shorter than its shape (a programming error in a
 /// fused op, never a data error).
 pub fn sgemm(a: Mat, b: Mat, out: &mut [f32], accumulate: bool) {
+    gemm_with(a, b, out, accumulate, true)
+}
+
+/// [`sgemm`] on the calling thread only: for the small per-block products inside a task that
+/// already runs in parallel with others.
+///
+/// # Panics
+/// As [`sgemm`].
+pub fn sgemm_serial(a: Mat, b: Mat, out: &mut [f32], accumulate: bool) {
+    gemm_with(a, b, out, accumulate, false)
+}
+
+fn gemm_with(a: Mat, b: Mat, out: &mut [f32], accumulate: bool, parallel: bool) {
     let (m, k) = a.shape();
     let (k2, n) = b.shape();
     assert_eq!(k, k2, "sgemm: inner dimensions {k} and {k2}");
@@ -72,7 +85,7 @@ pub fn sgemm(a: Mat, b: Mat, out: &mut [f32], accumulate: bool) {
     let (ars, acs) = a.strides();
     let (brs, bcs) = b.strides();
     let threads = rayon::current_num_threads();
-    let par = if m * n * k > 1 << 16 && threads > 1 {
+    let par = if parallel && m * n * k > 1 << 16 && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -234,15 +247,20 @@ pub fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest with the 1.5·2²³ trick (|x·log2 e| < 2²²): `f32::round` is a libm call
     // that would stop the loop from vectorising.
+    // The rounded value also sits in the low mantissa bits of `x·log2 e + MAGIC` (its ulp is 1),
+    // so `k` as an integer comes from the bits: an `f32 as i32` cast would be a saturating
+    // conversion that LLVM scalarises lane by lane (it was most of this function's time).
     const MAGIC: f32 = 12_582_912.0;
-    let k = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let k = shifted - MAGIC;
+    let ki = shifted.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
     let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    let bits = ((k as i32 + 127) as u32) << 23;
+    let bits = (ki.wrapping_add(127) as u32) << 23;
     p * f32::from_bits(bits)
 }
 

@@ -641,3 +641,119 @@ fn linear_op_matches_candle_matmul() {
         }
     }
 }
+
+/// Histories long enough that the fused unit works in many blocks and tasks (blocks of 256
+/// rows, tasks of ≥ 1024): lengths from 0 to 1,500, one sample alone longer than a task.
+fn long_packed(rng: &mut ChaCha8Rng, d: usize) -> (Tensor, Tensor, Packed) {
+    let lens: Vec<u32> = vec![700, 0, 1500, 1, 300, 1100, 20, 257, 256, 0, 900];
+    let n: usize = lens.iter().map(|&l| l as usize).sum();
+    (
+        randn(rng, &[lens.len(), d]),
+        randn(rng, &[n, d]),
+        Packed::from_lens(&lens),
+    )
+}
+
+/// The fused unit over thousands of rows (many blocks and tasks, samples straddling blocks)
+/// against the candle-op composite: values and the gradients of the target, the history and
+/// every parameter, with and without softmax, with batch and with running statistics.
+#[test]
+fn din_fused_unit_matches_composite_over_many_blocks() {
+    for (softmax, train) in [(false, true), (true, true), (true, false)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let d = 6;
+        let (ps, unit) = dice_unit(d, &[5], softmax, 12);
+        let (target, seq, packed) = long_packed(&mut rng, d);
+        let (t, s) = (
+            Var::from_tensor(&target).unwrap(),
+            Var::from_tensor(&seq).unwrap(),
+        );
+        let w = randn(&mut rng, &[target.dim(0).unwrap(), d]);
+        let fused = unit
+            .forward_t(t.as_tensor(), s.as_tensor(), &packed, train)
+            .unwrap();
+        let comp = unit
+            .forward_composite(t.as_tensor(), s.as_tensor(), &packed, train)
+            .unwrap();
+        let scale = |x: &Tensor| {
+            x.abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(
+            max_abs_diff(&fused, &comp) <= 1e-5 * scale(&comp).max(1.0),
+            "softmax={softmax} train={train}: {}",
+            max_abs_diff(&fused, &comp)
+        );
+        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (comp * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut vars = vec![
+            ("target".to_string(), t.as_tensor().clone()),
+            ("seq".to_string(), s.as_tensor().clone()),
+        ];
+        vars.extend(
+            ps.params()
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone())),
+        );
+        for (name, v) in vars {
+            let (a, b) = (gf.get(&v).unwrap(), gc.get(&v).unwrap());
+            let tol = 1e-4 * scale(b).max(1.0);
+            assert!(
+                max_abs_diff(a, b) <= tol,
+                "softmax={softmax} train={train} {name}: {} (scale {})",
+                max_abs_diff(a, b),
+                scale(b)
+            );
+        }
+    }
+}
+
+/// DIN reading its history straight from the leaf (the fused unit's in-place rows and
+/// scatter-added row gradients) over thousands of behaviors, against finite differences of
+/// every dense parameter and every leaf entry.
+#[test]
+fn din_over_long_histories_passes_a_gradient_check() {
+    use crate::common::TINY_VOCAB;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let lens = [700usize, 0, 1500, 300, 1100, 20];
+    let mut hist = Histories {
+        offsets: vec![0],
+        items: vec![],
+        cates: vec![],
+        ts: vec![],
+    };
+    for &l in &lens {
+        for k in 0..l {
+            hist.items.push(rng.random_range(2..12));
+            hist.cates.push(rng.random_range(2..5));
+            hist.ts.push(k as i64);
+        }
+        hist.offsets.push(hist.items.len() as u64);
+    }
+    let imp = Impressions {
+        label: vec![1., 0., 1., 0., 1., 0.],
+        user: vec![0, 1, 2, 3, 4, 5],
+        item: vec![6, 9, 10, 2, 11, 7],
+        cate: vec![4, 2, 4, 2, 2, 3],
+        seq_len: lens.iter().map(|&l| l as u32).collect(),
+        history: Vec::new(),
+    };
+    let batch = collate(&hist, &imp, &[0, 1, 2, 3, 4, 5], 2000, true);
+    assert_eq!(batch.n_packed(), lens.iter().sum::<usize>());
+    let text = "[data]\ndir = \"unused\"\nmax_len = 2000\n[model]\nkind = \"din\"\n\
+        [model.embedding]\nitem_dim = 3\ncate_dim = 2\npos_dim = 0\nuser_dim = 2\n\
+        init = { kind = \"normal\", std = 0.5 }\n[[model.aggregate]]\nhidden = [4]\n\
+        softmax = true\n[model.head]\nhidden = [5]\nactivation = \"dice\"\n";
+    let cfg = lifelong::config::Config::from_toml(text).unwrap();
+    let model =
+        lifelong::model::CtrModel::new(&cfg.model, 2000, TINY_VOCAB, 3, &Device::Cpu).unwrap();
+    let (checked, biggest) = gradient_check(&model, &batch, 2e-4);
+    assert!(checked > 80, "only {checked} entries");
+    assert!(biggest > 0.01, "gradients all tiny ({biggest})");
+}

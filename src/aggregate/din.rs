@@ -14,9 +14,10 @@
 //! | seq (packed) | `[n, d]`, n = real behaviors in the batch |
 //! | output | `[B, d]` |
 
-use super::din_ops::{attention_unit, DiceNorm};
+use super::din_unit::{attention_unit, DiceNorm, History};
 use super::Packed;
 use crate::config::Activation;
+use crate::embedding::{gather, Leaves, TokenIndex};
 use crate::nn::{masked_softmax, Act, Dice, Linear, ParamStore};
 use crate::Result;
 use candle_core::{Tensor, Var};
@@ -124,8 +125,8 @@ impl ActivationUnit {
             // No sample has any history: the interest is zero.
             return Ok(target.zeros_like()?);
         }
-        if let (true, Act::Dice(dice)) = (self.rest.is_empty(), &self.act0) {
-            return self.forward_fused(target, seq, packed, dice, train);
+        if let Some(dice) = self.one_dice_layer() {
+            return self.forward_fused(target, seq, History::Dense, packed, dice, train);
         }
         let wb = Tensor::cat(
             &[self.w0.as_tensor(), &self.b0.as_tensor().unsqueeze(1)?],
@@ -146,11 +147,54 @@ impl ActivationUnit {
         Ok(super::din_ops::pool(&h, seq, &wo, packed, self.softmax)?)
     }
 
+    /// [`ActivationUnit::forward_t`] with the history read straight from the step's leaf
+    /// through `window` (`[n]` rows of width `d`): the paper's unit (one Dice layer) reads the
+    /// rows in place and scatter-adds their gradient into the leaf's; other units gather the
+    /// history first.
+    ///
+    /// # Shapes
+    /// target `[B, d]`, window rows `n` (packed) → `[B, d]`
+    pub fn forward_leaf(
+        &self,
+        target: &Tensor,
+        leaves: &Leaves,
+        window: &Arc<TokenIndex>,
+        packed: &Packed,
+        train: bool,
+    ) -> Result<Tensor> {
+        if window.rows != packed.rows() {
+            return Err(crate::Error::InvalidArgument(format!(
+                "din: {} window rows for {} packed behaviors",
+                window.rows,
+                packed.rows()
+            )));
+        }
+        match self.one_dice_layer() {
+            Some(dice) if packed.rows() > 0 => {
+                let source = History::Leaf {
+                    index: window.clone(),
+                    grad: leaves.accumulator().clone(),
+                };
+                self.forward_fused(target, leaves.tensor(), source, packed, dice, train)
+            }
+            _ => self.forward_t(target, &gather(leaves, window)?, packed, train),
+        }
+    }
+
+    /// The unit's Dice when it is the paper's (one hidden Dice layer).
+    fn one_dice_layer(&self) -> Option<&Dice> {
+        match (self.rest.is_empty(), &self.act0) {
+            (true, Act::Dice(dice)) => Some(dice),
+            _ => None,
+        }
+    }
+
     /// One hidden Dice layer (the paper's unit): everything in one fused op.
     fn forward_fused(
         &self,
         target: &Tensor,
-        seq: &Tensor,
+        history: &Tensor,
+        source: History,
         packed: &Packed,
         dice: &Dice,
         train: bool,
@@ -176,16 +220,17 @@ impl ActivationUnit {
         };
         let u = attention_unit(
             target,
-            seq,
+            history,
             &params,
             packed,
             h,
             self.softmax,
             dice.eps,
             norm,
+            source,
         )?;
         if let Some(st) = slot.and_then(|s| s.get()) {
-            dice.fold_stats(&st, seq.dim(0)?)?;
+            dice.fold_stats(&st, packed.rows())?;
         }
         Ok(u)
     }

@@ -14,6 +14,7 @@ pub mod attention;
 pub mod attention_op;
 pub mod din;
 pub mod din_ops;
+pub(crate) mod din_unit;
 pub mod score_pool;
 pub mod sdim;
 

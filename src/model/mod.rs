@@ -594,8 +594,8 @@ impl CtrModel {
             head_in.push(match (a, l) {
                 (Agg::Din { unit, product, .. }, AggLookup::Din { target, window }) => {
                     let t = gather(leaves, ix(*target))?;
-                    let seq = gather(leaves, ix(*window))?;
-                    let u = unit.forward_t(&t, &seq, &Packed::new(w.offsets.clone())?, train)?;
+                    let packed = Packed::new(w.offsets.clone())?;
+                    let u = unit.forward_leaf(&t, leaves, ix(*window), &packed, train)?;
                     if *product {
                         let p = (&u * &t)?;
                         Tensor::cat(&[&u, &p], 1)?
