@@ -1,93 +1,201 @@
-//! Dice's per-row kernels (Zhou et al., KDD'18), shared by the head's Dice layer
-//! ([`crate::nn::Dice`]) and DIN's fused activation unit ([`crate::aggregate::din_unit`]).
+//! Dice's kernels (Zhou et al., KDD'18) over blocks of rows, shared by the head's Dice layer
+//! ([`crate::nn::Dice`]) and DIN's fused activation unit (`crate::aggregate::din_unit`).
 //!
 //! `y = x·(α + p(1 − α))`, `p = sigmoid(x̂)`, `x̂ = (x − μ)·r`, `r = 1/sqrt(σ² + ε)`. With
 //! `g = ∂L/∂y` and `h = g·x·(1 − α)·p·(1 − p)`:
 //! `∂L/∂α = Σ g·x·(1 − p)`, and `∂L/∂x = g·(α + p(1 − α)) + r·(h − mean(h) − x̂·mean(h·x̂))`
 //! with batch statistics (`g·(α + p(1 − α)) + r·h` with fixed ones).
 //!
-//! Each kernel takes one row of `h` units as separate slices (noalias for LLVM) and is compiled
-//! for AVX-512 and AVX2 + FMA with run-time dispatch, so the loops over the units vectorise.
+//! Every kernel takes a block of rows (`x` is `[m, h]` row-major, `h` = the statistics' length)
+//! and is compiled for AVX-512 and for AVX2 + FMA with run-time dispatch. One call per block,
+//! not per row: the exponential's dependency chain of one row overlaps with the next row's.
 
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
 use crate::cpu::fast_sigmoid;
 
-/// Dice output of one row: `y = x·(α + p(1 − α))`.
+/// `∂L/∂y` of a block: a matrix `[m, h]` (the head's Dice), or `s_i·w_q` (DIN's unit, whose
+/// scores `a_i = w·y_i + c` get the gradients `s_i`).
+#[derive(Clone, Copy)]
+pub enum Grad<'a> {
+    /// Row-major `[m, h]`.
+    Rows(&'a [f32]),
+    /// `g_iq = s[i]·w[q]`.
+    Scaled {
+        /// Per row, `[m]`.
+        s: &'a [f32],
+        /// Per column, `[h]`.
+        w: &'a [f32],
+    },
+}
+
+impl Grad<'_> {
+    /// Row `i` of the gradient, into `buf` when it has to be formed.
+    #[inline(always)]
+    fn row<'b>(&'b self, i: usize, h: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        match *self {
+            Grad::Rows(g) => &g[i * h..(i + 1) * h],
+            Grad::Scaled { s, w } => {
+                let (buf, w) = (&mut buf[..h], &w[..h]);
+                for q in 0..h {
+                    buf[q] = s[i] * w[q];
+                }
+                buf
+            }
+        }
+    }
+
+    /// The scale of row `i` (0 for a matrix).
+    #[inline(always)]
+    fn scale(&self, i: usize) -> f32 {
+        match *self {
+            Grad::Rows(_) => 0.0,
+            Grad::Scaled { s, .. } => s[i],
+        }
+    }
+}
+
+/// `Σ_q a_q b_q` in 16 lanes (a left fold would run one lane at a time).
+#[inline(always)]
+fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    let mut w = 8;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    s += acc[0];
+    s
+}
+
+/// Dice output of a block: `y = x·(α + p(1 − α))`.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-pub(crate) fn forward_row(x: &[f32], mean: &[f32], inv: &[f32], alpha: &[f32], y: &mut [f32]) {
-    let h = x.len();
-    let (mean, inv, alpha, y) = (&mean[..h], &inv[..h], &alpha[..h], &mut y[..h]);
-    for q in 0..h {
-        let p = fast_sigmoid((x[q] - mean[q]) * inv[q]);
-        y[q] = x[q] * (alpha[q] + p * (1.0 - alpha[q]));
+pub fn forward_rows(x: &[f32], mean: &[f32], inv: &[f32], alpha: &[f32], y: &mut [f32]) {
+    let h = mean.len();
+    let (inv, alpha) = (&inv[..h], &alpha[..h]);
+    for (xr, yr) in x.chunks_exact(h).zip(y.chunks_exact_mut(h)) {
+        let (xr, yr) = (&xr[..h], &mut yr[..h]);
+        for q in 0..h {
+            let p = fast_sigmoid((xr[q] - mean[q]) * inv[q]);
+            yr[q] = xr[q] * (alpha[q] + p * (1.0 - alpha[q]));
+        }
     }
 }
 
-/// Adds one row's `x` and `x²` into the column sums `s1`, `s2` (f64: Dice's batch variance is
+/// DIN's scores of a block: `scores_i = w·dice(x_i) + c`.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+pub fn score_rows(
+    x: &[f32],
+    mean: &[f32],
+    inv: &[f32],
+    alpha: &[f32],
+    w: &[f32],
+    c: f32,
+    scores: &mut [f32],
+) {
+    let h = mean.len();
+    let (inv, alpha, w) = (&inv[..h], &alpha[..h], &w[..h]);
+    let mut y = vec![0f32; h];
+    for (xr, s) in x.chunks_exact(h).zip(scores.iter_mut()) {
+        let (xr, y) = (&xr[..h], &mut y[..h]);
+        for q in 0..h {
+            let p = fast_sigmoid((xr[q] - mean[q]) * inv[q]);
+            y[q] = xr[q] * (alpha[q] + p * (1.0 - alpha[q]));
+        }
+        *s = dot16(y, w) + c;
+    }
+}
+
+/// Adds a block's `x` and `x²` into the column sums `s1`, `s2` (f64: Dice's batch variance is
 /// `E[x²] − E[x]²`, which cancels in f32 when the mean is large against the spread).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-pub(crate) fn stats_row(x: &[f32], s1: &mut [f64], s2: &mut [f64]) {
-    let h = x.len();
-    let (s1, s2) = (&mut s1[..h], &mut s2[..h]);
-    for q in 0..h {
-        let v = x[q] as f64;
-        s1[q] += v;
-        s2[q] += v * v;
+pub fn stats_rows(x: &[f32], s1: &mut [f64], s2: &mut [f64]) {
+    let h = s1.len();
+    let s2 = &mut s2[..h];
+    for xr in x.chunks_exact(h) {
+        let xr = &xr[..h];
+        for q in 0..h {
+            let v = xr[q] as f64;
+            s1[q] += v;
+            s2[q] += v * v;
+        }
     }
 }
 
-/// The column sums of the backward pass for one row with output gradient `g`: adds
-/// `[Σh, Σh·x̂, ∂α, Σ s·y]` into `acc` (`[4h]`). `s·y` is the gradient of an output weight when
-/// `g = s·w_out` (DIN's scores `a = w_out·y + c`); callers without one pass `s = 0`.
+/// The column sums of the backward pass over a block: adds `[Σh, Σh·x̂, ∂α, Σ s·y]` into
+/// `acc` (`[4h]`); the last is the output weight's gradient for [`Grad::Scaled`] (zero for
+/// [`Grad::Rows`]).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-pub(crate) fn bwd_stats_row(
+pub fn bwd_stats_rows(
     x: &[f32],
-    g: &[f32],
-    s: f32,
+    grad: Grad,
     mean: &[f32],
     inv: &[f32],
     alpha: &[f32],
     acc: &mut [f32],
 ) {
-    let h = x.len();
-    let (g, mean, inv, alpha) = (&g[..h], &mean[..h], &inv[..h], &alpha[..h]);
+    let h = mean.len();
+    let (inv, alpha) = (&inv[..h], &alpha[..h]);
     let (a0, rest) = acc.split_at_mut(h);
     let (a1, rest) = rest.split_at_mut(h);
     let (a2, a3) = rest.split_at_mut(h);
     let (a0, a1, a2, a3) = (&mut a0[..h], &mut a1[..h], &mut a2[..h], &mut a3[..h]);
-    for q in 0..h {
-        let xv = x[q];
-        let xh = (xv - mean[q]) * inv[q];
-        let p = fast_sigmoid(xh);
-        let al = alpha[q];
-        let gate = al + p * (1.0 - al);
-        let hq = g[q] * xv * (1.0 - al) * p * (1.0 - p);
-        a0[q] += hq;
-        a1[q] += hq * xh;
-        a2[q] += g[q] * xv * (1.0 - p);
-        a3[q] += s * xv * gate;
+    let mut buf = vec![0f32; h];
+    for (i, xr) in x.chunks_exact(h).enumerate() {
+        let s = grad.scale(i);
+        let g = grad.row(i, h, &mut buf);
+        let (g, xr) = (&g[..h], &xr[..h]);
+        for q in 0..h {
+            let xv = xr[q];
+            let xh = (xv - mean[q]) * inv[q];
+            let p = fast_sigmoid(xh);
+            let al = alpha[q];
+            let gate = al + p * (1.0 - al);
+            let hq = g[q] * xv * (1.0 - al) * p * (1.0 - p);
+            a0[q] += hq;
+            a1[q] += hq * xh;
+            a2[q] += g[q] * xv * (1.0 - p);
+            a3[q] += s * xv * gate;
+        }
     }
 }
 
-/// `∂L/∂x` of one row, given the column means `mh = mean(h)` and `mhx = mean(h·x̂)` of
-/// [`bwd_stats_row`]'s sums (used only with `batch` statistics).
+/// `∂L/∂x` of a block, given the column means `mh = mean(h)` and `mhx = mean(h·x̂)` of
+/// [`bwd_stats_rows`]'s sums (used only with `batch` statistics).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-pub(crate) fn bwd_out_row(
+pub fn bwd_out_rows(
     x: &[f32],
-    g: &[f32],
+    grad: Grad,
     mean: &[f32],
     inv: &[f32],
     alpha: &[f32],
@@ -96,24 +204,21 @@ pub(crate) fn bwd_out_row(
     batch: bool,
     dx: &mut [f32],
 ) {
-    let h = x.len();
-    let (g, mean, inv, alpha, mh, mhx, dx) = (
-        &g[..h],
-        &mean[..h],
-        &inv[..h],
-        &alpha[..h],
-        &mh[..h],
-        &mhx[..h],
-        &mut dx[..h],
-    );
+    let h = mean.len();
+    let (inv, alpha, mh, mhx) = (&inv[..h], &alpha[..h], &mh[..h], &mhx[..h]);
     let bf = if batch { 1.0f32 } else { 0.0 };
-    for q in 0..h {
-        let xv = x[q];
-        let xh = (xv - mean[q]) * inv[q];
-        let p = fast_sigmoid(xh);
-        let al = alpha[q];
-        let gate = al + p * (1.0 - al);
-        let hq = g[q] * xv * (1.0 - al) * p * (1.0 - p);
-        dx[q] = g[q] * gate + inv[q] * (hq - bf * (mh[q] + xh * mhx[q]));
+    let mut buf = vec![0f32; h];
+    for (i, (xr, dr)) in x.chunks_exact(h).zip(dx.chunks_exact_mut(h)).enumerate() {
+        let g = grad.row(i, h, &mut buf);
+        let (g, xr, dr) = (&g[..h], &xr[..h], &mut dr[..h]);
+        for q in 0..h {
+            let xv = xr[q];
+            let xh = (xv - mean[q]) * inv[q];
+            let p = fast_sigmoid(xh);
+            let al = alpha[q];
+            let gate = al + p * (1.0 - al);
+            let hq = g[q] * xv * (1.0 - al) * p * (1.0 - p);
+            dr[q] = g[q] * gate + inv[q] * (hq - bf * (mh[q] + xh * mhx[q]));
+        }
     }
 }

@@ -424,15 +424,7 @@ impl CustomOp2 for DiceOp {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK_ROWS * dim)
             .zip(x.par_chunks(CHUNK_ROWS * dim))
-            .for_each(|(o, xc)| {
-                for (orow, xrow) in o.chunks_exact_mut(dim).zip(xc.chunks_exact(dim)) {
-                    for j in 0..dim {
-                        let v = xrow[j];
-                        let p = crate::cpu::fast_sigmoid((v - mean[j]) * inv[j]);
-                        orow[j] = v * (alpha[j] + p * (1.0 - alpha[j]));
-                    }
-                }
-            });
+            .for_each(|(o, xc)| crate::dice_kernels::forward_rows(xc, &mean, &inv, alpha, o));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -504,36 +496,19 @@ impl CustomOp3 for DiceBwdOp {
         let batch = self.fixed.is_none();
         let mut out = vec![0f32; (n + 1) * dim];
         let (gx, galpha_row) = out.split_at_mut(n * dim);
-        // Pass 1: direct term into gx, h into a scratch, and column sums of h, h·x̂, g·x·(1−p).
-        let mut h = vec![0f32; n * dim];
-        let partial: Vec<Vec<f64>> = gx
-            .par_chunks_mut(CHUNK_ROWS * dim)
-            .zip(h.par_chunks_mut(CHUNK_ROWS * dim))
-            .zip(
-                x.par_chunks(CHUNK_ROWS * dim)
-                    .zip(g.par_chunks(CHUNK_ROWS * dim)),
-            )
-            .map(|((gxc, hc), (xc, gc))| {
-                let mut s = vec![0f64; 3 * dim];
-                for i in 0..xc.len() / dim {
-                    for j in 0..dim {
-                        let k = i * dim + j;
-                        let v = xc[k];
-                        let xh = (v - mean[j]) * inv[j];
-                        let p = crate::cpu::fast_sigmoid(xh);
-                        let a = alpha[j];
-                        gxc[k] = gc[k] * (a + p * (1.0 - a));
-                        let hv = gc[k] * v * (1.0 - a) * p * (1.0 - p);
-                        hc[k] = hv;
-                        s[j] += hv as f64;
-                        s[dim + j] += (hv * xh) as f64;
-                        s[2 * dim + j] += (gc[k] * v * (1.0 - p)) as f64;
-                    }
-                }
-                s
+        // Pass 1: column sums of h, h·x̂ and g·x·(1 − p) over fixed chunks (f32 within a chunk,
+        // f64 across); pass 2 recomputes each row's terms rather than store them.
+        let partial: Vec<Vec<f64>> = x
+            .par_chunks(CHUNK_ROWS * dim)
+            .zip(g.par_chunks(CHUNK_ROWS * dim))
+            .map(|(xc, gc)| {
+                let mut acc = vec![0f32; 4 * dim];
+                let grad = crate::dice_kernels::Grad::Rows(gc);
+                crate::dice_kernels::bwd_stats_rows(xc, grad, &mean, &inv, alpha, &mut acc);
+                acc.iter().map(|&v| v as f64).collect()
             })
             .collect();
-        let mut tot = vec![0f64; 3 * dim];
+        let mut tot = vec![0f64; 4 * dim];
         for p in &partial {
             for (t, v) in tot.iter_mut().zip(p) {
                 *t += v;
@@ -545,23 +520,17 @@ impl CustomOp3 for DiceBwdOp {
         let nf = n.max(1) as f64;
         let mh: Vec<f32> = (0..dim).map(|j| (tot[j] / nf) as f32).collect();
         let mhx: Vec<f32> = (0..dim).map(|j| (tot[dim + j] / nf) as f32).collect();
-        // Pass 2: the normalisation term.
+        // Pass 2: ∂L/∂x.
         gx.par_chunks_mut(CHUNK_ROWS * dim)
-            .zip(h.par_chunks(CHUNK_ROWS * dim))
-            .zip(x.par_chunks(CHUNK_ROWS * dim))
-            .for_each(|((gxc, hc), xc)| {
-                for i in 0..xc.len() / dim {
-                    for j in 0..dim {
-                        let k = i * dim + j;
-                        let t = if batch {
-                            let xh = (xc[k] - mean[j]) * inv[j];
-                            hc[k] - mh[j] - xh * mhx[j]
-                        } else {
-                            hc[k]
-                        };
-                        gxc[k] += inv[j] * t;
-                    }
-                }
+            .zip(
+                x.par_chunks(CHUNK_ROWS * dim)
+                    .zip(g.par_chunks(CHUNK_ROWS * dim)),
+            )
+            .for_each(|(gxc, (xc, gc))| {
+                let grad = crate::dice_kernels::Grad::Rows(gc);
+                crate::dice_kernels::bwd_out_rows(
+                    xc, grad, &mean, &inv, alpha, &mh, &mhx, batch, gxc,
+                );
             });
         Ok((CpuStorage::F32(out), Shape::from((n + 1, dim))))
     }

@@ -363,23 +363,15 @@ impl Unit {
                 tasks(offsets).into_par_iter().for_each(|(b0, b1)| {
                     let sp = sp;
                     let mut blk = Block::new(d);
-                    let (mut hb, mut y) = (vec![0f32; TILE_ROWS * h], vec![0f32; h]);
+                    let mut hb = vec![0f32; TILE_ROWS * h];
                     let mut b = b0;
                     for (r0, r1) in blocks(offsets[b0], offsets[b1]) {
                         blk.load(rows, t, offsets, &mut b, r0, r1, d);
                         blk.hidden(r1 - r0, &w, &tt, h, d, &mut hb);
                         // SAFETY: the task owns rows offsets[b0]..offsets[b1].
                         let sc = unsafe { part(sp, r0, r1 - r0) };
-                        for (i, s) in sc.iter_mut().enumerate() {
-                            dice::forward_row(
-                                &hb[i * h..(i + 1) * h],
-                                &mean,
-                                &inv,
-                                w.alpha,
-                                &mut y,
-                            );
-                            *s = dot(&y, w.w_out) + w.c;
-                        }
+                        let hb = &hb[..(r1 - r0) * h];
+                        dice::score_rows(hb, &mean, &inv, w.alpha, w.w_out, w.c, sc);
                     }
                 });
                 (Vec::new(), mean, inv)
@@ -401,9 +393,7 @@ impl Unit {
                             let out = unsafe { part(hp, r0 * h, (r1 - r0) * h) };
                             blk.hidden(r1 - r0, &w, &tt, h, d, out);
                             let (s1, s2) = st.split_at_mut(h);
-                            for row in out.chunks_exact(h) {
-                                dice::stats_row(row, s1, s2);
-                            }
+                            dice::stats_rows(out, s1, s2);
                         }
                         st
                     })
@@ -431,18 +421,9 @@ impl Unit {
                     .par_chunks_mut(CHUNK_ROWS)
                     .enumerate()
                     .for_each(|(c, sc)| {
-                        let mut y = vec![0f32; h];
-                        for (i, s) in sc.iter_mut().enumerate() {
-                            let j = c * CHUNK_ROWS + i;
-                            dice::forward_row(
-                                &hid[j * h..(j + 1) * h],
-                                &mean,
-                                &inv,
-                                w.alpha,
-                                &mut y,
-                            );
-                            *s = dot(&y, w.w_out) + w.c;
-                        }
+                        let j0 = c * CHUNK_ROWS;
+                        let x = &hid[j0 * h..(j0 + sc.len()) * h];
+                        dice::score_rows(x, &mean, &inv, w.alpha, w.w_out, w.c, sc);
                     });
                 (hid, mean, inv)
             }
@@ -522,21 +503,14 @@ impl Unit {
         let parts: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK_ROWS))
             .into_par_iter()
             .map(|c| {
-                let (mut acc, mut g) = (vec![0f32; 4 * h], vec![0f32; h]);
-                for j in c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(n) {
-                    g.iter_mut()
-                        .zip(w.w_out)
-                        .for_each(|(g, wo)| *g = da[j] * wo);
-                    dice::bwd_stats_row(
-                        &hid[j * h..(j + 1) * h],
-                        &g,
-                        da[j],
-                        &sv.mean,
-                        &sv.inv,
-                        w.alpha,
-                        &mut acc,
-                    );
-                }
+                let mut acc = vec![0f32; 4 * h];
+                let (j0, j1) = (c * CHUNK_ROWS, ((c + 1) * CHUNK_ROWS).min(n));
+                let g = dice::Grad::Scaled {
+                    s: &da[j0..j1],
+                    w: w.w_out,
+                };
+                let x = &hid[j0 * h..j1 * h];
+                dice::bwd_stats_rows(x, g, &sv.mean, &sv.inv, w.alpha, &mut acc);
                 acc.iter().map(|&v| v as f64).collect()
             })
             .collect();
@@ -561,11 +535,7 @@ impl Unit {
             .map(|(b0, b1)| {
                 let (dsp, dtp, gsp) = (dsp, dtp, gsp);
                 let mut blk = Block::new(d);
-                let (mut dh, mut dx, mut g) = (
-                    vec![0f32; TILE_ROWS * h],
-                    vec![0f32; TILE_ROWS * 2 * d],
-                    vec![0f32; h],
-                );
+                let (mut dh, mut dx) = (vec![0f32; TILE_ROWS * h], vec![0f32; TILE_ROWS * 2 * d]);
                 let mut dwc = vec![0f32; h * 2 * d];
                 // SAFETY: the task owns samples b0..b1 (rows of dt, gs) and their rows of ds.
                 let dtb = unsafe { part(dtp, b0 * d, (b1 - b0) * d) };
@@ -574,25 +544,15 @@ impl Unit {
                 for (r0, r1) in blocks(offsets[b0], offsets[b1]) {
                     let m = r1 - r0;
                     blk.load(rows, t, offsets, &mut b, r0, r1, d);
-                    for i in 0..m {
-                        let j = r0 + i;
-                        g.iter_mut()
-                            .zip(w.w_out)
-                            .for_each(|(g, wo)| *g = da[j] * wo);
-                        let dhi = &mut dh[i * h..(i + 1) * h];
-                        dice::bwd_out_row(
-                            &hid[j * h..(j + 1) * h],
-                            &g,
-                            &sv.mean,
-                            &sv.inv,
-                            w.alpha,
-                            &mh,
-                            &mhx,
-                            batch,
-                            dhi,
-                        );
-                        let gb = &mut gsb[(blk.seg[i] - b0) * h..(blk.seg[i] - b0 + 1) * h];
-                        gb.iter_mut().zip(dhi.iter()).for_each(|(a, v)| *a += v);
+                    let g = dice::Grad::Scaled {
+                        s: &da[r0..r1],
+                        w: w.w_out,
+                    };
+                    let (x, dhb) = (&hid[r0 * h..r1 * h], &mut dh[..m * h]);
+                    dice::bwd_out_rows(x, g, &sv.mean, &sv.inv, w.alpha, &mh, &mhx, batch, dhb);
+                    for (i, dhi) in dhb.chunks_exact(h).enumerate() {
+                        let sb = blk.seg[i] - b0;
+                        crate::cpu::axpy(1.0, dhi, &mut gsb[sb * h..(sb + 1) * h]);
                     }
                     sgemm_serial(
                         Mat::new(&dh[..m * h], m, h),
