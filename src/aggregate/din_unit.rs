@@ -250,11 +250,7 @@ impl Block {
             let e = &mut self.e[i * d..(i + 1) * d];
             rows.read(j, e);
             let tb = &t[*b * d..(*b + 1) * d];
-            let x = &mut self.x[i * 2 * d..(i + 1) * 2 * d];
-            x[..d].copy_from_slice(e);
-            for c in 0..d {
-                x[d + c] = tb[c] * e[c];
-            }
+            build_x_row(e, tb, &mut self.x[i * 2 * d..(i + 1) * 2 * d]);
         }
     }
 
@@ -466,6 +462,7 @@ impl Unit {
         t: &[f32],
         rows: Rows,
         p: &[f32],
+        u: &[f32],
         du: &[f32],
         sv: Saved,
         bsz: usize,
@@ -475,23 +472,6 @@ impl Unit {
         let (h, offsets) = (self.h, &self.offsets[..]);
         let w = weights(p, h, d);
         let batch = matches!(self.norm, DiceNorm::Batch(_));
-        // 1. ∂L/∂score_j (through the softmax).
-        let mut da = vec![0f32; n];
-        let dap = SendPtr(da.as_mut_ptr());
-        super::din_ops::ranges(offsets).for_each(|(b, s0, s1)| {
-            let dap = dap;
-            let dub = &du[b * d..(b + 1) * d];
-            // SAFETY: sample b owns da[s0..s1].
-            let dsc = unsafe { part(dap, s0, s1 - s0) };
-            for (k, j) in (s0..s1).enumerate() {
-                dsc[k] = rows.dot(j, dub);
-            }
-            if self.softmax {
-                let pw = &sv.wts[s0..s1];
-                let pd: f32 = pw.iter().zip(dsc.iter()).map(|(x, y)| x * y).sum();
-                dsc.iter_mut().zip(pw).for_each(|(g, p)| *g = p * (*g - pd));
-            }
-        });
         let tt;
         let hid = if sv.hid.len() == n * h {
             sv.hid
@@ -499,19 +479,43 @@ impl Unit {
             tt = self.target_term(t, &w, bsz, d);
             self.hidden_all(rows, t, &w, &tt, n, d)
         };
-        // 2. Column sums [Σh, Σh·x̂, ∂α, ∂w_out] over fixed chunks (f32 within, f64 across).
-        let parts: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK_ROWS))
+        // 1. Per task and block: ∂L/∂score_j, `du_b·e_j` (through the softmax:
+        //    `p_j·(du_b·e_j − Σ_k p_k du_b·e_k)`, and the sum is `du_b·u_b`), then the column
+        //    sums [Σh, Σh·x̂, ∂α, ∂w_out] (f32 within a block, f64 across).
+        let mut da = vec![0f32; n];
+        let dap = SendPtr(da.as_mut_ptr());
+        let parts: Vec<Vec<f64>> = tasks(offsets)
             .into_par_iter()
-            .map(|c| {
+            .map(|(b0, b1)| {
+                let dap = dap;
+                let mut tot = vec![0f64; 4 * h];
                 let mut acc = vec![0f32; 4 * h];
-                let (j0, j1) = (c * CHUNK_ROWS, ((c + 1) * CHUNK_ROWS).min(n));
-                let g = dice::Grad::Scaled {
-                    s: &da[j0..j1],
-                    w: w.w_out,
-                };
-                let x = &hid[j0 * h..j1 * h];
-                dice::bwd_stats_rows(x, g, &sv.mean, &sv.inv, w.alpha, &mut acc);
-                acc.iter().map(|&v| v as f64).collect()
+                let mut b = b0;
+                for (r0, r1) in blocks(offsets[b0], offsets[b1]) {
+                    // SAFETY: the task owns rows offsets[b0]..offsets[b1].
+                    let dab = unsafe { part(dap, r0, r1 - r0) };
+                    for (i, j) in (r0..r1).enumerate() {
+                        while offsets[b + 1] <= j {
+                            b += 1;
+                        }
+                        let dub = &du[b * d..(b + 1) * d];
+                        let g = rows.dot(j, dub);
+                        dab[i] = if self.softmax {
+                            sv.wts[j] * (g - dot(dub, &u[b * d..(b + 1) * d]))
+                        } else {
+                            g
+                        };
+                    }
+                    acc.iter_mut().for_each(|a| *a = 0.0);
+                    let g = dice::Grad::Scaled {
+                        s: dab,
+                        w: w.w_out,
+                    };
+                    let x = &hid[r0 * h..r1 * h];
+                    dice::bwd_stats_rows(x, g, &sv.mean, &sv.inv, w.alpha, &mut acc);
+                    tot.iter_mut().zip(&acc).for_each(|(t, a)| *t += *a as f64);
+                }
+                tot
             })
             .collect();
         let mut tot = vec![0f64; 4 * h];
@@ -568,17 +572,16 @@ impl Unit {
                     );
                     let dsb = unsafe { part(dsp, r0 * d, m * d) };
                     for i in 0..m {
-                        let (j, sb) = (r0 + i, blk.seg[i]);
-                        let (tb, dub) = (&t[sb * d..(sb + 1) * d], &du[sb * d..(sb + 1) * d]);
-                        let dxi = &dx[i * 2 * d..(i + 1) * 2 * d];
-                        let e = &blk.e[i * d..(i + 1) * d];
-                        let dsj = &mut dsb[i * d..(i + 1) * d];
-                        let dtj = &mut dtb[(sb - b0) * d..(sb - b0 + 1) * d];
-                        let wj = sv.wts[j];
-                        for c in 0..d {
-                            dsj[c] = wj * dub[c] + dxi[c] + dxi[d + c] * tb[c];
-                            dtj[c] += dxi[d + c] * e[c];
-                        }
+                        let sb = blk.seg[i];
+                        history_grad_row(
+                            sv.wts[r0 + i],
+                            &du[sb * d..(sb + 1) * d],
+                            &t[sb * d..(sb + 1) * d],
+                            &blk.e[i * d..(i + 1) * d],
+                            &dx[i * 2 * d..(i + 1) * 2 * d],
+                            &mut dsb[i * d..(i + 1) * d],
+                            &mut dtb[(sb - b0) * d..(sb - b0 + 1) * d],
+                        );
                     }
                 }
                 dwc
@@ -675,7 +678,7 @@ impl CustomOp3 for Unit {
         target: &Tensor,
         history: &Tensor,
         params: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (bsz, d) = target.dims2()?;
@@ -684,9 +687,11 @@ impl CustomOp3 for Unit {
         let (dt, ds, dp) = with_data(target, |t| {
             with_data(history, |s| {
                 with_data(params, |p| {
-                    with_data(grad, |du| {
-                        let rows = self.rows(s, d)?;
-                        Ok(self.backward(t, rows, p, du, sv, bsz, n, d))
+                    with_data(res, |u| {
+                        with_data(grad, |du| {
+                            let rows = self.rows(s, d)?;
+                            Ok(self.backward(t, rows, p, u, du, sv, bsz, n, d))
+                        })
                     })
                 })
             })
@@ -712,5 +717,44 @@ impl CustomOp3 for Unit {
             dhist,
             Some(Tensor::from_vec(dp, params.shape(), dev)?),
         ))
+    }
+}
+
+/// `x = [e | t ⊙ e]` of one row.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn build_x_row(e: &[f32], tb: &[f32], x: &mut [f32]) {
+    let d = e.len();
+    let (tb, x) = (&tb[..d], &mut x[..2 * d]);
+    let (x0, x1) = x.split_at_mut(d);
+    x0.copy_from_slice(e);
+    for c in 0..d {
+        x1[c] = tb[c] * e[c];
+    }
+}
+
+/// One behavior's gradient `∂e_j = w_j·∂u_b + ∂X_j[..d] + ∂X_j[d..] ⊙ t_b` (set), and its part
+/// of the target's, `∂t_b += ∂X_j[d..] ⊙ e_j`.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn history_grad_row(
+    wj: f32,
+    dub: &[f32],
+    tb: &[f32],
+    e: &[f32],
+    dx: &[f32],
+    ds: &mut [f32],
+    dt: &mut [f32],
+) {
+    let d = e.len();
+    let (dub, tb, ds, dt) = (&dub[..d], &tb[..d], &mut ds[..d], &mut dt[..d]);
+    let (dx0, dx1) = dx[..2 * d].split_at(d);
+    for c in 0..d {
+        ds[c] = wj * dub[c] + dx0[c] + dx1[c] * tb[c];
+        dt[c] += dx1[c] * e[c];
     }
 }

@@ -197,7 +197,7 @@ impl TokenIndex {
     pub fn inverse(&self) -> &[Inverse] {
         self.inverse.get_or_init(|| {
             self.fields
-                .iter()
+                .par_iter()
                 .map(|f| {
                     Inverse::build(
                         f.seg_rows,
