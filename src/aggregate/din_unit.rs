@@ -214,8 +214,7 @@ unsafe fn part<'a, T>(p: SendPtr<T>, off: usize, len: usize) -> &'a mut [T] {
 
 /// One task's block buffers.
 struct Block {
-    /// Behaviors `[TILE, d]`.
-    e: Vec<f32>,
+    // The behaviors are the first half of each row of `x`.
     /// `[e | t⊙e]` `[TILE, 2d]`.
     x: Vec<f32>,
     /// Sample of each row.
@@ -225,7 +224,6 @@ struct Block {
 impl Block {
     fn new(d: usize) -> Self {
         Self {
-            e: vec![0f32; TILE_ROWS * d],
             x: vec![0f32; TILE_ROWS * 2 * d],
             seg: vec![0; TILE_ROWS],
         }
@@ -247,10 +245,9 @@ impl Block {
                 *b += 1;
             }
             self.seg[i] = *b;
-            let e = &mut self.e[i * d..(i + 1) * d];
-            rows.read(j, e);
-            let tb = &t[*b * d..(*b + 1) * d];
-            build_x_row(e, tb, &mut self.x[i * 2 * d..(i + 1) * 2 * d]);
+            let x = &mut self.x[i * 2 * d..(i + 1) * 2 * d];
+            rows.read(j, &mut x[..d]);
+            times_target(&t[*b * d..(*b + 1) * d], x);
         }
     }
 
@@ -577,7 +574,7 @@ impl Unit {
                             sv.wts[r0 + i],
                             &du[sb * d..(sb + 1) * d],
                             &t[sb * d..(sb + 1) * d],
-                            &blk.e[i * d..(i + 1) * d],
+                            &blk.x[i * 2 * d..i * 2 * d + d],
                             &dx[i * 2 * d..(i + 1) * 2 * d],
                             &mut dsb[i * d..(i + 1) * d],
                             &mut dtb[(sb - b0) * d..(sb - b0 + 1) * d],
@@ -720,18 +717,16 @@ impl CustomOp3 for Unit {
     }
 }
 
-/// `x = [e | t ⊙ e]` of one row.
+/// The second half of a row `x = [e | t ⊙ e]` from its first.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn build_x_row(e: &[f32], tb: &[f32], x: &mut [f32]) {
-    let d = e.len();
-    let (tb, x) = (&tb[..d], &mut x[..2 * d]);
-    let (x0, x1) = x.split_at_mut(d);
-    x0.copy_from_slice(e);
+fn times_target(tb: &[f32], x: &mut [f32]) {
+    let d = tb.len();
+    let (e, te) = x[..2 * d].split_at_mut(d);
     for c in 0..d {
-        x1[c] = tb[c] * e[c];
+        te[c] = tb[c] * e[c];
     }
 }
 

@@ -171,6 +171,22 @@ impl Inverse {
     }
 }
 
+/// `dst = src` for a field's few floats, in 8-float pieces the compiler inlines (a
+/// `copy_from_slice` of a run-time length is a `memcpy` call per row).
+#[inline]
+fn copy_short(src: &[f32], dst: &mut [f32]) {
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        let s: &[f32; 8] = s.try_into().expect("8 floats");
+        let d: &mut [f32; 8] = d.try_into().expect("8 floats");
+        *d = *s;
+    }
+    for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+        *d = *s;
+    }
+}
+
 /// For every output row and field of a view, its place in the flat leaf.
 #[derive(Debug)]
 pub struct TokenIndex {
@@ -214,7 +230,7 @@ impl TokenIndex {
         for f in &self.fields {
             let dst = &mut out[f.col..f.col + f.dim];
             match f.offset(r) {
-                Some(o) => dst.copy_from_slice(&flat[o..o + f.dim]),
+                Some(o) => copy_short(&flat[o..o + f.dim], dst),
                 None => dst.iter_mut().for_each(|x| *x = 0.0),
             }
         }
