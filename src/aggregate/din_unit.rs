@@ -156,8 +156,10 @@ impl Rows<'_> {
 struct Weights<'a> {
     /// `W1 + W3` `[h, d]` (the target's term).
     wt: Vec<f32>,
-    /// `[W2 − W3 | W4]` `[h, 2d]` (the term of `X = [e | t⊙e]`).
-    wc: Vec<f32>,
+    /// `W2 − W3` `[h, d]` (the behavior's term).
+    we: Vec<f32>,
+    /// `W4` `[h, d]` (the product's term).
+    w4: Vec<f32>,
     bias: &'a [f32],
     alpha: &'a [f32],
     w_out: &'a [f32],
@@ -166,18 +168,19 @@ struct Weights<'a> {
 
 fn weights(p: &[f32], h: usize, d: usize) -> Weights<'_> {
     let nw = h * 4 * d;
-    let (mut wt, mut wc) = (vec![0f32; h * d], vec![0f32; h * 2 * d]);
+    let (mut wt, mut we, mut w4) = (vec![0f32; h * d], vec![0f32; h * d], vec![0f32; h * d]);
     for r in 0..h {
         let w = &p[r * 4 * d..(r + 1) * 4 * d];
         for c in 0..d {
             wt[r * d + c] = w[c] + w[2 * d + c];
-            wc[r * 2 * d + c] = w[d + c] - w[2 * d + c];
-            wc[r * 2 * d + d + c] = w[3 * d + c];
+            we[r * d + c] = w[d + c] - w[2 * d + c];
+            w4[r * d + c] = w[3 * d + c];
         }
     }
     Weights {
         wt,
-        wc,
+        we,
+        w4,
         bias: &p[nw..nw + h],
         alpha: &p[nw + h..nw + 2 * h],
         w_out: &p[nw + 2 * h..nw + 3 * h],
@@ -214,66 +217,59 @@ unsafe fn part<'a, T>(p: SendPtr<T>, off: usize, len: usize) -> &'a mut [T] {
 
 /// One task's block buffers.
 struct Block {
-    // The behaviors are the first half of each row of `x`.
-    /// `[e | t⊙e]` `[TILE, 2d]`.
-    x: Vec<f32>,
-    /// Sample of each row.
-    seg: Vec<usize>,
+    /// Behaviors `[TILE, d]`.
+    e: Vec<f32>,
+    /// The sample's folded first layer `M_b = We + W4·diag(t_b)` `[h, d]`.
+    m: Vec<f32>,
 }
 
 impl Block {
-    fn new(d: usize) -> Self {
+    fn new(h: usize, d: usize) -> Self {
         Self {
-            x: vec![0f32; TILE_ROWS * 2 * d],
-            seg: vec![0; TILE_ROWS],
+            e: vec![0f32; TILE_ROWS * d],
+            m: vec![0f32; h * d],
         }
     }
 
-    /// Loads rows `r0..r1`, advancing the sample cursor `b`.
-    fn load(
-        &mut self,
-        rows: Rows,
-        t: &[f32],
-        offsets: &[usize],
-        b: &mut usize,
-        r0: usize,
-        r1: usize,
-        d: usize,
-    ) {
+    /// Folds sample `b`'s target into the first layer.
+    fn fold(&mut self, w: &Weights, t: &[f32], b: usize, d: usize) {
+        fold_rows(&w.we, &w.w4, &t[b * d..(b + 1) * d], &mut self.m);
+    }
+
+    /// Loads rows `r0..r1`.
+    fn load(&mut self, rows: Rows, r0: usize, r1: usize, d: usize) {
         for (i, j) in (r0..r1).enumerate() {
-            while offsets[*b + 1] <= j {
-                *b += 1;
-            }
-            self.seg[i] = *b;
-            let x = &mut self.x[i * 2 * d..(i + 1) * 2 * d];
-            rows.read(j, &mut x[..d]);
-            times_target(&t[*b * d..(*b + 1) * d], x);
+            rows.read(j, &mut self.e[i * d..(i + 1) * d]);
         }
     }
 
-    /// `H = X·Wcᵀ + tt[seg]` for the `m` loaded rows, into `out` (`[m, h]`).
-    fn hidden(&self, m: usize, w: &Weights, tt: &[f32], h: usize, d: usize, out: &mut [f32]) {
+    /// `H = E·M_bᵀ + tt_b` for the `m` loaded rows of sample `b`, into `out` (`[m, h]`).
+    fn hidden(&self, m: usize, ttb: &[f32], h: usize, d: usize, out: &mut [f32]) {
         sgemm_serial(
-            Mat::new(&self.x[..m * 2 * d], m, 2 * d),
-            Mat::new(&w.wc, h, 2 * d).t(),
+            Mat::new(&self.e[..m * d], m, d),
+            Mat::new(&self.m, h, d).t(),
             &mut out[..m * h],
             false,
         );
-        for i in 0..m {
-            let tb = &tt[self.seg[i] * h..(self.seg[i] + 1) * h];
-            out[i * h..(i + 1) * h]
-                .iter_mut()
-                .zip(tb)
-                .for_each(|(o, v)| *o += v);
+        for row in out[..m * h].chunks_exact_mut(h) {
+            crate::cpu::axpy(1.0, ttb, row);
         }
     }
 }
 
-/// The blocks `(r0, r1)` of a task's rows.
-fn blocks(lo: usize, hi: usize) -> impl Iterator<Item = (usize, usize)> {
-    (lo..hi)
-        .step_by(TILE_ROWS)
-        .map(move |r0| (r0, (r0 + TILE_ROWS).min(hi)))
+/// The blocks `(b, r0, r1)` of samples `b0..b1`: each sample's rows in pieces of at most
+/// [`TILE_ROWS`] (a block never spans two samples: its first layer is the sample's).
+fn blocks(
+    offsets: &[usize],
+    b0: usize,
+    b1: usize,
+) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    (b0..b1).flat_map(move |b| {
+        let (lo, hi) = (offsets[b], offsets[b + 1]);
+        (lo..hi)
+            .step_by(TILE_ROWS)
+            .map(move |r0| (b, r0, (r0 + TILE_ROWS).min(hi)))
+    })
 }
 
 impl Unit {
@@ -322,13 +318,15 @@ impl Unit {
         let hp = SendPtr(hid.as_mut_ptr());
         tasks(offsets).into_par_iter().for_each(|(b0, b1)| {
             let hp = hp;
-            let mut blk = Block::new(d);
-            let mut b = b0;
-            for (r0, r1) in blocks(offsets[b0], offsets[b1]) {
-                blk.load(rows, t, offsets, &mut b, r0, r1, d);
+            let mut blk = Block::new(h, d);
+            for (b, r0, r1) in blocks(offsets, b0, b1) {
+                if r0 == offsets[b] {
+                    blk.fold(w, t, b, d);
+                }
+                blk.load(rows, r0, r1, d);
                 // SAFETY: the task owns rows offsets[b0]..offsets[b1].
                 let out = unsafe { part(hp, r0 * h, (r1 - r0) * h) };
-                blk.hidden(r1 - r0, w, tt, h, d, out);
+                blk.hidden(r1 - r0, &tt[b * h..(b + 1) * h], h, d, out);
             }
         });
         hid
@@ -355,12 +353,14 @@ impl Unit {
                 let sp = SendPtr(scores.as_mut_ptr());
                 tasks(offsets).into_par_iter().for_each(|(b0, b1)| {
                     let sp = sp;
-                    let mut blk = Block::new(d);
+                    let mut blk = Block::new(h, d);
                     let mut hb = vec![0f32; TILE_ROWS * h];
-                    let mut b = b0;
-                    for (r0, r1) in blocks(offsets[b0], offsets[b1]) {
-                        blk.load(rows, t, offsets, &mut b, r0, r1, d);
-                        blk.hidden(r1 - r0, &w, &tt, h, d, &mut hb);
+                    for (b, r0, r1) in blocks(offsets, b0, b1) {
+                        if r0 == offsets[b] {
+                            blk.fold(&w, t, b, d);
+                        }
+                        blk.load(rows, r0, r1, d);
+                        blk.hidden(r1 - r0, &tt[b * h..(b + 1) * h], h, d, &mut hb);
                         // SAFETY: the task owns rows offsets[b0]..offsets[b1].
                         let sc = unsafe { part(sp, r0, r1 - r0) };
                         let hb = &hb[..(r1 - r0) * h];
@@ -377,14 +377,16 @@ impl Unit {
                     .into_par_iter()
                     .map(|(b0, b1)| {
                         let hp = hp;
-                        let mut blk = Block::new(d);
+                        let mut blk = Block::new(h, d);
                         let mut st = vec![0f64; 2 * h];
-                        let mut b = b0;
-                        for (r0, r1) in blocks(offsets[b0], offsets[b1]) {
-                            blk.load(rows, t, offsets, &mut b, r0, r1, d);
+                        for (b, r0, r1) in blocks(offsets, b0, b1) {
+                            if r0 == offsets[b] {
+                                blk.fold(&w, t, b, d);
+                            }
+                            blk.load(rows, r0, r1, d);
                             // SAFETY: the task owns rows offsets[b0]..offsets[b1].
                             let out = unsafe { part(hp, r0 * h, (r1 - r0) * h) };
-                            blk.hidden(r1 - r0, &w, &tt, h, d, out);
+                            blk.hidden(r1 - r0, &tt[b * h..(b + 1) * h], h, d, out);
                             let (s1, s2) = st.split_at_mut(h);
                             dice::stats_rows(out, s1, s2);
                         }
@@ -487,27 +489,25 @@ impl Unit {
                 let dap = dap;
                 let mut tot = vec![0f64; 4 * h];
                 let mut acc = vec![0f32; 4 * h];
-                let mut b = b0;
-                for (r0, r1) in blocks(offsets[b0], offsets[b1]) {
+                for (b, r0, r1) in blocks(offsets, b0, b1) {
                     // SAFETY: the task owns rows offsets[b0]..offsets[b1].
                     let dab = unsafe { part(dap, r0, r1 - r0) };
+                    let dub = &du[b * d..(b + 1) * d];
+                    let pd = if self.softmax {
+                        dot(dub, &u[b * d..(b + 1) * d])
+                    } else {
+                        0.0
+                    };
                     for (i, j) in (r0..r1).enumerate() {
-                        while offsets[b + 1] <= j {
-                            b += 1;
-                        }
-                        let dub = &du[b * d..(b + 1) * d];
                         let g = rows.dot(j, dub);
                         dab[i] = if self.softmax {
-                            sv.wts[j] * (g - dot(dub, &u[b * d..(b + 1) * d]))
+                            sv.wts[j] * (g - pd)
                         } else {
                             g
                         };
                     }
                     acc.iter_mut().for_each(|a| *a = 0.0);
-                    let g = dice::Grad::Scaled {
-                        s: dab,
-                        w: w.w_out,
-                    };
+                    let g = dice::Grad::Scaled { s: dab, w: w.w_out };
                     let x = &hid[r0 * h..r1 * h];
                     dice::bwd_stats_rows(x, g, &sv.mean, &sv.inv, w.alpha, &mut acc);
                     tot.iter_mut().zip(&acc).for_each(|(t, a)| *t += *a as f64);
@@ -531,64 +531,71 @@ impl Unit {
             SendPtr(dt.as_mut_ptr()),
             SendPtr(gs.as_mut_ptr()),
         );
-        let dwc_parts: Vec<Vec<f32>> = tasks(offsets)
+        let wparts: Vec<Vec<f32>> = tasks(offsets)
             .into_par_iter()
             .map(|(b0, b1)| {
                 let (dsp, dtp, gsp) = (dsp, dtp, gsp);
-                let mut blk = Block::new(d);
-                let (mut dh, mut dx) = (vec![0f32; TILE_ROWS * h], vec![0f32; TILE_ROWS * 2 * d]);
-                let mut dwc = vec![0f32; h * 2 * d];
+                let mut blk = Block::new(h, d);
+                let (mut dh, mut de) = (vec![0f32; TILE_ROWS * h], vec![0f32; TILE_ROWS * d]);
+                // [∂We | ∂W4] of the task, and the sample's P_b = Σ_j ∂H_jᵀ e_j.
+                let mut dw = vec![0f32; 2 * h * d];
+                let mut pb = vec![0f32; h * d];
                 // SAFETY: the task owns samples b0..b1 (rows of dt, gs) and their rows of ds.
                 let dtb = unsafe { part(dtp, b0 * d, (b1 - b0) * d) };
                 let gsb = unsafe { part(gsp, b0 * h, (b1 - b0) * h) };
-                let mut b = b0;
-                for (r0, r1) in blocks(offsets[b0], offsets[b1]) {
+                for (b, r0, r1) in blocks(offsets, b0, b1) {
                     let m = r1 - r0;
-                    blk.load(rows, t, offsets, &mut b, r0, r1, d);
+                    if r0 == offsets[b] {
+                        blk.fold(&w, t, b, d);
+                        pb.iter_mut().for_each(|x| *x = 0.0);
+                    }
+                    blk.load(rows, r0, r1, d);
                     let g = dice::Grad::Scaled {
                         s: &da[r0..r1],
                         w: w.w_out,
                     };
                     let (x, dhb) = (&hid[r0 * h..r1 * h], &mut dh[..m * h]);
                     dice::bwd_out_rows(x, g, &sv.mean, &sv.inv, w.alpha, &mh, &mhx, batch, dhb);
-                    for (i, dhi) in dhb.chunks_exact(h).enumerate() {
-                        let sb = blk.seg[i] - b0;
-                        crate::cpu::axpy(1.0, dhi, &mut gsb[sb * h..(sb + 1) * h]);
+                    let gb = &mut gsb[(b - b0) * h..(b - b0 + 1) * h];
+                    for dhi in dhb.chunks_exact(h) {
+                        crate::cpu::axpy(1.0, dhi, gb);
                     }
+                    // ∂e_j = ∂H_j·M_b (+ the pooling's w_j·∂u_b); P_b += ∂Hᵀ·E.
                     sgemm_serial(
                         Mat::new(&dh[..m * h], m, h),
-                        Mat::new(&w.wc, h, 2 * d),
-                        &mut dx[..m * 2 * d],
+                        Mat::new(&blk.m, h, d),
+                        &mut de[..m * d],
                         false,
                     );
                     sgemm_serial(
                         Mat::new(&dh[..m * h], m, h).t(),
-                        Mat::new(&blk.x[..m * 2 * d], m, 2 * d),
-                        &mut dwc,
+                        Mat::new(&blk.e[..m * d], m, d),
+                        &mut pb,
                         true,
                     );
+                    // SAFETY: as above.
                     let dsb = unsafe { part(dsp, r0 * d, m * d) };
+                    let dub = &du[b * d..(b + 1) * d];
                     for i in 0..m {
-                        let sb = blk.seg[i];
-                        history_grad_row(
-                            sv.wts[r0 + i],
-                            &du[sb * d..(sb + 1) * d],
-                            &t[sb * d..(sb + 1) * d],
-                            &blk.x[i * 2 * d..i * 2 * d + d],
-                            &dx[i * 2 * d..(i + 1) * 2 * d],
-                            &mut dsb[i * d..(i + 1) * d],
-                            &mut dtb[(sb - b0) * d..(sb - b0 + 1) * d],
-                        );
+                        let (dsj, dej) = (&mut dsb[i * d..(i + 1) * d], &de[i * d..(i + 1) * d]);
+                        dsj.copy_from_slice(dej);
+                        crate::cpu::axpy(sv.wts[r0 + i], dub, dsj);
+                    }
+                    if r1 == offsets[b + 1] {
+                        let tb = &t[b * d..(b + 1) * d];
+                        let dtj = &mut dtb[(b - b0) * d..(b - b0 + 1) * d];
+                        sample_grads(&pb, tb, &w.w4, &mut dw, dtj);
                     }
                 }
-                dwc
+                dw
             })
             .collect();
         recycle(hid);
-        let mut dwc = vec![0f32; h * 2 * d];
-        for pt in &dwc_parts {
-            dwc.iter_mut().zip(pt).for_each(|(a, v)| *a += v);
+        let mut dw = vec![0f32; 2 * h * d];
+        for pt in &wparts {
+            dw.iter_mut().zip(pt).for_each(|(a, v)| *a += v);
         }
+        let (dwe, dw4) = dw.split_at(h * d);
         // 4. The target term: ∂t += G·Wt, ∂Wt = Gᵀ·T, ∂b = Σ_b G_b.
         sgemm(Mat::new(&gs, bsz, h), Mat::new(&w.wt, h, d), &mut dt, true);
         let mut dwt = vec![0f32; h * d];
@@ -605,11 +612,11 @@ impl Unit {
         for r in 0..h {
             let o = &mut dp[r * 4 * d..(r + 1) * 4 * d];
             for c in 0..d {
-                let (a, e) = (dwt[r * d + c], dwc[r * 2 * d + c]);
+                let (a, e) = (dwt[r * d + c], dwe[r * d + c]);
                 o[c] = a;
                 o[d + c] = e;
                 o[2 * d + c] = a - e;
-                o[3 * d + c] = dwc[r * 2 * d + d + c];
+                o[3 * d + c] = dw4[r * d + c];
             }
         }
         for row in gs.chunks_exact(h) {
@@ -717,39 +724,49 @@ impl CustomOp3 for Unit {
     }
 }
 
-/// The second half of a row `x = [e | t ⊙ e]` from its first.
+/// `M = We + W4·diag(t_b)` (`[h, d]` row-major): the first layer with the sample's target folded
+/// in, since `We·e + W4·(t_b ⊙ e) = M·e`.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn times_target(tb: &[f32], x: &mut [f32]) {
+fn fold_rows(we: &[f32], w4: &[f32], tb: &[f32], m: &mut [f32]) {
     let d = tb.len();
-    let (e, te) = x[..2 * d].split_at_mut(d);
-    for c in 0..d {
-        te[c] = tb[c] * e[c];
+    for ((mr, er), fr) in m
+        .chunks_exact_mut(d)
+        .zip(we.chunks_exact(d))
+        .zip(w4.chunks_exact(d))
+    {
+        let (mr, er, fr) = (&mut mr[..d], &er[..d], &fr[..d]);
+        for c in 0..d {
+            mr[c] = er[c] + fr[c] * tb[c];
+        }
     }
 }
 
-/// One behavior's gradient `∂e_j = w_j·∂u_b + ∂X_j[..d] + ∂X_j[d..] ⊙ t_b` (set), and its part
-/// of the target's, `∂t_b += ∂X_j[d..] ⊙ e_j`.
+/// A sample's share of the weight and target gradients from `P_b = Σ_{j∈b} ∂H_jᵀ e_j`
+/// (`[h, d]`): `∂We += P_b`, `∂W4 += P_b·diag(t_b)`, `∂t_b[c] += Σ_q W4[q, c]·P_b[q, c]`.
+/// `dw` is `[∂We | ∂W4]`.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn history_grad_row(
-    wj: f32,
-    dub: &[f32],
-    tb: &[f32],
-    e: &[f32],
-    dx: &[f32],
-    ds: &mut [f32],
-    dt: &mut [f32],
-) {
-    let d = e.len();
-    let (dub, tb, ds, dt) = (&dub[..d], &tb[..d], &mut ds[..d], &mut dt[..d]);
-    let (dx0, dx1) = dx[..2 * d].split_at(d);
-    for c in 0..d {
-        ds[c] = wj * dub[c] + dx0[c] + dx1[c] * tb[c];
-        dt[c] += dx1[c] * e[c];
+fn sample_grads(pb: &[f32], tb: &[f32], w4: &[f32], dw: &mut [f32], dtb: &mut [f32]) {
+    let d = tb.len();
+    let hd = pb.len();
+    let (dwe, dw4) = dw.split_at_mut(hd);
+    let dtb = &mut dtb[..d];
+    for (((pr, wr), er), fr) in pb
+        .chunks_exact(d)
+        .zip(w4.chunks_exact(d))
+        .zip(dwe.chunks_exact_mut(d))
+        .zip(dw4.chunks_exact_mut(d))
+    {
+        let (pr, wr, er, fr) = (&pr[..d], &wr[..d], &mut er[..d], &mut fr[..d]);
+        for c in 0..d {
+            er[c] += pr[c];
+            fr[c] += pr[c] * tb[c];
+            dtb[c] += wr[c] * pr[c];
+        }
     }
 }
