@@ -12,7 +12,13 @@ use lifelong::aggregate::{ActivationUnit, Packed};
 use lifelong::config::Activation;
 use lifelong::nn::ParamStore;
 
+// The allocator and runtime settings of the `lifelong` binary and the examples (glibc's malloc
+// returns the unit's tens-of-MB buffers to the OS every step, and every step faults them in).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn gemm(c: &mut Criterion) {
+    lifelong::cpu::tune_runtime();
     let dev = Device::Cpu;
     let mut g = c.benchmark_group("gemm");
     g.sample_size(10);

@@ -192,7 +192,10 @@ fn main() -> anyhow::Result<()> {
             1024,
         )?;
         let infer = logits.len() as f64 / t0.elapsed().as_secs_f64();
-        println!("L={len}: inference {infer:.0} samples/s over {} test rows", logits.len());
+        println!(
+            "L={len}: inference {infer:.0} samples/s over {} test rows",
+            logits.len()
+        );
         rows_out.push((len, mean_len, s.samples_per_sec(), s.train_secs, auc, infer));
         println!(
             "L={len}: {:.0} samples/s ({} samples in {:.1}s), mean history {mean_len:.1}, valid AUC {auc:.4}, peak RSS so far {:.0} MB",

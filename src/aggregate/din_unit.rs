@@ -1,17 +1,21 @@
 //! DIN's activation unit with one Dice hidden layer (the paper's unit) as one fused, tiled CPU
 //! op with a hand-written backward.
 //!
-//! `H_j = (W1+W3)·t_b + (W2−W3)·e_j + W4·(t_b⊙e_j) + b` (the factored first layer: the `t` term
-//! once per sample, one GEMM over `X = [e | t⊙e]`), `a_j = w_out·dice(H_j) + c` (optionally
-//! softmax per sample), `u_b = Σ_{j∈b} a_j e_j`.
+//! The paper's first layer on `[t, e, t−e, t⊙e]` is `(W1+W3)·t_b + (W2−W3)·e_j + W4·(t_b⊙e_j) + b`.
+//! The `t` term is computed once per sample, and the target is folded into the rest:
+//! `We·e + W4·(t_b⊙e) = M_b·e` with `M_b = We + W4·diag(t_b)` (`[h, d]`, once per sample). So
+//! `H_j = M_b·e_j + (Wt·t_b + b)`, one `[m, d]×[d, h]` product per block (half the FLOPs of the
+//! factored form's `[m, 2d]×[2d, h]`), then `a_j = w_out·dice(H_j) + c` (optionally softmax per
+//! sample), `u_b = Σ_{j∈b} a_j e_j`. Backward, with `P_b = Σ_{j∈b} ∂H_jᵀ e_j`:
+//! `∂e_j = ∂H_j·M_b + a_j ∂u_b`, `∂We = Σ_b P_b`, `∂W4 = Σ_b P_b·diag(t_b)`,
+//! `∂t_b = Σ_q W4[q,·] ⊙ P_b[q,·] + Wtᵀ·G_b` with `G_b = Σ_{j∈b} ∂H_j`.
 //!
-//! The rows are processed in blocks of [`TILE_ROWS`] that stay in the core's L2 cache: a block's
-//! behaviors are read (from a dense `[n, d]` history, or straight from the step's flat leaf
-//! through its [`TokenIndex`], so the gathered history and its gradient never exist as candle
-//! tensors), its `X` is built, multiplied and consumed in place. Only `H [n, h]` (training, for
-//! Dice's batch statistics and the backward), the `[n]` weights and the history gradient are
-//! ever of size `n`; `X`, `∂H` and `∂X` live one block at a time. The backward rebuilds each
-//! block's `X` from the behaviors rather than store it.
+//! The rows are processed in blocks of at most [`TILE_ROWS`] rows of one sample, which stay in
+//! the core's L2 cache: a block's behaviors are read (from a dense `[n, d]` history, or straight
+//! from the step's flat leaf through its [`TokenIndex`], so the gathered history and its gradient
+//! never exist as candle tensors), multiplied and consumed in place. Only `H [n, h]` (training,
+//! for Dice's batch statistics and the backward), the `[n]` weights and the history gradient are
+//! ever of size `n`; `∂H` and `∂e` live one block at a time.
 //!
 //! Work is split into tasks of whole samples of at least [`TASK_ROWS`] rows; every partial sum
 //! (Dice statistics, weight gradients) is taken per task or per fixed row chunk and reduced in a
