@@ -107,9 +107,9 @@ impl ActivationUnit {
         Ok(self.out.forward(&h)?.squeeze(1)?)
     }
 
-    /// The interest vector `u = Σ_j a_j e_j` per sample, through fused ops ([`super::din_ops`]:
-    /// the whole unit when it is one Dice layer, else the first layer and the scoring + pooling
-    /// around generic layers). [`ActivationUnit::forward_composite`] computes the same function
+    /// The interest vector `u = Σ_j a_j e_j` per sample, through fused ops (the whole unit as one
+    /// tiled op, `super::din_unit`, when it is one Dice layer; else [`super::din_ops`]'s first
+    /// layer and scoring + pooling around generic layers). [`ActivationUnit::forward_composite`] computes the same function
     /// with candle ops and is the tests' reference.
     ///
     /// # Shapes
