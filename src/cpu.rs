@@ -304,6 +304,13 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     "x86_64+avx2+fma"
 ))]
 pub fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b)
+}
+
+/// The body of [`dot_wide`], inlined into callers that are themselves compiled per CPU (a row
+/// kernel calling [`dot_wide`] would pay its dispatch per row): 16 lanes, then a tree reduction.
+#[inline(always)]
+pub fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 16];

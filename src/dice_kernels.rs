@@ -55,32 +55,21 @@ impl Grad<'_> {
     }
 }
 
-/// `Σ_q a_q b_q` in 16 lanes (a left fold would run one lane at a time).
+/// Dice of one element.
 #[inline(always)]
-fn dot16(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    let mut w = 8;
-    while w > 0 {
-        for l in 0..w {
-            acc[l] += acc[l + w];
-        }
-        w /= 2;
-    }
-    s += acc[0];
-    s
+fn value(x: f32, mean: f32, inv: f32, al: f32) -> f32 {
+    let p = fast_sigmoid((x - mean) * inv);
+    x * (al + p * (1.0 - al))
+}
+
+/// The backward terms of one element: `(x̂, gate = α + p(1 − α), h = g·x·(1 − α)·p·(1 − p), p)`.
+#[inline(always)]
+fn bwd_terms(x: f32, g: f32, mean: f32, inv: f32, al: f32) -> (f32, f32, f32, f32) {
+    let xh = (x - mean) * inv;
+    let p = fast_sigmoid(xh);
+    let gate = al + p * (1.0 - al);
+    let hq = g * x * (1.0 - al) * p * (1.0 - p);
+    (xh, gate, hq, p)
 }
 
 /// Dice output of a block: `y = x·(α + p(1 − α))`.
@@ -94,8 +83,7 @@ pub fn forward_rows(x: &[f32], mean: &[f32], inv: &[f32], alpha: &[f32], y: &mut
     for (xr, yr) in x.chunks_exact(h).zip(y.chunks_exact_mut(h)) {
         let (xr, yr) = (&xr[..h], &mut yr[..h]);
         for q in 0..h {
-            let p = fast_sigmoid((xr[q] - mean[q]) * inv[q]);
-            yr[q] = xr[q] * (alpha[q] + p * (1.0 - alpha[q]));
+            yr[q] = value(xr[q], mean[q], inv[q], alpha[q]);
         }
     }
 }
@@ -120,10 +108,9 @@ pub fn score_rows(
     for (xr, s) in x.chunks_exact(h).zip(scores.iter_mut()) {
         let (xr, y) = (&xr[..h], &mut y[..h]);
         for q in 0..h {
-            let p = fast_sigmoid((xr[q] - mean[q]) * inv[q]);
-            y[q] = xr[q] * (alpha[q] + p * (1.0 - alpha[q]));
+            y[q] = value(xr[q], mean[q], inv[q], alpha[q]);
         }
-        *s = dot16(y, w) + c;
+        *s = crate::cpu::dot_lanes(y, w) + c;
     }
 }
 
@@ -174,11 +161,7 @@ pub fn bwd_stats_rows(
         let (g, xr) = (&g[..h], &xr[..h]);
         for q in 0..h {
             let xv = xr[q];
-            let xh = (xv - mean[q]) * inv[q];
-            let p = fast_sigmoid(xh);
-            let al = alpha[q];
-            let gate = al + p * (1.0 - al);
-            let hq = g[q] * xv * (1.0 - al) * p * (1.0 - p);
+            let (xh, gate, hq, p) = bwd_terms(xv, g[q], mean[q], inv[q], alpha[q]);
             a0[q] += hq;
             a1[q] += hq * xh;
             a2[q] += g[q] * xv * (1.0 - p);
@@ -212,12 +195,7 @@ pub fn bwd_out_rows(
         let g = grad.row(i, h, &mut buf);
         let (g, xr, dr) = (&g[..h], &xr[..h], &mut dr[..h]);
         for q in 0..h {
-            let xv = xr[q];
-            let xh = (xv - mean[q]) * inv[q];
-            let p = fast_sigmoid(xh);
-            let al = alpha[q];
-            let gate = al + p * (1.0 - al);
-            let hq = g[q] * xv * (1.0 - al) * p * (1.0 - p);
+            let (xh, gate, hq, _) = bwd_terms(xr[q], g[q], mean[q], inv[q], alpha[q]);
             dr[q] = g[q] * gate + inv[q] * (hq - bf * (mh[q] + xh * mhx[q]));
         }
     }

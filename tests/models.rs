@@ -228,6 +228,21 @@ fn masked_softmax_fully_masked_row_is_zero_not_nan() {
     assert_eq!(p[1], vec![0.0, 0.0, 0.0]);
 }
 
+/// The target, the history and every parameter of a unit, by name: the tensors whose gradients
+/// the fused and composite units must agree on.
+fn unit_vars(t: &Var, s: &Var, ps: &ParamStore) -> Vec<(String, Tensor)> {
+    let mut vars = vec![
+        ("target".to_string(), t.as_tensor().clone()),
+        ("seq".to_string(), s.as_tensor().clone()),
+    ];
+    vars.extend(
+        ps.params()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone())),
+    );
+    vars
+}
+
 /// The fused CPU ops and the candle-op composite give the same values and the same gradients
 /// for the target, the history and every parameter of the unit.
 #[test]
@@ -262,16 +277,7 @@ fn din_fused_ops_match_composite_gradients() {
         assert!(max_abs_diff(&fused, &comp) < 1e-5);
         let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gc = (comp * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let mut vars = vec![
-            ("target".to_string(), t.as_tensor().clone()),
-            ("seq".to_string(), s.as_tensor().clone()),
-        ];
-        vars.extend(
-            ps.params()
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().clone())),
-        );
-        for (name, v) in vars {
+        for (name, v) in unit_vars(&t, &s, &ps) {
             let (a, b) = (gf.get(&v), gc.get(&v));
             let (a, b) = (
                 a.unwrap_or_else(|| panic!("no fused grad for {name}")),
@@ -692,16 +698,7 @@ fn din_fused_unit_matches_composite_over_many_blocks() {
         );
         let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gc = (comp * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let mut vars = vec![
-            ("target".to_string(), t.as_tensor().clone()),
-            ("seq".to_string(), s.as_tensor().clone()),
-        ];
-        vars.extend(
-            ps.params()
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().clone())),
-        );
-        for (name, v) in vars {
+        for (name, v) in unit_vars(&t, &s, &ps) {
             let (a, b) = (gf.get(&v).unwrap(), gc.get(&v).unwrap());
             let tol = 1e-4 * scale(b).max(1.0);
             assert!(

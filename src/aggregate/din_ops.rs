@@ -93,12 +93,7 @@ fn first_layer_fwd(
     let bsz = offsets.len() - 1;
     let n = offsets[bsz];
     let (wt, wc, bias) = split_weights(wb, h, d);
-    // t-term once per sample: [B, h]
-    let mut tt = vec![0f32; bsz * h];
-    sgemm(Mat::new(t, bsz, d), Mat::new(&wt, h, d).t(), &mut tt, false);
-    for row in tt.chunks_exact_mut(h) {
-        row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
-    }
+    let tt = target_term(t, &wt, &bias, bsz, d);
     let x = build_x(t, s, offsets, d);
     let mut hid = scratch(n * h); // fully written by the GEMM
     sgemm(
@@ -118,6 +113,51 @@ fn first_layer_fwd(
         }
     });
     (hid, x)
+}
+
+/// The target's term of the factored first layer, once per sample: `T·Wtᵀ + b` `[B, h]`.
+pub(super) fn target_term(t: &[f32], wt: &[f32], bias: &[f32], bsz: usize, d: usize) -> Vec<f32> {
+    let h = bias.len();
+    let mut tt = vec![0f32; bsz * h];
+    sgemm(Mat::new(t, bsz, d), Mat::new(wt, h, d).t(), &mut tt, false);
+    for row in tt.chunks_exact_mut(h) {
+        row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+    }
+    tt
+}
+
+/// The target term's backward given `G_b = Σ_{j∈b} ∂H_j` (`[B, h]`): adds `G·Wt` into `dt` and
+/// returns `∂Wt = Gᵀ·T` `[h, d]`.
+pub(super) fn target_grads(
+    g: &[f32],
+    t: &[f32],
+    wt: &[f32],
+    bsz: usize,
+    d: usize,
+    dt: &mut [f32],
+) -> Vec<f32> {
+    let h = wt.len() / d.max(1);
+    sgemm(Mat::new(g, bsz, h), Mat::new(wt, h, d), dt, true);
+    let mut dwt = vec![0f32; h * d];
+    sgemm(
+        Mat::new(g, bsz, h).t(),
+        Mat::new(t, bsz, d),
+        &mut dwt,
+        false,
+    );
+    dwt
+}
+
+/// One row of the paper's `∂W = [∂W1 | ∂W2 | ∂W3 | ∂W4]` (`out`, 4d) from the factored
+/// gradients: `∂W1 = ∂Wt`, `∂W2 = ∂We`, `∂W3 = ∂Wt − ∂We`, `∂W4`.
+pub(super) fn unfactor_row(dwt: &[f32], dwe: &[f32], dw4: &[f32], out: &mut [f32]) {
+    let d = dwt.len();
+    for c in 0..d {
+        out[c] = dwt[c];
+        out[d + c] = dwe[c];
+        out[2 * d + c] = dwt[c] - dwe[c];
+        out[3 * d + c] = dw4[c];
+    }
 }
 
 /// Backward of [`first_layer_fwd`] given `dH`: adds ∂L/∂e into `ds` and returns
@@ -172,25 +212,13 @@ fn first_layer_bwd(
         }
     });
     recycle(dx);
-    sgemm(Mat::new(&g, bsz, h), Mat::new(&wt, h, d), &mut dt, true);
-    let mut dwt = vec![0f32; h * d];
-    sgemm(
-        Mat::new(&g, bsz, h).t(),
-        Mat::new(t, bsz, d),
-        &mut dwt,
-        false,
-    );
+    let dwt = target_grads(&g, t, &wt, bsz, d, &mut dt);
     let stride = 4 * d + 1;
     let mut dwb = vec![0f32; h * stride];
     for r in 0..h {
-        let o = &mut dwb[r * stride..(r + 1) * stride];
-        for c in 0..d {
-            let (a, e) = (dwt[r * d + c], dwc[r * 2 * d + c]);
-            o[c] = a;
-            o[d + c] = e;
-            o[2 * d + c] = a - e;
-            o[3 * d + c] = dwc[r * 2 * d + d + c];
-        }
+        let (dwe, dw4) = dwc[r * 2 * d..(r + 1) * 2 * d].split_at(d);
+        let o = &mut dwb[r * stride..r * stride + 4 * d];
+        unfactor_row(&dwt[r * d..(r + 1) * d], dwe, dw4, o);
     }
     for row in g.chunks_exact(h) {
         for (r, v) in row.iter().enumerate() {

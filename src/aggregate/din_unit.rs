@@ -35,7 +35,7 @@
 
 use super::Packed;
 use crate::cpu::{
-    dot, recycle, scratch, sgemm, sgemm_serial, storage_f32, with_data, Mat, SendPtr, Stash,
+    dot, recycle, scratch, sgemm_serial, storage_f32, with_data, Mat, SendPtr, Stash,
 };
 use crate::dice_kernels as dice;
 use crate::embedding::leaves::{GradAccumulator, TokenIndex};
@@ -293,18 +293,7 @@ impl Unit {
 
     /// `T·Wtᵀ + b` `[B, h]`.
     fn target_term(&self, t: &[f32], w: &Weights, bsz: usize, d: usize) -> Vec<f32> {
-        let h = self.h;
-        let mut tt = vec![0f32; bsz * h];
-        sgemm(
-            Mat::new(t, bsz, d),
-            Mat::new(&w.wt, h, d).t(),
-            &mut tt,
-            false,
-        );
-        for row in tt.chunks_exact_mut(h) {
-            row.iter_mut().zip(w.bias).for_each(|(x, b)| *x += b);
-        }
-        tt
+        super::din_ops::target_term(t, &w.wt, w.bias, bsz, d)
     }
 
     /// `H [n, h]` for every row (no statistics).
@@ -601,27 +590,15 @@ impl Unit {
         }
         let (dwe, dw4) = dw.split_at(h * d);
         // 4. The target term: ∂t += G·Wt, ∂Wt = Gᵀ·T, ∂b = Σ_b G_b.
-        sgemm(Mat::new(&gs, bsz, h), Mat::new(&w.wt, h, d), &mut dt, true);
-        let mut dwt = vec![0f32; h * d];
-        sgemm(
-            Mat::new(&gs, bsz, h).t(),
-            Mat::new(t, bsz, d),
-            &mut dwt,
-            false,
-        );
+        let dwt = super::din_ops::target_grads(&gs, t, &w.wt, bsz, d, &mut dt);
         // 5. ∂params = [∂W | ∂b | ∂α | ∂w_out | ∂c], back to W = [W1 | W2 | W3 | W4]:
         //    ∂W1 = ∂Wt, ∂W2 = ∂We, ∂W3 = ∂Wt − ∂We, ∂W4.
         let nw = h * 4 * d;
         let mut dp = vec![0f32; nw + 3 * h + 1];
         for r in 0..h {
+            let row = r * d..(r + 1) * d;
             let o = &mut dp[r * 4 * d..(r + 1) * 4 * d];
-            for c in 0..d {
-                let (a, e) = (dwt[r * d + c], dwe[r * d + c]);
-                o[c] = a;
-                o[d + c] = e;
-                o[2 * d + c] = a - e;
-                o[3 * d + c] = dw4[r * d + c];
-            }
+            super::din_ops::unfactor_row(&dwt[row.clone()], &dwe[row.clone()], &dw4[row], o);
         }
         for row in gs.chunks_exact(h) {
             dp[nw..nw + h]
