@@ -27,7 +27,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod data;
-pub mod dice_kernels;
+pub(crate) mod dice_kernels;
 pub mod embedding;
 pub mod encodings;
 pub mod error;

@@ -228,13 +228,13 @@ fn masked_softmax_fully_masked_row_is_zero_not_nan() {
     assert_eq!(p[1], vec![0.0, 0.0, 0.0]);
 }
 
-/// The target, the history and every parameter of a unit, by name: the tensors whose gradients
-/// the fused and composite units must agree on.
-fn unit_vars(t: &Var, s: &Var, ps: &ParamStore) -> Vec<(String, Tensor)> {
-    let mut vars = vec![
-        ("target".to_string(), t.as_tensor().clone()),
-        ("seq".to_string(), s.as_tensor().clone()),
-    ];
+/// The named inputs and every parameter of `ps`: the tensors whose gradients a fused op and its
+/// reference must agree on.
+fn named_vars(inputs: &[(&str, &Var)], ps: &ParamStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = inputs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+        .collect();
     vars.extend(
         ps.params()
             .iter()
@@ -277,7 +277,7 @@ fn din_fused_ops_match_composite_gradients() {
         assert!(max_abs_diff(&fused, &comp) < 1e-5);
         let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gc = (comp * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, v) in unit_vars(&t, &s, &ps) {
+        for (name, v) in named_vars(&[("target", &t), ("seq", &s)], &ps) {
             let (a, b) = (gf.get(&v), gc.get(&v));
             let (a, b) = (
                 a.unwrap_or_else(|| panic!("no fused grad for {name}")),
@@ -599,15 +599,9 @@ fn target_attention_fused_matches_composite() {
             .unwrap()
             .backward()
             .unwrap();
-        let mut vars: Vec<(String, Tensor)> = vec![
-            ("target_k".into(), tk.as_tensor().clone()),
-            ("keys".into(), keys.as_tensor().clone()),
-            ("values".into(), values.as_tensor().clone()),
-        ];
-        vars.extend(
-            ps.params()
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().clone())),
+        let vars = named_vars(
+            &[("target_k", &tk), ("keys", &keys), ("values", &values)],
+            &ps,
         );
         for (name, v) in vars {
             let (a, r) = (gf.get(&v).unwrap(), gr.get(&v).unwrap());
@@ -698,7 +692,7 @@ fn din_fused_unit_matches_composite_over_many_blocks() {
         );
         let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gc = (comp * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, v) in unit_vars(&t, &s, &ps) {
+        for (name, v) in named_vars(&[("target", &t), ("seq", &s)], &ps) {
             let (a, b) = (gf.get(&v).unwrap(), gc.get(&v).unwrap());
             let tol = 1e-4 * scale(b).max(1.0);
             assert!(
