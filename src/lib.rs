@@ -33,6 +33,7 @@ pub mod encodings;
 pub mod error;
 pub mod eval;
 pub mod inspect;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod model_file;

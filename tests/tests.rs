@@ -23,6 +23,8 @@ mod fuzz;
 mod models;
 // SimHash, top-k, SDIM buckets and full-attention pooling against brute force.
 mod search;
+// The kernel ops' CPU twins against brute force; every kernel source through NVRTC.
+mod kernels;
 // Sparse row-wise optimisers against dense Adam and hand-computed updates.
 mod optim;
 // Training end to end: planted-signal AUC floor, resume, NaN guard, corrupt checkpoints.

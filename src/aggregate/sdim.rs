@@ -83,6 +83,40 @@ pub fn bucket_table(values: &[f32], d: usize, sigs: &[u16], groups: usize, tau: 
     out
 }
 
+/// Per row and group, the sum of the row's values whose signature equals the row's target's:
+/// `S[r][g] = Σ_{j in row r: sigs[j][g] = target[r][g]} values[j]`, the sums [`Sdim::forward`]
+/// normalises and averages (its op gathers the same sums straight from the leaf). Rows are
+/// packed by `offsets [rows + 1]`; each sum runs over j in order.
+///
+/// # Shapes
+/// values `[n, d]`, sigs `[n, G]`, target `[rows, G]` → `[rows, G, d]`
+pub fn matched_sums(
+    values: &[f32],
+    d: usize,
+    sigs: &[u32],
+    groups: usize,
+    target: &[u32],
+    offsets: &[u32],
+) -> Vec<f32> {
+    let g = groups;
+    let rows = offsets.len().saturating_sub(1);
+    let mut out = vec![0f32; rows * g * d];
+    out.par_chunks_mut((g * d).max(1))
+        .enumerate()
+        .for_each(|(r, o)| {
+            let t = &target[r * g..(r + 1) * g];
+            for j in offsets[r] as usize..offsets[r + 1] as usize {
+                let v = &values[j * d..(j + 1) * d];
+                for (q, (&s, &tq)) in sigs[j * g..(j + 1) * g].iter().zip(t).enumerate() {
+                    if s == tq {
+                        crate::cpu::axpy(1.0, v, &mut o[q * d..(q + 1) * d]);
+                    }
+                }
+            }
+        });
+    out
+}
+
 impl Sdim {
     /// The interest from precomputed bucket sums (serving from a user's BSE): `sums [B, G, d]`,
     /// each sample's target's bucket of each group → `u [B, d]`, the same function as
