@@ -486,3 +486,224 @@ mod nvrtc {
         println!("NVRTC {} sources OK", kernels::SOURCES.len());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// On a GPU (`cuda` feature): every kernel against its CPU twin. Not run in CI (no GPU there);
+// `benches/gpu_check.sh` runs these on a lent machine.
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+
+    fn cuda() -> Device {
+        Device::new_cuda(0).expect("the cuda tests need a GPU")
+    }
+
+    /// Fills and frees a buffer of `n` u32 with a poison value first, so an output the kernel
+    /// forgets to write shows up (the stream-ordered allocator hands the same memory back).
+    fn poison(dev: &Device, n: usize) {
+        let p = Tensor::full(0xDEAD_BEEFu32, n.max(1), dev).unwrap();
+        dev.synchronize().unwrap();
+        drop(p);
+    }
+
+    #[test]
+    fn simhash_codes_and_signatures_on_gpu_equal_cpu() {
+        let dev = cuda();
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        for &(n, d, bits) in &[
+            (1usize, 3usize, 1usize),
+            (33, 64, 64),
+            (1000, 130, 96),
+            (4097, 32, 256),
+        ] {
+            let x = Tensor::from_vec(gaussian(&mut rng, n * d), (n, d), &Device::Cpu).unwrap();
+            let r =
+                Tensor::from_vec(gaussian(&mut rng, d * bits), (d, bits), &Device::Cpu).unwrap();
+            for dt in [DType::F32, DType::F16, DType::BF16] {
+                let xq = x.to_dtype(dt).unwrap();
+                let proj = f32s(&xq.to_dtype(DType::F32).unwrap().matmul(&r).unwrap());
+                let want = u32s(&kernels::simhash_codes(&xq, &r).unwrap());
+                poison(&dev, want.len());
+                let got = kernels::simhash_codes(
+                    &xq.to_device(&dev).unwrap(),
+                    &r.to_device(&dev).unwrap(),
+                )
+                .unwrap();
+                let got = u32s(&got.to_device(&Device::Cpu).unwrap());
+                let words = bits.div_ceil(32);
+                for i in 0..n {
+                    for b in 0..32 * words {
+                        let (g, w) = (bit(&got, words, i, b), bit(&want, words, i, b));
+                        // Summation order may flip a projection within rounding of 0.
+                        if g != w {
+                            let p = if b < bits {
+                                proj[i * bits + b].abs()
+                            } else {
+                                f32::INFINITY
+                            };
+                            assert!(
+                                p < 1e-3 * (d as f32).sqrt() * 4.0,
+                                "{dt:?} {n}×{d}→{bits}: row {i} bit {b}"
+                            );
+                        }
+                    }
+                }
+            }
+            let codes = kernels::simhash_codes(&x, &r).unwrap();
+            for &(g, tau) in &[
+                (bits.min(16), 1usize),
+                ((bits / 3).max(1), 3usize.min(bits)),
+            ] {
+                let want = u32s(&kernels::sdim_signatures(&codes, g, tau).unwrap());
+                poison(&dev, want.len());
+                let got =
+                    kernels::sdim_signatures(&codes.to_device(&dev).unwrap(), g, tau).unwrap();
+                assert_eq!(
+                    u32s(&got.to_device(&Device::Cpu).unwrap()),
+                    want,
+                    "signatures G={g} τ={tau}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn topk_hamming_on_gpu_equals_cpu() {
+        let dev = cuda();
+        let mut rng = ChaCha8Rng::seed_from_u64(22);
+        for &(b, len) in &[
+            (3usize, 1usize),
+            (7, 31),
+            (5, 257),
+            (64, 10_000),
+            (4, 100_000),
+        ] {
+            let lens: Vec<usize> = (0..b)
+                .map(|r| {
+                    if r == 0 {
+                        len
+                    } else {
+                        rng.random_range(0..=len)
+                    }
+                })
+                .collect();
+            let offsets = offsets_of(&lens);
+            let n = *offsets.last().unwrap() as usize;
+            for &w in &[1usize, 2, 9] {
+                // Masked codes: many equal distances, so the tie rule is exercised.
+                let codes: Vec<u32> = (0..n * w)
+                    .map(|_| rng.random::<u32>() & 0x0101_0F0F)
+                    .collect();
+                let target: Vec<u32> = (0..b * w)
+                    .map(|_| rng.random::<u32>() & 0x0101_0F0F)
+                    .collect();
+                let ct = Tensor::from_vec(codes, (n, w), &Device::Cpu).unwrap();
+                let tt = Tensor::from_vec(target, (b, w), &Device::Cpu).unwrap();
+                let (cg, tg) = (ct.to_device(&dev).unwrap(), tt.to_device(&dev).unwrap());
+                for &k in &[1usize, 7, 64, 1024] {
+                    let want = u32s(&kernels::topk_hamming(&tt, &ct, &offsets, k).unwrap());
+                    poison(&dev, want.len());
+                    let got = kernels::topk_hamming(&tg, &cg, &offsets, k).unwrap();
+                    assert_eq!(
+                        u32s(&got.to_device(&Device::Cpu).unwrap()),
+                        want,
+                        "{b}×{len} w={w} k={k}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn topk_scores_on_gpu_equal_cpu() {
+        let dev = cuda();
+        let mut rng = ChaCha8Rng::seed_from_u64(23);
+        for &(b, len) in &[
+            (3usize, 1usize),
+            (5, 33),
+            (9, 2049),
+            (64, 10_000),
+            (4, 100_000),
+        ] {
+            for ties in [false, true] {
+                let mut scores = gaussian(&mut rng, b * len);
+                if ties {
+                    // Few distinct values: every bin crowded, the refinement passes run.
+                    scores.iter_mut().for_each(|s| *s = (*s * 2.0).round());
+                    scores[0] = f32::NAN;
+                    scores[len / 2] = -0.0;
+                }
+                let mask: Vec<u8> = (0..b * len).map(|_| rng.random_bool(0.8) as u8).collect();
+                let st = Tensor::from_vec(scores, (b, len), &Device::Cpu).unwrap();
+                let mt = Tensor::from_vec(mask, (b, len), &Device::Cpu).unwrap();
+                let (sg, mg) = (st.to_device(&dev).unwrap(), mt.to_device(&dev).unwrap());
+                for &k in &[1usize, 7, 64, 1024] {
+                    for masked in [false, true] {
+                        let m = |t: &Tensor| if masked { Some(t.clone()) } else { None };
+                        let want = u32s(&kernels::topk_scores(&st, m(&mt).as_ref(), k).unwrap());
+                        poison(&dev, want.len());
+                        let got = kernels::topk_scores(&sg, m(&mg).as_ref(), k).unwrap();
+                        assert_eq!(
+                            u32s(&got.to_device(&Device::Cpu).unwrap()),
+                            want,
+                            "{b}×{len} k={k} ties={ties} masked={masked}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sdim_sums_and_tables_on_gpu_equal_cpu() {
+        let dev = cuda();
+        let mut rng = ChaCha8Rng::seed_from_u64(24);
+        // (d, G, τ): small, a group chunk past 32, a table too large for shared memory.
+        for &(d, g, tau) in &[(5usize, 3usize, 2usize), (64, 40, 3), (96, 4, 6)] {
+            let lens: Vec<usize> = vec![0, 1, 33, 1000, 5000];
+            let offsets = offsets_of(&lens);
+            let n = *offsets.last().unwrap() as usize;
+            let rows = lens.len();
+            let vt = Tensor::from_vec(gaussian(&mut rng, n * d), (n, d), &Device::Cpu).unwrap();
+            let sg: Vec<u32> = (0..n * g)
+                .map(|_| rng.random_range(0..1u32 << tau))
+                .collect();
+            let tg: Vec<u32> = (0..rows * g)
+                .map(|_| rng.random_range(0..1u32 << tau))
+                .collect();
+            let gt = Tensor::from_vec(sg, (n, g), &Device::Cpu).unwrap();
+            let tt = Tensor::from_vec(tg, (rows, g), &Device::Cpu).unwrap();
+            let (vd, gd, td) = (
+                vt.to_device(&dev).unwrap(),
+                gt.to_device(&dev).unwrap(),
+                tt.to_device(&dev).unwrap(),
+            );
+            let close = |got: Vec<f32>, want: Vec<f32>, what: &str| {
+                assert_eq!(got.len(), want.len());
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{what} d={d} G={g} τ={tau}: entry {i}: {a} vs {b}"
+                    );
+                }
+            };
+            let want = f32s(&kernels::sdim_matched_sums(&vt, &gt, &tt, &offsets).unwrap());
+            poison(&dev, want.len());
+            let got = kernels::sdim_matched_sums(&vd, &gd, &td, &offsets).unwrap();
+            close(
+                f32s(&got.to_device(&Device::Cpu).unwrap()),
+                want,
+                "matched sums",
+            );
+            let want = f32s(&kernels::sdim_bucket_table(&vt, &gt, &offsets, tau).unwrap());
+            poison(&dev, want.len());
+            let got = kernels::sdim_bucket_table(&vd, &gd, &offsets, tau).unwrap();
+            close(
+                f32s(&got.to_device(&Device::Cpu).unwrap()),
+                want,
+                "bucket table",
+            );
+        }
+    }
+}
