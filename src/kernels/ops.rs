@@ -2,7 +2,7 @@
 //! `cpu_fwd`, the CUDA kernel in `cuda_fwd` (`cuda` feature, `super::cuda`).
 
 use super::limits::{SD_SHARED_FLOATS, SD_WARPS, TH_MAX_WORDS, TS_MAX_K};
-use crate::aggregate::sdim::{bucket_table, matched_sums};
+use crate::aggregate::sdim::{add_to_buckets, matched_sums};
 use crate::search::{signature, topk_hamming_codes, topk_rows, SimHash};
 use crate::{Error, Result};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
@@ -73,9 +73,31 @@ fn cpu_slice<'a, T: candle_core::WithDType>(
 /// u32 code words (the kernels' layout) as u64 words (the CPU code's): the same bits on a
 /// little-endian machine, the odd last word zero-padded.
 fn words64(w32: &[u32]) -> Vec<u64> {
-    w32.chunks(2)
-        .map(|p| p[0] as u64 | (p.get(1).copied().unwrap_or(0) as u64) << 32)
-        .collect()
+    let mut out = Vec::new();
+    codes64(w32, w32.len(), &mut out);
+    out
+}
+
+/// [`words64`] of every code of `codes` (`w` u32 words each) into `out`, reused across calls.
+fn codes64(codes: &[u32], w: usize, out: &mut Vec<u64>) {
+    let w64 = w.div_ceil(2);
+    out.clear();
+    out.resize(codes.len() / w.max(1) * w64, 0);
+    if w == 2 {
+        // The common 64-bit code: one word each, a tight loop.
+        for (o, p) in out.iter_mut().zip(codes.chunks_exact(2)) {
+            *o = p[0] as u64 | (p[1] as u64) << 32;
+        }
+        return;
+    }
+    for (o, c) in out
+        .chunks_exact_mut(w64.max(1))
+        .zip(codes.chunks_exact(w.max(1)))
+    {
+        for (k, &v) in c.iter().enumerate() {
+            o[k / 2] |= (v as u64) << (32 * (k % 2));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,16 +293,17 @@ impl CustomOp2 for TopKHamming {
         let codes = cpu_slice::<u32>(s2, l2, "topk_hamming codes")?;
         let k = self.k;
         let mut out = vec![NONE; rows * k];
-        out.par_chunks_mut(k)
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (r, o)| {
+        out.par_chunks_mut(k).enumerate().for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(scratch, row, v), (r, o)| {
                 let (s0, s1) = (self.offsets[r] as usize, self.offsets[r + 1] as usize);
                 let q = words64(&target[r * w..(r + 1) * w]);
-                let row: Vec<u64> = codes[s0 * w..s1 * w].chunks(w).flat_map(words64).collect();
-                let mut v = Vec::with_capacity(k.min(s1 - s0));
-                topk_hamming_codes(&q, &row, (32 * w) as u32, k, &mut v, scratch);
-                o[..v.len()].copy_from_slice(&v);
-            });
+                codes64(&codes[s0 * w..s1 * w], w, row);
+                v.clear();
+                topk_hamming_codes(&q, row, (32 * w) as u32, k, v, scratch);
+                o[..v.len()].copy_from_slice(v);
+            },
+        );
         Ok((CpuStorage::U32(out), Shape::from((rows, k))))
     }
 
@@ -543,7 +566,8 @@ impl CustomOp2 for SdimBucketTable {
         out.par_chunks_mut(slice).enumerate().for_each(|(r, o)| {
             let (s0, s1) = (self.offsets[r] as usize, self.offsets[r + 1] as usize);
             let s16: Vec<u16> = sigs[s0 * g..s1 * g].iter().map(|&s| s as u16).collect();
-            o.copy_from_slice(&bucket_table(&values[s0 * d..s1 * d], d, &s16, g, self.tau));
+            // `bucket_table`'s sums, written in place.
+            add_to_buckets(o, &values[s0 * d..s1 * d], d, &s16, g, self.tau, 1.0);
         });
         Ok((CpuStorage::F32(out), Shape::from((rows, g, nb, d))))
     }
