@@ -11,8 +11,8 @@
 //       out[r, g, s] = sum of values[j] over the row's j with sigs[j, g] == s;
 //       a signature >= 2^tau sets *bad = 1 and is skipped (the op turns that into an error).
 // Launch (both): block = SD_WARPS * 32 threads, dynamic shared memory as below.
-//   matched: grid = (ceil(G / gc), rows), gc = groups per block (<= 32), shared SD_WARPS*gc*d floats.
-//   table:   grid = (G, rows), shared SD_WARPS * 2^tau * d floats when that fits (in_shared = 1),
+//   matched: grid = (rows, ceil(G / gc)), gc = groups per block (<= 32), shared SD_WARPS*gc*d floats.
+//   table:   grid = (rows, G), shared SD_WARPS * 2^tau * d floats when that fits (in_shared = 1),
 //            else 0 and the sums go straight to `out` with atomics (out must be zeroed then).
 // Each warp sums a contiguous segment of the row into its own partial; the partials are added
 // in warp order at the end (no atomics on the shared path).
@@ -28,8 +28,8 @@ extern "C" __global__ void sdim_matched_sums(const float *__restrict__ values,
                                              float *__restrict__ out, int rows, int d, int groups,
                                              int gc) {
     extern __shared__ float part[];  // [SD_WARPS][gc][d]
-    const int row = blockIdx.y;
-    const int g0 = blockIdx.x * gc;
+    const int row = blockIdx.x;  // x: rows may exceed grid.y's 65,535
+    const int g0 = blockIdx.y * gc;
     const int ng = min(gc, groups - g0);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     for (int i = tid; i < SD_WARPS * gc * d; i += blockDim.x) {
@@ -74,7 +74,7 @@ extern "C" __global__ void sdim_bucket_table(const float *__restrict__ values,
                                              int rows, int d, int groups, int tau,
                                              int in_shared) {
     extern __shared__ float part[];  // [SD_WARPS][2^tau][d] when in_shared
-    const int g = blockIdx.x, row = blockIdx.y;
+    const int row = blockIdx.x, g = blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const u32 nb = 1u << tau;
     const long long slice = (long long)nb * d;

@@ -347,6 +347,48 @@ fn kernel_ops_reject_bad_arguments_by_name() {
     );
 }
 
+/// Empty inputs give empty outputs of the right shape (no kernel launch, no zero-byte
+/// allocation, which CUDA refuses).
+fn empty_inputs_give_empty_outputs(dev: &Device) {
+    let x = Tensor::zeros((0, 8), DType::F32, dev).unwrap();
+    let r = Tensor::ones((8, 40), DType::F32, dev).unwrap();
+    assert_eq!(kernels::simhash_codes(&x, &r).unwrap().dims(), &[0, 2]);
+    let codes = Tensor::zeros((0, 2), DType::U32, dev).unwrap();
+    assert_eq!(
+        kernels::sdim_signatures(&codes, 4, 3).unwrap().dims(),
+        &[0, 4]
+    );
+    let t = Tensor::zeros((0, 2), DType::U32, dev).unwrap();
+    assert_eq!(
+        kernels::topk_hamming(&t, &codes, &[0], 5).unwrap().dims(),
+        &[0, 5]
+    );
+    // Rows with no behaviors at all: every slot unused.
+    let t2 = Tensor::zeros((2, 2), DType::U32, dev).unwrap();
+    let got = kernels::topk_hamming(&t2, &codes, &[0, 0, 0], 3).unwrap();
+    assert_eq!(u32s(&got.to_device(&Device::Cpu).unwrap()), vec![NONE; 6]);
+    let s = Tensor::zeros((0, 10), DType::F32, dev).unwrap();
+    assert_eq!(kernels::topk_scores(&s, None, 4).unwrap().dims(), &[0, 4]);
+    let v = Tensor::zeros((0, 3), DType::F32, dev).unwrap();
+    let g = Tensor::zeros((0, 2), DType::U32, dev).unwrap();
+    let tg = Tensor::zeros((0, 2), DType::U32, dev).unwrap();
+    assert_eq!(
+        kernels::sdim_matched_sums(&v, &g, &tg, &[0])
+            .unwrap()
+            .dims(),
+        &[0, 2, 3]
+    );
+    assert_eq!(
+        kernels::sdim_bucket_table(&v, &g, &[0], 2).unwrap().dims(),
+        &[0, 2, 4, 3]
+    );
+}
+
+#[test]
+fn kernel_ops_on_empty_inputs() {
+    empty_inputs_give_empty_outputs(&Device::Cpu);
+}
+
 #[test]
 fn kernel_sources_define_the_limits_the_host_checks() {
     for &(file, name, value) in limits::DEFINED {
@@ -653,6 +695,25 @@ mod gpu {
                 }
             }
         }
+    }
+
+    #[test]
+    fn kernel_ops_on_empty_inputs_on_gpu() {
+        empty_inputs_give_empty_outputs(&cuda());
+    }
+
+    #[test]
+    fn bucket_table_on_gpu_rejects_a_signature_out_of_range() {
+        let dev = cuda();
+        let v = Tensor::ones((5, 4), DType::F32, &dev).unwrap();
+        let mut sigs = vec![1u32; 10];
+        sigs[7] = 8; // τ = 3: 8 is outside 0..8
+        let g = Tensor::from_vec(sigs, (5, 2), &Device::Cpu)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap();
+        let e = kernels::sdim_bucket_table(&v, &g, &[0, 2, 5], 3).unwrap_err();
+        assert!(e.to_string().contains("2^τ"), "{e}");
     }
 
     #[test]

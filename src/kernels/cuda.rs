@@ -246,7 +246,7 @@ pub(super) fn sdim_matched_sums(
     let f = func(&dev, &SDIM_BUCKETS, "sdim_matched_sums")?;
     let shared = (SD_WARPS * gc * d * 4) as u32;
     let c = cfg(
-        (g.div_ceil(gc) as u32, rows as u32),
+        (rows as u32, g.div_ceil(gc) as u32),
         (SD_WARPS * 32) as u32,
         shared,
     );
@@ -299,7 +299,7 @@ pub(super) fn sdim_bucket_table(
         0
     };
     let f = func(&dev, &SDIM_BUCKETS, "sdim_bucket_table")?;
-    let c = cfg((g as u32, rows as u32), (SD_WARPS * 32) as u32, shared);
+    let c = cfg((rows as u32, g as u32), (SD_WARPS * 32) as u32, shared);
     let (ri, di, gi, ti) = (
         int(rows, "rows")?,
         int(d, "d")?,

@@ -122,6 +122,14 @@ pub fn simhash_codes(x: &Tensor, proj: &Tensor) -> Result<Tensor> {
             "simhash_codes: x is {xd:?}, proj {pd:?} (want [n, d] and [d, bits ≥ 1])"
         )));
     }
+    if xd[0] == 0 {
+        // (A zero-byte device allocation is an error in CUDA.)
+        return Ok(Tensor::zeros(
+            (0, pd[1].div_ceil(32)),
+            DType::U32,
+            x.device(),
+        )?);
+    }
     Ok(x.contiguous()?
         .apply_op2_no_bwd(&proj.contiguous()?, &SimHashCodes)?)
 }
@@ -196,6 +204,9 @@ pub fn sdim_signatures(codes: &Tensor, groups: usize, tau: usize) -> Result<Tens
             "sdim_signatures: {groups} groups of {tau} bits from {}-bit codes (τ in 1..=16, G·τ ≤ bits)",
             32 * cd[1]
         )));
+    }
+    if cd[0] == 0 {
+        return Ok(Tensor::zeros((0, groups), DType::U32, codes.device())?);
     }
     Ok(codes
         .contiguous()?
@@ -416,9 +427,9 @@ fn check_values(
     let gd = dims(sigs, &format!("{what} sigs"), 2, &[DType::U32])?;
     same_device(values, sigs, what)?;
     let max_d = SD_SHARED_FLOATS / SD_WARPS;
-    if vd[0] != gd[0] || gd[1] == 0 || vd[1] == 0 || vd[1] > max_d {
+    if vd[0] != gd[0] || gd[1] == 0 || gd[1] > 65_535 || vd[1] == 0 || vd[1] > max_d {
         return Err(invalid(format!(
-            "{what}: values {vd:?}, sigs {gd:?} (want [n, d] with 1 ≤ d ≤ {max_d} and [n, G ≥ 1])"
+            "{what}: values {vd:?}, sigs {gd:?} (want [n, d] with 1 ≤ d ≤ {max_d} and [n, G] with 1 ≤ G ≤ 65,535)"
         )));
     }
     let rows = check_offsets(offsets, vd[0], what)?;
