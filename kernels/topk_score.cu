@@ -104,6 +104,18 @@ __device__ void find_bin(u32 *hist, u32 *part, u32 need, u32 *bin, u32 *above, u
     __syncthreads();
 }
 
+// This thread's TS_UNROLL scores of the chunk at j0 (all loads issued before any is used), and
+// whether each is in the row and unmasked.
+__device__ __forceinline__ void load_chunk(const float *s, const unsigned char *m, int len,
+                                           long long j0, float *v, bool *ok) {
+#pragma unroll
+    for (int u = 0; u < TS_UNROLL; ++u) {
+        const long long j = j0 + u * TS_THREADS + threadIdx.x;
+        ok[u] = j < len && (m == 0 || m[j] != 0);
+        v[u] = j < len ? s[j] : 0.f;
+    }
+}
+
 extern "C" __global__ void topk_score(const float *__restrict__ scores,
                                       const unsigned char *__restrict__ mask, int has_mask,
                                       u32 *__restrict__ scratch, u32 *__restrict__ idx, int rows,
@@ -133,12 +145,7 @@ extern "C" __global__ void topk_score(const float *__restrict__ scores,
     for (long long j0 = 0; j0 < len; j0 += TS_THREADS * TS_UNROLL) {
         float v[TS_UNROLL];
         bool ok[TS_UNROLL];
-#pragma unroll
-        for (int u = 0; u < TS_UNROLL; ++u) {
-            const long long j = j0 + u * TS_THREADS + t;
-            ok[u] = j < len && (!has_mask || m[j] != 0);
-            v[u] = j < len ? s[j] : 0.f;
-        }
+        load_chunk(s, m, len, j0, v, ok);
 #pragma unroll
         for (int u = 0; u < TS_UNROLL; ++u) {
             if (ok[u]) {
@@ -165,12 +172,7 @@ extern "C" __global__ void topk_score(const float *__restrict__ scores,
     for (long long j0 = 0; j0 < len; j0 += TS_THREADS * TS_UNROLL) {
         float v[TS_UNROLL];
         bool ok[TS_UNROLL];
-#pragma unroll
-        for (int u = 0; u < TS_UNROLL; ++u) {
-            const long long j = j0 + u * TS_THREADS + t;
-            ok[u] = j < len && (!has_mask || m[j] != 0);
-            v[u] = j < len ? s[j] : 0.f;
-        }
+        load_chunk(s, m, len, j0, v, ok);
 #pragma unroll
         for (int u = 0; u < TS_UNROLL; ++u) {
             if (ok[u]) {

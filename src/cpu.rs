@@ -373,10 +373,22 @@ pub fn storage_f32<'a>(
     l: &candle_core::Layout,
     what: &str,
 ) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
+    storage::<f32>(s, l, what)
+}
+
+/// The contiguous data of an op input of dtype `T` (`what` names it in the error).
+///
+/// # Errors
+/// A candle error for another dtype or a non-contiguous layout.
+pub fn storage<'a, T: candle_core::WithDType>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
+        None => candle_core::bail!("{what}: expected a contiguous {:?} tensor", T::DTYPE),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::limits::{SD_SHARED_FLOATS, SD_WARPS, TH_MAX_WORDS, TS_MAX_K};
 use crate::aggregate::sdim::{add_to_buckets, matched_sums};
+use crate::cpu::storage;
 use crate::search::{signature, topk_hamming_codes, topk_rows, SimHash};
 use crate::{Error, Result};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
@@ -55,19 +56,6 @@ fn check_offsets(offsets: &[u32], n: usize, what: &str) -> Result<usize> {
         )));
     }
     Ok(offsets.len() - 1)
-}
-
-/// A contiguous CPU input.
-fn cpu_slice<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    let data = s.as_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
 }
 
 /// u32 code words (the kernels' layout) as u64 words (the CPU code's): the same bits on a
@@ -151,18 +139,18 @@ impl CustomOp2 for SimHashCodes {
         let (n, d) = l1.shape().dims2()?;
         let bits = l2.shape().dims2()?.1;
         let x: Vec<f32> = match s1 {
-            CpuStorage::F32(_) => cpu_slice::<f32>(s1, l1, "simhash x")?.to_vec(),
-            CpuStorage::F16(_) => cpu_slice::<half::f16>(s1, l1, "simhash x")?
+            CpuStorage::F32(_) => storage::<f32>(s1, l1, "simhash x")?.to_vec(),
+            CpuStorage::F16(_) => storage::<half::f16>(s1, l1, "simhash x")?
                 .iter()
                 .map(|v| v.to_f32())
                 .collect(),
-            CpuStorage::BF16(_) => cpu_slice::<half::bf16>(s1, l1, "simhash x")?
+            CpuStorage::BF16(_) => storage::<half::bf16>(s1, l1, "simhash x")?
                 .iter()
                 .map(|v| v.to_f32())
                 .collect(),
             _ => candle_core::bail!("simhash x: f32, f16 or bf16"),
         };
-        let proj = cpu_slice::<f32>(s2, l2, "simhash proj")?.to_vec();
+        let proj = storage::<f32>(s2, l2, "simhash proj")?.to_vec();
         let hash = SimHash::from_values(d, bits, proj).map_err(candle_core::Error::wrap)?;
         let (w64, w32) = (hash.words(), bits.div_ceil(32));
         let codes = hash.codes(&x, n);
@@ -225,7 +213,7 @@ impl CustomOp1 for SdimSignatures {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, w) = l.shape().dims2()?;
-        let codes = cpu_slice::<u32>(s, l, "sdim_signatures codes")?;
+        let codes = storage::<u32>(s, l, "sdim_signatures codes")?;
         let g = self.groups;
         let mut out = vec![0u32; n * g];
         out.par_chunks_mut(g)
@@ -300,8 +288,8 @@ impl CustomOp2 for TopKHamming {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, w) = l1.shape().dims2()?;
-        let target = cpu_slice::<u32>(s1, l1, "topk_hamming target")?;
-        let codes = cpu_slice::<u32>(s2, l2, "topk_hamming codes")?;
+        let target = storage::<u32>(s1, l1, "topk_hamming target")?;
+        let codes = storage::<u32>(s2, l2, "topk_hamming codes")?;
         let k = self.k;
         let mut out = vec![NONE; rows * k];
         out.par_chunks_mut(k).enumerate().for_each_init(
@@ -390,9 +378,9 @@ impl CustomOp2 for TopKScores {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, len) = l1.shape().dims2()?;
-        let scores = cpu_slice::<f32>(s1, l1, "topk_scores scores")?;
+        let scores = storage::<f32>(s1, l1, "topk_scores scores")?;
         let mask = if self.has_mask {
-            Some(cpu_slice::<u8>(s2, l2, "topk_scores mask")?)
+            Some(storage::<u8>(s2, l2, "topk_scores mask")?)
         } else {
             None
         };
@@ -487,9 +475,9 @@ impl CustomOp3 for SdimMatchedSums {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = l1.shape().dims2()?.1;
         let (rows, g) = l3.shape().dims2()?;
-        let values = cpu_slice::<f32>(s1, l1, "sdim values")?;
-        let sigs = cpu_slice::<u32>(s2, l2, "sdim sigs")?;
-        let target = cpu_slice::<u32>(s3, l3, "sdim target")?;
+        let values = storage::<f32>(s1, l1, "sdim values")?;
+        let sigs = storage::<u32>(s2, l2, "sdim sigs")?;
+        let target = storage::<u32>(s3, l3, "sdim target")?;
         let out = matched_sums(values, d, sigs, g, target, &self.offsets);
         Ok((CpuStorage::F32(out), Shape::from((rows, g, d))))
     }
@@ -561,8 +549,8 @@ impl CustomOp2 for SdimBucketTable {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = l1.shape().dims2()?.1;
         let g = l2.shape().dims2()?.1;
-        let values = cpu_slice::<f32>(s1, l1, "sdim values")?;
-        let sigs = cpu_slice::<u32>(s2, l2, "sdim sigs")?;
+        let values = storage::<f32>(s1, l1, "sdim values")?;
+        let sigs = storage::<u32>(s2, l2, "sdim sigs")?;
         let nb = 1usize << self.tau;
         if let Some(j) = sigs.iter().position(|&s| s as usize >= nb) {
             candle_core::bail!(
