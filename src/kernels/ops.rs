@@ -138,8 +138,9 @@ impl CustomOp2 for SimHashCodes {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, d) = l1.shape().dims2()?;
         let bits = l2.shape().dims2()?.1;
-        let x: Vec<f32> = match s1 {
-            CpuStorage::F32(_) => storage::<f32>(s1, l1, "simhash x")?.to_vec(),
+        // f32 input is read in place; only f16 / bf16 are widened (as the kernel does).
+        let x: std::borrow::Cow<[f32]> = match s1 {
+            CpuStorage::F32(_) => storage::<f32>(s1, l1, "simhash x")?.into(),
             CpuStorage::F16(_) => storage::<half::f16>(s1, l1, "simhash x")?
                 .iter()
                 .map(|v| v.to_f32())
