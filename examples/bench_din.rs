@@ -166,11 +166,7 @@ fn main() -> anyhow::Result<()> {
         let cfg = config(&ds.dir, len, args.batch, &out);
         let mut trainer = Trainer::new(cfg, &ds, &out, &Device::Cpu)?;
         trainer.progress = false;
-        let s = trainer.fit(
-            Arc::new(ds.histories.clone()),
-            Arc::new(train),
-            Arc::new(valid),
-        )?;
+        let s = trainer.fit(ds.histories.clone(), Arc::new(train), Arc::new(valid))?;
         let tm = trainer.times;
         println!(
             "L={len} step phases (s): wait {:.2}, gather {:.2}, forward {:.2}, backward {:.2}, update {:.2}",
@@ -185,12 +181,7 @@ fn main() -> anyhow::Result<()> {
         // Inference as the peer times it (`predict` over the test split, loading included).
         let test = Arc::new(ds.load_split(Split::Test)?);
         let t0 = Instant::now();
-        let logits = lifelong::eval::predict(
-            trainer.model(),
-            &Arc::new(ds.histories.clone()),
-            &test,
-            1024,
-        )?;
+        let logits = lifelong::eval::predict(trainer.model(), &ds.histories.clone(), &test, 1024)?;
         let infer = logits.len() as f64 / t0.elapsed().as_secs_f64();
         println!(
             "L={len}: inference {infer:.0} samples/s over {} test rows",

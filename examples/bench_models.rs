@@ -24,7 +24,7 @@ use anyhow::Context;
 use clap::Parser;
 use lifelong::config::Config;
 use lifelong::data::{Histories, Impressions};
-use lifelong::model::VocabSizes;
+use lifelong::embedding::VocabSizes;
 use lifelong::train::Trainer;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -15,7 +15,8 @@
 use candle_core::Device;
 use clap::Parser;
 use lifelong::config::{Config, Preset};
-use lifelong::model::{CtrModel, VocabSizes};
+use lifelong::embedding::VocabSizes;
+use lifelong::model::CtrModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;

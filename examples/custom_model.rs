@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
     };
     cfg.validate()?;
     let ds = Dataset::open(&data)?;
-    let hist = Arc::new(ds.histories.clone());
+    let hist = ds.histories.clone();
     let (train, valid, test) = (
         Arc::new(ds.load_split(Split::Train)?),
         Arc::new(ds.load_split(Split::Valid)?),

@@ -3,8 +3,8 @@
 //! where training stood (step, best validation).
 
 use crate::config::Config;
+use crate::embedding::VocabSizes;
 use crate::error::Result;
-use crate::model::VocabSizes;
 use crate::model_file::{ModelFile, KEY_PROGRESS, KEY_TRAINER, KEY_VOCAB_FINGERPRINT};
 use crate::train::{EvalRecord, TrainerState};
 use candle_core::Device;

@@ -41,6 +41,7 @@ pub mod nn;
 pub mod optim;
 pub mod plot;
 pub mod search;
+pub(crate) mod seed;
 pub mod serve;
 pub mod train;
 pub mod window;

@@ -544,7 +544,7 @@ fn train_cmd(cfg: Config, resume: bool) -> Result<()> {
     } else {
         Trainer::new(cfg, &ds, &run_dir, &dev)?
     };
-    let hist = Arc::new(ds.histories.clone());
+    let hist = ds.histories.clone();
     tracing::info!(
         "training on {} rows ({} valid) from {}",
         train_split.len(),
@@ -591,7 +591,7 @@ fn eval_cmd(
         ds.dir.display(),
         split.name()
     );
-    let hist = Arc::new(ds.histories.clone());
+    let hist = ds.histories.clone();
     let (m, logits) = eval::evaluate(&mf.model, &hist, &imp, mf.config.train.eval_batch_size)?;
     if let Some(p) = predictions {
         eval::write_predictions(p, &ds, &imp, &logits)?;

@@ -10,7 +10,8 @@
 use crate::checkpoint::{self, Loaded};
 use crate::config::Config;
 use crate::data::Dataset;
-use crate::model::{CtrModel, VocabSizes};
+use crate::embedding::VocabSizes;
+use crate::model::CtrModel;
 use crate::{Error, Result};
 use candle_core::Device;
 use std::collections::BTreeMap;

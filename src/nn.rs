@@ -41,7 +41,7 @@ impl ParamStore {
     }
     /// The seed of the named piece `name` (parameters, SimHash projections).
     pub fn seed_of(&self, name: &str) -> u64 {
-        crate::embedding::named_seed(self.seed, name)
+        crate::seed::named_seed(self.seed, name)
     }
     /// The device parameters live on.
     pub fn device(&self) -> &Device {

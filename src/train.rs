@@ -15,9 +15,10 @@
 use crate::checkpoint;
 use crate::config::Config;
 use crate::data::{Batch, Batcher, BatcherConfig, Dataset, Histories, Impressions};
+use crate::embedding::VocabSizes;
 use crate::eval::evaluate;
 use crate::metrics::Metrics;
-use crate::model::{CtrModel, VocabSizes};
+use crate::model::CtrModel;
 use crate::model_file::{
     build_model, check_fingerprint, read_checkpoint, vocab_fingerprint, KEY_CONFIG, KEY_PROGRESS,
     KEY_TRAINER, KEY_VOCAB, KEY_VOCAB_FINGERPRINT,

@@ -5,8 +5,7 @@
 //! the one packed history in the [`Batch`]: no history is stored twice.
 
 use crate::config::WindowConfig;
-use crate::data::Batch;
-use crate::embedding::NONE;
+use crate::data::batch::{Batch, NONE};
 use std::sync::Arc;
 
 /// Packed history rows per sample.

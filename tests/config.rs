@@ -3,7 +3,9 @@
 
 use candle_core::Device;
 use lifelong::config::preset::preset;
-use lifelong::config::{AggregateConfig, Config, Preset, Scorer, SearchConfig, View, WindowConfig};
+use lifelong::config::{
+    AggregateConfig, Config, Preset, SearchConfig, SearchScorer, View, WindowConfig,
+};
 use lifelong::model::CtrModel;
 
 fn cfg(model: &str) -> lifelong::Result<Config> {
@@ -55,7 +57,9 @@ fn config_merges_over_the_preset() {
     )
     .unwrap();
     match &c.model.search {
-        SearchConfig::Attention(a) => assert_eq!((a.k, a.scorer, a.dim), (5, Scorer::Own, 64)),
+        SearchConfig::Attention(a) => {
+            assert_eq!((a.k, a.scorer, a.dim), (5, SearchScorer::Own, 64))
+        }
         s => panic!("{s:?}"),
     }
     // Lists: an empty element keeps the preset's, a given key changes only itself.
@@ -203,7 +207,7 @@ fn non_utf8_paths_are_stored_lossily() {
 /// tables) leaves the others' initial values unchanged.
 #[test]
 fn adding_a_table_does_not_change_the_others() {
-    let vocab = lifelong::model::VocabSizes {
+    let vocab = lifelong::embedding::VocabSizes {
         users: 50,
         items: 80,
         cates: 9,

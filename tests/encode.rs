@@ -118,7 +118,7 @@ fn scorer_equals_eval_for_every_model() {
     let ds = Dataset::open(&f.data).unwrap();
     let (users, items) = (ds.vocab("user").unwrap(), ds.vocab("item").unwrap());
     let item_cates = ds.item_cates().unwrap();
-    let hist = std::sync::Arc::new(ds.histories.clone());
+    let hist = ds.histories.clone();
     // 30 known items and one never seen.
     let cand_items: Vec<u32> = (2..32).chain([UNKNOWN]).collect();
     let mut cands: Vec<Candidate> = (2..32)

@@ -66,7 +66,7 @@ fn splits(
     Arc<Impressions>,
 ) {
     (
-        Arc::new(ds.histories.clone()),
+        ds.histories.clone(),
         Arc::new(ds.load_split(Split::Train).unwrap()),
         Arc::new(ds.load_split(Split::Valid).unwrap()),
         Arc::new(ds.load_split(Split::Test).unwrap()),

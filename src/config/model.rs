@@ -191,7 +191,7 @@ pub struct HammingSearch {
 /// How the attention search scores a behavior.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Scorer {
+pub enum SearchScorer {
     /// ⟨t, e⟩ scaled per field group (no parameters): DARE, and TWIN in DARE's code.
     Dot,
     /// ⟨W_q t, W_k e⟩ / √dim with the search's own projections (SIM soft).
@@ -207,7 +207,7 @@ pub struct AttentionSearch {
     /// Behaviors retrieved per sample.
     pub k: usize,
     /// How behaviors are scored.
-    pub scorer: Scorer,
+    pub scorer: SearchScorer,
     /// Width of the own projections (`scorer = "own"`).
     #[serde(default = "d64")]
     pub dim: usize,
@@ -484,10 +484,10 @@ impl ModelConfig {
             }
             SearchConfig::Attention(a) => {
                 k_ok(a.k, "must be at least 1")?;
-                if a.scorer == Scorer::Own && a.dim == 0 {
+                if a.scorer == SearchScorer::Own && a.dim == 0 {
                     return Err("model.search.dim must be at least 1".into());
                 }
-                if a.scorer == Scorer::Exact {
+                if a.scorer == SearchScorer::Exact {
                     if retrieved.len() != 1 {
                         return Err("model.search.scorer = \"exact\" needs exactly one model.aggregate with window = \"retrieved\"".into());
                     }

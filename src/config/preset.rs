@@ -88,7 +88,7 @@ pub fn preset(kind: Preset) -> ModelConfig {
             emb(32),
             SearchConfig::Attention(AttentionSearch {
                 k: 50,
-                scorer: Scorer::Own,
+                scorer: SearchScorer::Own,
                 dim: 64,
                 view: View::Attention,
                 aux: Some(AuxConfig {
@@ -106,7 +106,7 @@ pub fn preset(kind: Preset) -> ModelConfig {
             emb(32),
             SearchConfig::Attention(AttentionSearch {
                 k: 50,
-                scorer: Scorer::Exact,
+                scorer: SearchScorer::Exact,
                 dim: 64,
                 view: View::Attention,
                 aux: None,
@@ -132,7 +132,7 @@ pub fn preset(kind: Preset) -> ModelConfig {
             },
             SearchConfig::Attention(AttentionSearch {
                 k: 20,
-                scorer: Scorer::Dot,
+                scorer: SearchScorer::Dot,
                 dim: 64,
                 view: View::Attention,
                 aux: Some(AuxConfig {

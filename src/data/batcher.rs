@@ -14,13 +14,13 @@
 //! [`Batcher::iter`] collates on a producer thread (each batch in parallel on rayon workers) and
 //! keeps `prefetch` batches ready ahead of the training step.
 
+use crate::data::batch::unique_remap;
+pub use crate::data::batch::{Batch, FullIds};
 use crate::data::{Histories, Impressions};
-use crate::embedding::{unique_remap, Field, SparseIds};
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::borrow::Cow;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -40,157 +40,6 @@ pub struct BatcherConfig {
     pub prefetch: usize,
     /// Compute [`FullIds`] in the producer.
     pub full_ids: bool,
-}
-
-/// Sorted unique ids of the item and category fields over `[targets (B), history (n)]`, and each
-/// lookup's position among them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FullIds {
-    /// Items.
-    pub item: SparseIds,
-    /// Categories.
-    pub cate: SparseIds,
-}
-
-/// One collated batch: targets, and the packed histories.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
-    /// Row indices into the split.
-    pub rows: Vec<u32>,
-    /// The longest truncated history in the batch.
-    pub len: usize,
-    /// `[B]` labels.
-    pub label: Vec<f32>,
-    /// `[B]` user indices.
-    pub user: Vec<u32>,
-    /// `[B]` target item indices.
-    pub target_item: Vec<u32>,
-    /// `[B]` target category indices.
-    pub target_cate: Vec<u32>,
-    /// `[B]` truncated history lengths.
-    pub seq_lens: Vec<u32>,
-    /// `[B + 1]`: sample `b`'s behaviors are packed rows `offsets[b]..offsets[b + 1]`.
-    pub offsets: Arc<Vec<usize>>,
-    /// `[n]` item of each packed behavior.
-    pub hist_item: Vec<u32>,
-    /// `[n]` category of each packed behavior.
-    pub hist_cate: Vec<u32>,
-    /// `[n]` relative position of each packed behavior (newest = 1).
-    pub hist_pos: Vec<u32>,
-    /// `[n]` sample of each packed behavior.
-    pub seg: Vec<u32>,
-    /// Unique ids over targets and history (when the batcher was asked for them).
-    pub full: Option<FullIds>,
-}
-
-impl Batch {
-    /// Batch size B.
-    pub fn size(&self) -> usize {
-        self.rows.len()
-    }
-    /// Number of packed behaviors n.
-    pub fn n_packed(&self) -> usize {
-        self.hist_item.len()
-    }
-    /// The targets' ids of `field` (position: all 0).
-    pub fn target_ids(&self, field: Field) -> Cow<'_, [u32]> {
-        match field {
-            Field::Item => Cow::Borrowed(&self.target_item),
-            Field::Cate => Cow::Borrowed(&self.target_cate),
-            Field::User => Cow::Borrowed(&self.user),
-            Field::Pos => Cow::Owned(vec![0; self.size()]),
-        }
-    }
-    /// The packed history's ids of `field`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for the user field (behaviors have none).
-    pub fn hist_ids(&self, field: Field) -> Result<&[u32]> {
-        match field {
-            Field::Item => Ok(&self.hist_item),
-            Field::Cate => Ok(&self.hist_cate),
-            Field::Pos => Ok(&self.hist_pos),
-            Field::User => Err(Error::InvalidArgument(
-                "behaviors have no user field".into(),
-            )),
-        }
-    }
-    /// Unique ids of `field` (item or category) over `[targets, history]`: precomputed by the
-    /// batcher, or computed now.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for the position and user fields.
-    pub fn full_ids(&self, field: Field) -> Result<SparseIds> {
-        let (t, h) = match field {
-            Field::Item => (&self.target_item, &self.hist_item),
-            Field::Cate => (&self.target_cate, &self.hist_cate),
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "no batch-wide ids for the {} field",
-                    field.name()
-                )))
-            }
-        };
-        if let Some(f) = &self.full {
-            return Ok(if field == Field::Item {
-                f.item.clone()
-            } else {
-                f.cate.clone()
-            });
-        }
-        let mut ids = Vec::with_capacity(t.len() + h.len());
-        ids.extend_from_slice(t);
-        ids.extend_from_slice(h);
-        Ok(unique_remap(&ids))
-    }
-}
-
-impl Batch {
-    /// A batch of explicit samples: targets, and each sample's history as `(items, cates)`,
-    /// oldest first, already cut to the model's `max_len` (positions: newest = 1). Labels are 0
-    /// and rows `0..B`; [`collate`] builds on it, serving and encoding call it directly.
-    pub fn from_samples(
-        user: &[u32],
-        target_item: &[u32],
-        target_cate: &[u32],
-        histories: &[(&[u32], &[u32])],
-    ) -> Batch {
-        let b = target_item.len();
-        let n: usize = histories.iter().map(|h| h.0.len()).sum();
-        let mut offsets = Vec::with_capacity(b + 1);
-        offsets.push(0usize);
-        let (mut hist_item, mut hist_cate, mut hist_pos, mut seg) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let mut seq_lens = Vec::with_capacity(b);
-        for (i, (items, cates)) in histories.iter().enumerate() {
-            let k = items.len();
-            hist_item.extend_from_slice(items);
-            hist_cate.extend_from_slice(cates);
-            hist_pos.extend((1..=k as u32).rev());
-            seg.extend(std::iter::repeat_n(i as u32, k));
-            seq_lens.push(k as u32);
-            offsets.push(hist_item.len());
-        }
-        Batch {
-            rows: (0..b as u32).collect(),
-            len: seq_lens.iter().copied().max().unwrap_or(0) as usize,
-            label: vec![0.0; b],
-            user: user.to_vec(),
-            target_item: target_item.to_vec(),
-            target_cate: target_cate.to_vec(),
-            seq_lens,
-            offsets: Arc::new(offsets),
-            hist_item,
-            hist_cate,
-            hist_pos,
-            seg,
-            full: None,
-        }
-    }
 }
 
 /// Collates `rows` of `imp` (histories from `hist`) into a [`Batch`]; `full_ids` also computes

@@ -10,6 +10,7 @@ use crate::{Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A split of the prepared dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -155,8 +156,9 @@ pub struct Dataset {
     pub dir: PathBuf,
     /// `meta.json`.
     pub meta: Meta,
-    /// `users.parquet`, validated against the vocabulary sizes.
-    pub histories: Histories,
+    /// `users.parquet`, validated against the vocabulary sizes (shared: the batchers, the
+    /// evaluation and the encoder read the one copy).
+    pub histories: Arc<Histories>,
 }
 
 impl Dataset {
@@ -201,7 +203,7 @@ impl Dataset {
         Ok(Dataset {
             dir: dir.to_path_buf(),
             meta,
-            histories,
+            histories: Arc::new(histories),
         })
     }
 

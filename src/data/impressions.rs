@@ -151,8 +151,8 @@ fn parse(mut c: Chunk, fixed_split: Option<usize>) -> Result<Parsed> {
             (0..ids.len())
                 .map(|r| {
                     let v = match ids.get(r) {
-                        crate::data::vocab::RawId::Str(s) => s,
-                        crate::data::vocab::RawId::Int(i) => i.to_string(),
+                        crate::data::RawId::Str(s) => s,
+                        crate::data::RawId::Int(i) => i.to_string(),
                     };
                     SPLITS
                         .iter()
@@ -415,7 +415,7 @@ pub fn prepare_impressions(
     })
 }
 
-fn raw_id(ids: &RawIds, r: usize) -> crate::data::vocab::RawId {
+fn raw_id(ids: &RawIds, r: usize) -> crate::data::RawId {
     ids.get(r)
 }
 

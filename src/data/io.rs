@@ -237,8 +237,8 @@ impl RawIds {
         self.len() == 0
     }
     /// Id `i`.
-    pub fn get(&self, i: usize) -> crate::data::vocab::RawId {
-        use crate::data::vocab::RawId;
+    pub fn get(&self, i: usize) -> crate::data::raw_id::RawId {
+        use crate::data::raw_id::RawId;
         match self {
             RawIds::Int(v) => RawId::Int(v[i]),
             RawIds::Str(s) => RawId::Str(s.get(i).to_string()),

@@ -7,6 +7,7 @@
 //! ```
 //! `data/README.md` documents the file formats.
 
+pub mod batch;
 pub mod batcher;
 pub mod csv;
 pub mod dataset;
@@ -14,16 +15,19 @@ pub mod history_table;
 pub mod impressions;
 pub mod io;
 pub mod prepare;
+pub mod raw_id;
 pub mod spill;
 pub mod synth;
 pub mod vocab;
 
-pub use batcher::{Batch, Batcher, BatcherConfig};
+pub use batch::{Batch, Field, NONE};
+pub use batcher::{Batcher, BatcherConfig};
 pub use dataset::{Dataset, Histories, Impressions, Meta, Split};
 pub use impressions::{prepare_impressions, ImpressionColumns};
 pub use prepare::{prepare, ColumnNames, PrepareConfig, PrepareSummary};
+pub use raw_id::RawId;
 pub use synth::{write_synth, SynthConfig};
-pub use vocab::{RawId, Vocab, PAD, UNKNOWN};
+pub use vocab::{Vocab, PAD, UNKNOWN};
 
 /// Version of the prepared-dataset layout written by [`prepare`]; bumped on any incompatible
 /// change. [`Dataset::open`] refuses other versions with a named error.

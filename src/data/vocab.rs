@@ -21,35 +21,7 @@ pub const PAD: u32 = 0;
 /// Index of an id unseen at prepare time.
 pub const UNKNOWN: u32 = 1;
 
-/// A raw id as found in an event log.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum RawId {
-    /// An integer id.
-    Int(i64),
-    /// A string id.
-    Str(String),
-}
-
-impl std::fmt::Display for RawId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RawId::Int(x) => write!(f, "{x}"),
-            RawId::Str(s) => write!(f, "{s:?}"),
-        }
-    }
-}
-
-impl From<i64> for RawId {
-    fn from(x: i64) -> Self {
-        RawId::Int(x)
-    }
-}
-
-impl From<&str> for RawId {
-    fn from(s: &str) -> Self {
-        RawId::Str(s.to_string())
-    }
-}
+pub use crate::data::raw_id::RawId;
 
 /// A fast, deterministic hasher (FxHash-style multiply-rotate with a final avalanche, so keys
 /// that are multiples of a power of two do not collide in the low bits).

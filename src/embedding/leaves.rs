@@ -15,73 +15,12 @@
 //! buffer holds it, and inverts that (which output rows read a flat row) for deterministic,
 //! parallel scatter-adds in backward passes.
 
-use super::table::{Field, Tables, ViewSpec};
-use crate::data::Batch;
+use super::table::{Tables, ViewSpec};
+use crate::data::batch::{unique_remap, Batch, Field, SparseIds, NONE};
 use crate::{Error, Result};
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
-
-/// Marks an output row with no token (padding): it reads zeros and gets no gradient.
-pub const NONE: u32 = u32::MAX;
-
-/// Ids of one field in one batch: the sorted unique ids and, for every lookup, its position in
-/// `unique`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SparseIds {
-    /// Sorted, distinct table rows touched.
-    pub unique: Arc<Vec<u32>>,
-    /// For each lookup, the index into `unique`.
-    pub local: Arc<Vec<u32>>,
-}
-
-/// Sorts and deduplicates `ids` and maps each to its position among the unique ones.
-///
-/// When the largest id is within a small multiple of the number of lookups (vocabularies up to
-/// tens of millions for the batches of long histories), a dense map over `0..=max` does it in
-/// O(n + max) with no sort; otherwise (huge tables, few lookups) by sorting.
-pub fn unique_remap(ids: &[u32]) -> SparseIds {
-    let max = ids.iter().copied().max().unwrap_or(0) as usize;
-    if max < 8 * ids.len() + 65_536 {
-        return unique_remap_dense(ids, max);
-    }
-    let mut unique = ids.to_vec();
-    unique.par_sort_unstable();
-    unique.dedup();
-    let local: Vec<u32> = ids
-        .par_iter()
-        .with_min_len(4096)
-        .map(|id| unique.binary_search(id).unwrap_or(0) as u32)
-        .collect();
-    SparseIds {
-        unique: Arc::new(unique),
-        local: Arc::new(local),
-    }
-}
-
-/// [`unique_remap`] through a dense map of `0..=max`.
-fn unique_remap_dense(ids: &[u32], max: usize) -> SparseIds {
-    let mut slot = vec![0u32; max + 1];
-    for &i in ids {
-        slot[i as usize] = 1;
-    }
-    let mut unique = Vec::new();
-    for (i, s) in slot.iter_mut().enumerate() {
-        if *s != 0 {
-            *s = unique.len() as u32;
-            unique.push(i as u32);
-        }
-    }
-    let local: Vec<u32> = ids
-        .par_iter()
-        .with_min_len(4096)
-        .map(|&i| slot[i as usize])
-        .collect();
-    SparseIds {
-        unique: Arc::new(unique),
-        local: Arc::new(local),
-    }
-}
 
 /// Which tokens a request reads.
 #[derive(Debug, Clone)]

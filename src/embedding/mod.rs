@@ -16,8 +16,7 @@ pub mod gather;
 pub mod leaves;
 pub mod table;
 
+pub use crate::data::batch::{unique_remap, Field, SparseIds, NONE};
 pub use gather::gather;
-pub use leaves::{
-    unique_remap, LeafBuilder, Leaves, RowGrad, Segment, SparseIds, TokenIndex, Tokens, NONE,
-};
-pub use table::{named_seed, EmbeddingTable, Field, Role, TableKey, Tables, ViewField, ViewSpec};
+pub use leaves::{LeafBuilder, Leaves, RowGrad, Segment, TokenIndex, Tokens};
+pub use table::{EmbeddingTable, Role, TableKey, Tables, ViewField, ViewSpec, VocabSizes};

@@ -12,7 +12,8 @@
 //! (newest = 1), so it has `max_len + 1` rows, all trained.
 
 use crate::config::{EmbeddingConfig, Init, View};
-use crate::model::VocabSizes;
+use crate::data::Field;
+use crate::seed::named_seed;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -20,29 +21,15 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-/// A token field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Field {
-    /// Item id.
-    Item,
-    /// Category id.
-    Cate,
-    /// Relative position (newest behavior = 1, target = 0).
-    Pos,
-    /// User id (head only).
-    User,
-}
-
-impl Field {
-    /// `item`, `cate`, `pos`, `user`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Field::Item => "item",
-            Field::Cate => "cate",
-            Field::Pos => "pos",
-            Field::User => "user",
-        }
-    }
+/// Vocabulary sizes the tables are built for (padding and unknown included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VocabSizes {
+    /// Users.
+    pub users: usize,
+    /// Items.
+    pub items: usize,
+    /// Categories.
+    pub cates: usize,
 }
 
 /// What a table is for.
@@ -74,22 +61,6 @@ impl TableKey {
             Role::Representation => format!("rep.{}", self.field.name()),
         }
     }
-}
-
-/// A seed for one named piece of a model: FNV-1a of the name mixed with the run's seed, so each
-/// table (and parameter) draws from its own stream.
-pub fn named_seed(seed: u64, name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    // splitmix64 of the combination.
-    let mut z = seed ^ h.rotate_left(17);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// One embedding table in host memory (`rows × dim` f32, row-major).

@@ -10,8 +10,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use rayon::prelude::*;
 use std::sync::Arc;
 
-/// An unused slot of a top-k result.
-pub const NONE: u32 = u32::MAX;
+/// An unused output slot.
+pub use crate::data::batch::NONE;
 
 fn invalid(msg: String) -> Error {
     Error::InvalidArgument(msg)

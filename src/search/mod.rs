@@ -44,6 +44,29 @@ pub fn target_tokens(tables: &Tables, view: &ViewSpec, batch: &Batch) -> Result<
     Ok(out)
 }
 
+/// The packed history's tokens of `view`, read from the host tables (no gradient).
+///
+/// # Shapes
+/// → `[n, view.width]`
+///
+/// # Errors
+/// [`crate::Error::InvalidArgument`] for ids outside a table or a view with the user field.
+pub fn history_tokens(tables: &Tables, view: &ViewSpec, batch: &Batch) -> Result<Vec<f32>> {
+    let (n, w) = (batch.n_packed(), view.width);
+    let mut out = vec![0f32; n * w];
+    for f in &view.fields {
+        let t = tables.table(f.table);
+        let ids = batch.hist_ids(f.field)?;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= t.rows()) {
+            t.check_ids(&[bad])?;
+        }
+        for (row, &id) in out.chunks_exact_mut(w).zip(ids.iter()) {
+            row[f.col..f.col + f.dim].copy_from_slice(t.row(id));
+        }
+    }
+    Ok(out)
+}
+
 /// Top-k by `⟨q'_b, e_j⟩` over each sample's whole history, reading the behaviors' rows of
 /// `view` from the host tables.
 ///

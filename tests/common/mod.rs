@@ -7,7 +7,8 @@ use candle_core::{Device, Tensor};
 use lifelong::config::{Config, Preset};
 use lifelong::data::batcher::{collate, Batch};
 use lifelong::data::{Histories, Impressions};
-use lifelong::model::{CtrModel, VocabSizes};
+use lifelong::embedding::VocabSizes;
+use lifelong::model::CtrModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
