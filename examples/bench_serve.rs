@@ -1,5 +1,5 @@
 //! Serving latency: one request = one user × `--candidates` candidates, through
-//! `CtrModel::score_encoded` (what `serve::Scorer::score` runs), for SDIM, ETA and DARE at their
+//! `CtrModel::score_encoded` (what `serving::Scorer::score` runs), for SDIM, ETA and DARE at their
 //! preset sizes, with the user's encoding precomputed ("encoded") and computed in the request
 //! from the raw history ("raw history": `encode_user` + score); then the same with 2 client
 //! threads, and encoding throughput. Prints tables.

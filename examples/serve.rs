@@ -17,7 +17,7 @@
 //! the other requests are served as before.
 
 use clap::Parser;
-use lifelong::serve::Scorer;
+use lifelong::serving::Scorer;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;

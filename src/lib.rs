@@ -29,7 +29,7 @@ pub mod cpu;
 pub mod data;
 pub(crate) mod dice_kernels;
 pub mod embedding;
-pub mod encodings;
+
 pub mod error;
 pub mod eval;
 pub mod inspect;
@@ -42,7 +42,7 @@ pub mod optim;
 pub mod plot;
 pub mod search;
 pub(crate) mod seed;
-pub mod serve;
+pub mod serving;
 pub mod train;
 pub mod window;
 

@@ -7,7 +7,7 @@ use lifelong::data::{self, ColumnNames, Dataset, PrepareConfig, Split, SynthConf
 use lifelong::model_file::ModelFile;
 use lifelong::plot;
 use lifelong::train::Trainer;
-use lifelong::{encodings, eval};
+use lifelong::{eval, serving};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -407,9 +407,9 @@ fn encode_cmd(
     match (data, update, events) {
         (Some(data), None, None) => {
             let out = out.context("--out is required")?;
-            let shard = encodings::Shard::parse(shard)?;
-            let s = encodings::encode_dataset(&mf, &data, &out, shard, true)
-                .doing("encoding", &data)?;
+            let shard = serving::Shard::parse(shard)?;
+            let s =
+                serving::encode_dataset(&mf, &data, &out, shard, true).doing("encoding", &data)?;
             let secs = t0.elapsed().as_secs_f64();
             println!(
                 "encoded {} users ({} behaviors) into {} in {secs:.1} s: {:.0} users/s, {:.0} behaviors/s",
@@ -422,8 +422,8 @@ fn encode_cmd(
         }
         (Some(data), None, Some(events)) => {
             let out = out.context("--out is required")?;
-            let shard = encodings::Shard::parse(shard)?;
-            let s = encodings::encode_events(&mf, &data, &events, &log.config()?, &out, shard)
+            let shard = serving::Shard::parse(shard)?;
+            let s = serving::encode_events(&mf, &data, &events, &log.config()?, &out, shard)
                 .doing("encoding the users of", &events)?;
             let secs = t0.elapsed().as_secs_f64();
             println!(
@@ -437,7 +437,7 @@ fn encode_cmd(
         }
         (None, Some(dir), Some(events)) => {
             let out = out.unwrap_or_else(|| dir.clone());
-            let s = encodings::update(&mf, &dir, &events, &log.config()?, &out)
+            let s = serving::update(&mf, &dir, &events, &log.config()?, &out)
                 .with_context(|| format!("updating {} with {}", dir.display(), events.display()))?;
             let secs = t0.elapsed().as_secs_f64();
             println!(

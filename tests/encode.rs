@@ -6,9 +6,9 @@
 use crate::cli::{fails, ok, prepare, s, synth, write_log};
 use crate::common::assert_same_encoding;
 use lifelong::data::{Dataset, Impressions, RawId, UNKNOWN};
-use lifelong::encodings::{self, EncodedUser};
 use lifelong::model_file::ModelFile;
-use lifelong::serve::{Candidate, Scorer, User};
+use lifelong::serving::{self as encodings, EncodedUser};
+use lifelong::serving::{Candidate, Scorer, User};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -2,7 +2,7 @@
 //! candidates for a user in one call, from any number of threads.
 //!
 //! ```no_run
-//! use lifelong::serve::{Candidate, Scorer, User};
+//! use lifelong::serving::{Candidate, Scorer, User};
 //! use lifelong::data::RawId;
 //! # fn main() -> lifelong::Result<()> {
 //! let scorer = Scorer::open("runs/sdim".as_ref(), "encodings/sdim".as_ref())?;
@@ -23,8 +23,8 @@
 //! - [`Scorer::handle_json`] answers one JSON request (the format of `examples/serve.rs`) with a
 //!   status and a JSON body, and never panics.
 
+use super::reader as encodings;
 use crate::data::vocab::{RawId, Vocab, UNKNOWN};
-use crate::encodings;
 use crate::model::{CtrModel, UserEncoding};
 use crate::model_file::{self, ModelFile};
 use crate::{Error, Result};
@@ -261,100 +261,6 @@ impl Scorer {
         let logits = self.inner.model.score_encoded(&enc, &items, &cates)?;
         Ok(logits.into_iter().map(crate::metrics::sigmoid).collect())
     }
-
-    /// Answers one JSON request: `(HTTP status, JSON body)`. Never panics.
-    ///
-    /// Request: `{"user": ID, "candidates": [ITEM | {"item": ITEM, "cate": CATE}, …]}`, or with
-    /// `"history": {"items": [ITEM, …], "cates": [CATE, …]?}` instead of (or besides) `"user"`;
-    /// ids are numbers or strings. Response: `{"scores": [p, …]}` (200), or `{"error": "…"}`
-    /// with 400 (malformed request), 404 (unknown user) or 500.
-    pub fn handle_json(&self, body: &[u8]) -> (u16, String) {
-        let run = || -> std::result::Result<String, (u16, String)> {
-            let req: Request = serde_json::from_slice(body)
-                .map_err(|e| (400, format!("malformed request: {e}")))?;
-            let user = match (req.user, req.history) {
-                (id, Some(h)) => User::History {
-                    id: id.map(RawId::from),
-                    items: h.items.into_iter().map(RawId::from).collect(),
-                    cates: h.cates.map(|c| c.into_iter().map(RawId::from).collect()),
-                },
-                (Some(id), None) => User::Id(id.into()),
-                (None, None) => return Err((400, "give \"user\" or \"history\"".into())),
-            };
-            if let User::Id(id) = &user {
-                if self.encoding(id).is_none() {
-                    return Err((404, format!("unknown user {id}: no encoding for it")));
-                }
-            }
-            let cands: Vec<Candidate> = req.candidates.into_iter().map(Candidate::from).collect();
-            let scores = self
-                .score(&user, &cands)
-                .map_err(|e| (400, e.to_string()))?;
-            serde_json::to_string(&Response { scores }).map_err(|e| (500, e.to_string()))
-        };
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
-            .unwrap_or_else(|_| Err((500, "internal error while scoring".into())));
-        match out {
-            Ok(body) => (200, body),
-            Err((status, msg)) => (status, serde_json::json!({ "error": msg }).to_string()),
-        }
-    }
-}
-
-/// A raw id in JSON: a number or a string.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(untagged)]
-enum JsonId {
-    Int(i64),
-    Str(String),
-}
-
-impl From<JsonId> for RawId {
-    fn from(j: JsonId) -> Self {
-        match j {
-            JsonId::Int(x) => RawId::Int(x),
-            JsonId::Str(s) => RawId::Str(s),
-        }
-    }
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(untagged)]
-enum JsonCandidate {
-    Id(JsonId),
-    Full { item: JsonId, cate: Option<JsonId> },
-}
-
-impl From<JsonCandidate> for Candidate {
-    fn from(c: JsonCandidate) -> Self {
-        match c {
-            JsonCandidate::Id(i) => Candidate::item(i.into()),
-            JsonCandidate::Full { item, cate } => Candidate {
-                item: item.into(),
-                cate: cate.map(RawId::from),
-            },
-        }
-    }
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonHistory {
-    items: Vec<JsonId>,
-    cates: Option<Vec<JsonId>>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Request {
-    user: Option<JsonId>,
-    history: Option<JsonHistory>,
-    candidates: Vec<JsonCandidate>,
-}
-
-#[derive(Debug, serde::Serialize)]
-struct Response {
-    scores: Vec<f32>,
 }
 
 /// Compile-time check: a `Scorer` may be shared by and sent to any thread.

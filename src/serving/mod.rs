@@ -1,0 +1,47 @@
+//! Serving: encodings files every user's [`UserEncoding`] precomputed offline (`lifelong encode`), read by
+//! the serving [`Scorer`], and folded forward with new events without the history
+//! (`lifelong encode --update`).
+//!
+//! An encodings directory holds
+//! - `part-IIIII-of-NNNNN.parquet`: one row per user of shard `I` of `N` (users are split by a
+//!   hash of their raw id, [`shard_of`], so `N` processes can encode a dataset side by side);
+//! - `vocab/{user,item,cate}.parquet`: the vocabularies the model was trained with (copied from
+//!   the prepared dataset), so serving maps raw ids exactly as training did.
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `user_id` | int64 or utf8 | the raw user id |
+//! | `user` | int32 | its vocabulary index (1 = unseen at prepare time) |
+//! | `last_ts` | int64, nullable | the newest behavior's timestamp (null: no behavior) |
+//! | `items`, `cates` | list\<int32\> | the last `max_len` behaviors' indices, oldest first |
+//! | `codes` | list\<uint64\> | the Hamming search's SimHash codes, `words` per behavior (only for a Hamming search) |
+//! | `buckets_<i>` | list\<float32\> | SDIM aggregation `i`'s bucket sums, dense `[G][2^τ][d]` row-major, empty buckets 0 (only for SDIM aggregations) |
+//!
+//! The footer's key-value metadata holds `lifelong.encodings_format`, `lifelong.model` (the
+//! fingerprint of the weights, [`crate::model_file::model_fingerprint`]: encodings of other
+//! weights are refused), `lifelong.layout` (JSON [`EncodingLayout`]) and `lifelong.shard`.
+//! Every file is written atomically and streamed: memory is a batch of users, not the file.
+//!
+//! | file | what |
+//! |---|---|
+//! | [`format`] | the file format: columns, footer keys, shards |
+//! | [`reader`] | an encodings directory checked and read (the server's loader) |
+//! | [`writer`] | the part-file writer thread, vocabularies beside the parts |
+//! | [`encode`] | offline encode of a prepared dataset or an event log |
+//! | [`update`] | the incremental update (`encode --update`) |
+//! | [`scorer`] | the [`Scorer`]: a checkpoint and its encodings in memory, scoring from any thread |
+//! | [`json`] | the JSON request format the HTTP service speaks |
+
+pub mod encode;
+pub mod format;
+pub mod json;
+pub mod reader;
+pub mod scorer;
+pub mod update;
+pub(crate) mod writer;
+
+pub use encode::{encode_dataset, encode_events, EncodeSummary};
+pub use format::{check_footer, shard_of, EncodedUser, Shard, FORMAT};
+pub use reader::{load_all, parts, read_part};
+pub use scorer::{Candidate, Scorer, User, MAX_CANDIDATES, MAX_HISTORY};
+pub use update::{update, UpdateSummary};

@@ -1,0 +1,133 @@
+//! Reading an encodings directory: its part files checked against the model (footers, shards,
+//! the vocabularies), row by row, or all of it into memory for the server.
+
+use super::format::*;
+use crate::data::io;
+use crate::data::vocab::RawId;
+use crate::model::{CtrModel, EncodingLayout, UserEncoding};
+use crate::model_file;
+use crate::{Error, Result};
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The part files of an encodings directory, each with its shard, checked: the footers match
+/// the model, and the shards are exactly `0..N` of one `N`.
+///
+/// # Errors
+/// [`Error::Io`] for a missing directory or no part files; [`Error::Corrupt`] naming the file or
+/// the missing shard.
+pub fn parts(
+    dir: &Path,
+    fingerprint: &str,
+    layout: &EncodingLayout,
+) -> Result<Vec<(PathBuf, Shard)>> {
+    let files: Vec<PathBuf> = io::list_parquet_files(dir)?
+        .into_iter()
+        .filter(|p| {
+            p.parent() == Some(dir)
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        })
+        .collect();
+    if files.is_empty() {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no part-*.parquet encodings files",
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let s = check_footer(&f, fingerprint, layout)?;
+        out.push((f, s));
+    }
+    let n = out[0].1.count;
+    let mut seen = vec![false; n];
+    for (f, s) in &out {
+        if s.count != n {
+            return Err(Error::corrupt(
+                f,
+                format!("shard {}/{} among shards of {n}", s.index, s.count),
+            ));
+        }
+        if std::mem::replace(&mut seen[s.index], true) {
+            return Err(Error::corrupt(
+                f,
+                format!("shard {} appears twice", s.index),
+            ));
+        }
+    }
+    if let Some(i) = seen.iter().position(|s| !s) {
+        return Err(Error::corrupt(
+            dir,
+            format!(
+                "shard {i} of {n} ({}) is missing",
+                Shard { index: i, count: n }.file_name()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// [`read_part`] of a part file, or nothing for a part that does not exist yet.
+pub(crate) fn read_part_opt(
+    path: Option<&Path>,
+    layout: &EncodingLayout,
+    f: impl FnMut(Vec<EncodedUser>) -> Result<()>,
+) -> Result<()> {
+    match path {
+        Some(p) => read_part(p, layout, f),
+        None => Ok(()),
+    }
+}
+
+/// Every row of one part file, batch by batch.
+pub fn read_part(
+    path: &Path,
+    layout: &EncodingLayout,
+    mut f: impl FnMut(Vec<EncodedUser>) -> Result<()>,
+) -> Result<()> {
+    let mut row0 = 0;
+    for b in io::parquet_batches(path, USERS_PER_BATCH)? {
+        let b = b?;
+        let n = b.num_rows();
+        f(from_batch(path, row0, layout, &b)?)?;
+        row0 += n;
+    }
+    Ok(())
+}
+
+/// Every encoding of a directory in memory, keyed by raw user id, with the ids cut to what
+/// scoring reads ([`EncodingLayout::serving_window`]).
+///
+/// # Errors
+/// As [`parts`] and [`read_part`], and [`Error::Corrupt`] for a user encoded twice.
+pub fn load_all(dir: &Path, model: &CtrModel) -> Result<HashMap<RawId, Arc<UserEncoding>>> {
+    let layout = model.encoding_layout();
+    let fp = model_file::model_fingerprint(model)?;
+    let mut map = HashMap::new();
+    for (file, _) in parts(dir, &fp, &layout)? {
+        read_part(&file, &layout, |rows| {
+            for mut r in rows {
+                let keep = layout.serving_window.min(r.enc.items.len());
+                let cut = r.enc.items.len() - keep;
+                if cut > 0 {
+                    r.enc.items.drain(..cut);
+                    r.enc.cates.drain(..cut);
+                }
+                if map.insert(r.id.clone(), Arc::new(r.enc)).is_some() {
+                    return Err(Error::corrupt(
+                        &file,
+                        format!("user {} is encoded twice", r.id),
+                    ));
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(map)
+}
