@@ -2,10 +2,10 @@
 //! vocabulary sizes and fingerprint, parameter counts per table and for the dense part, and
 //! where training stood (step, best validation).
 
+use crate::checkpoint::ModelFile;
 use crate::config::Config;
 use crate::embedding::VocabSizes;
 use crate::error::Result;
-use crate::model_file::{ModelFile, KEY_PROGRESS, KEY_TRAINER, KEY_VOCAB_FINGERPRINT};
 use crate::train::{EvalRecord, TrainerState};
 use candle_core::Device;
 use serde::Serialize;
@@ -54,18 +54,15 @@ impl Inspection {
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let mf = ModelFile::open(path, &Device::Cpu)?;
     let parameters = mf.model.parameter_counts();
-    let state_json = mf
-        .metadata
-        .get(KEY_PROGRESS)
-        .or_else(|| mf.metadata.get(KEY_TRAINER));
-    let state = state_json.and_then(|s| serde_json::from_str::<TrainerState>(s).ok());
+    let state_json = mf.metadata.progress.clone().or(mf.metadata.trainer.clone());
+    let state = state_json.and_then(|s| serde_json::from_value::<TrainerState>(s).ok());
     Ok(Inspection {
         kind: mf.config.model.kind.name().to_string(),
         vocab: mf.model.vocab(),
-        vocab_fingerprint: mf.metadata.get(KEY_VOCAB_FINGERPRINT).cloned(),
+        vocab_fingerprint: mf.metadata.vocab_fingerprint.clone(),
         total_parameters: parameters.iter().map(|(_, n)| n).sum(),
         parameters,
-        resumable: mf.metadata.contains_key(KEY_TRAINER),
+        resumable: mf.metadata.trainer.is_some(),
         state,
         config: mf.config,
         file: mf.file,

@@ -14,7 +14,7 @@
 //!  ─ nn::bce_with_logits (+ auxiliary search loss) ─▶ backward ─▶ dense grads + per-table row grads
 //!  ─ optim: Adam (dense) + RowWise Adam/Adagrad (touched embedding rows only)
 //!  ─ train: validation, early stopping, checkpoint (safetensors + config + optimiser state), resume
-//!  ─ model_file::ModelFile (checkpoint ─▶ checked model) ─ eval (AUC, GAUC, logloss, predictions)
+//!  ─ checkpoint::ModelFile (checkpoint ─▶ checked model) ─ eval (AUC, GAUC, logloss, predictions)
 //! ```
 //!
 //! Start with [`model::CtrModel`], [`train::Trainer`] and [`data::Dataset`]; the `lifelong`
@@ -36,7 +36,6 @@ pub mod inspect;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
-pub mod model_file;
 pub mod nn;
 pub mod optim;
 pub mod plot;

@@ -2,9 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use lifelong::checkpoint::ModelFile;
 use lifelong::config::Config;
 use lifelong::data::{self, ColumnNames, Dataset, PrepareConfig, Split, SynthConfig};
-use lifelong::model_file::ModelFile;
 use lifelong::plot;
 use lifelong::train::Trainer;
 use lifelong::{eval, serving};

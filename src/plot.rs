@@ -19,7 +19,7 @@ pub struct RunCurves {
 
 /// The metrics file of a run directory.
 pub fn metrics_file(run_dir: &Path) -> PathBuf {
-    run_dir.join("metrics.jsonl")
+    crate::checkpoint::RunDir::new(run_dir).metrics()
 }
 
 /// Reads a run directory's `metrics.jsonl`.

@@ -12,46 +12,21 @@
 //! parallel reduction uses fixed chunking, so resuming from `last` reaches the same weights as
 //! an uninterrupted run.
 
-use crate::checkpoint;
+use crate::checkpoint::{self, build_model, read_checkpoint, vocab_fingerprint, Metadata, RunDir};
 use crate::config::Config;
 use crate::data::{Batch, Batcher, BatcherConfig, Dataset, Histories, Impressions};
 use crate::embedding::VocabSizes;
 use crate::eval::evaluate;
 use crate::metrics::Metrics;
 use crate::model::CtrModel;
-use crate::model_file::{
-    build_model, check_fingerprint, read_checkpoint, vocab_fingerprint, KEY_CONFIG, KEY_PROGRESS,
-    KEY_TRAINER, KEY_VOCAB, KEY_VOCAB_FINGERPRINT,
-};
-pub use crate::model_file::{BEST, LAST};
 use crate::nn::bce_with_logits;
 use crate::optim::{Adam, AdamParams, RowWise};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Removes the `.tmp-*` files of atomic writes that never completed (a process killed while
-/// writing a checkpoint); a run directory belongs to one trainer at a time.
-fn remove_stale_temps(run_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(run_dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if name.to_string_lossy().starts_with(".tmp-") && e.path().is_file() {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => tracing::info!(file = %e.path().display(), "removed an unfinished write"),
-                Err(err) => {
-                    tracing::warn!(file = %e.path().display(), "could not remove an unfinished write: {err}")
-                }
-            }
-        }
-    }
-}
 
 /// Where training stands; saved in every checkpoint's metadata.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -190,7 +165,7 @@ impl Trainer {
         let dense = dense_optimizer(&model, &cfg)?;
         let sparse = RowWise::new(t.sparse_optimizer, AdamParams::with_lr(t.sparse_lr));
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        remove_stale_temps(run_dir);
+        RunDir::new(run_dir).remove_stale_temps();
         Ok(Self {
             cfg,
             model,
@@ -211,19 +186,15 @@ impl Trainer {
     /// # Errors
     /// [`Error::Checkpoint`] when the checkpoint is missing, corrupt, or does not match `data`.
     pub fn resume(data: &Dataset, run_dir: &Path, device: &Device) -> Result<Self> {
-        let path = run_dir.join(LAST);
-        let (loaded, cfg) = read_checkpoint(&path)?;
+        let path = RunDir::new(run_dir).last();
+        let (loaded, meta) = read_checkpoint(&path)?;
         let ck = |reason: String| Error::Checkpoint {
             path: path.clone(),
             reason,
         };
-        let state: TrainerState =
-            serde_json::from_str(loaded.metadata.get(KEY_TRAINER).ok_or_else(|| {
-                ck("no `trainer` state in metadata: not a resumable checkpoint".into())
-            })?)
-            .map_err(|e| ck(format!("trainer state: {e}")))?;
-        let mut t = Self::new(cfg, data, run_dir, device)?;
-        check_fingerprint(&loaded.metadata, &t.vocab_fingerprint, &path, data)?;
+        let state: TrainerState = meta.trainer_state(&path)?;
+        crate::checkpoint::vocab::check_vocab_dir(&meta, &path, &data.dir)?;
+        let mut t = Self::new(meta.config, data, run_dir, device)?;
         t.model
             .load_tensors(&loaded.tensors)
             .map_err(|e| ck(e.to_string()))?;
@@ -465,7 +436,7 @@ impl Trainer {
     ) -> Result<()> {
         if valid.is_empty() {
             tracing::warn!("validation split is empty: skipping validation, keeping the latest weights as best");
-            self.save(&self.run_dir.join(BEST), false)?;
+            self.save(&RunDir::new(&self.run_dir).best(), false)?;
             return Ok(());
         }
         let (m, _) = evaluate(&self.model, hist, valid, self.cfg.train.eval_batch_size)?;
@@ -496,7 +467,7 @@ impl Trainer {
             );
             text.push('\n');
         }
-        crate::atomic::atomic_write_bytes(&self.run_dir.join("metrics.jsonl"), text.as_bytes())?;
+        crate::atomic::atomic_write_bytes(&RunDir::new(&self.run_dir).metrics(), text.as_bytes())?;
         let better = match (m.auc, self.state.best_auc) {
             (Some(a), Some(b)) => a > b,
             (Some(_), None) => true,
@@ -506,7 +477,7 @@ impl Trainer {
             self.state.best_auc = m.auc;
             self.state.best_step = self.state.step;
             self.state.bad_evals = 0;
-            self.save(&self.run_dir.join(BEST), false)?;
+            self.save(&RunDir::new(&self.run_dir).best(), false)?;
         } else {
             self.state.bad_evals += 1;
             let p = self.cfg.train.patience;
@@ -523,33 +494,27 @@ impl Trainer {
     }
 
     fn save_last(&self) -> Result<()> {
-        self.save(&self.run_dir.join(LAST), true)
+        self.save(&RunDir::new(&self.run_dir).last(), true)
     }
 
     /// Writes a checkpoint: weights (and, with `with_optimizer`, optimiser and trainer state),
     /// the config and the vocabulary sizes in the metadata. Atomic.
     pub fn save(&self, path: &Path, with_optimizer: bool) -> Result<()> {
         let mut tensors = self.model.named_tensors()?;
-        let mut meta = BTreeMap::new();
-        meta.insert(KEY_CONFIG.to_string(), self.cfg.to_json());
-        meta.insert(
-            KEY_VOCAB.to_string(),
-            serde_json::to_string(&self.model.vocab()).unwrap_or_default(),
-        );
-        meta.insert("model".to_string(), self.cfg.model.kind.name().to_string());
-        meta.insert(
-            KEY_VOCAB_FINGERPRINT.to_string(),
-            self.vocab_fingerprint.clone(),
-        );
-        let state = serde_json::to_string(&self.state).unwrap_or_default();
-        meta.insert(KEY_PROGRESS.to_string(), state.clone());
+        let state = serde_json::to_value(&self.state).ok();
+        let meta = Metadata {
+            config: self.cfg.clone(),
+            vocab: self.model.vocab(),
+            vocab_fingerprint: Some(self.vocab_fingerprint.clone()),
+            progress: state.clone(),
+            trainer: if with_optimizer { state } else { None },
+        };
         if with_optimizer {
             tensors.extend(self.dense.state_tensors());
             let tables: Vec<_> = self.model.tables().iter().collect();
             tensors.extend(self.sparse.state_tensors(&tables)?);
-            meta.insert(KEY_TRAINER.to_string(), state);
         }
-        checkpoint::save(path, &tensors, &meta)
+        checkpoint::save(path, &tensors, &meta.to_map())
     }
 }
 

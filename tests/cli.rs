@@ -714,13 +714,13 @@ fn train_killed_at_random_moments_always_resumes() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         if last.exists() {
-            let (_, cfg) = lifelong::model_file::read_checkpoint(&last)
+            let (_, meta) = lifelong::checkpoint::read_checkpoint(&last)
                 .unwrap_or_else(|e| panic!("after a kill the last checkpoint must load: {e}"));
-            assert_eq!(cfg.train.epochs, 12);
+            assert_eq!(meta.config.train.epochs, 12);
             kills_after_a_checkpoint += 1;
             let meta = read_metadata(&last).unwrap();
             let state: serde_json::Value =
-                serde_json::from_str(&meta[lifelong::model_file::KEY_TRAINER]).unwrap();
+                serde_json::from_str(&meta[lifelong::checkpoint::meta::KEY_TRAINER]).unwrap();
             steps.push(state["step"].as_u64().unwrap());
         }
     }

@@ -5,8 +5,8 @@
 
 use crate::cli::{fails, ok, prepare, s, synth, write_log};
 use crate::common::assert_same_encoding;
+use lifelong::checkpoint::ModelFile;
 use lifelong::data::{Dataset, Impressions, RawId, UNKNOWN};
-use lifelong::model_file::ModelFile;
 use lifelong::serving::{self as encodings, EncodedUser};
 use lifelong::serving::{Candidate, Scorer, User};
 use std::collections::HashMap;
@@ -95,7 +95,7 @@ fn fixture() -> &'static Fixture {
 fn read_all(dir: &Path, run: &Path) -> HashMap<RawId, EncodedUser> {
     let mf = ModelFile::open(run, &candle_core::Device::Cpu).unwrap();
     let layout = mf.model.encoding_layout();
-    let fp = lifelong::model_file::model_fingerprint(&mf.model).unwrap();
+    let fp = lifelong::checkpoint::model_fingerprint(&mf.model).unwrap();
     let mut out = HashMap::new();
     for (file, _) in encodings::parts(dir, &fp, &layout).unwrap() {
         encodings::read_part(&file, &layout, |rows| {

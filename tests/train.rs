@@ -3,13 +3,13 @@
 //! errors, and the best checkpoint scores what validation measured.
 
 use candle_core::Device;
+use lifelong::checkpoint::{vocab_fingerprint, ModelFile, LAST};
 use lifelong::config::{Config, Preset};
 use lifelong::data::{
     prepare, write_synth, Dataset, Impressions, PrepareConfig, Split, SynthConfig,
 };
 use lifelong::eval;
-use lifelong::model_file::{self, ModelFile};
-use lifelong::train::{Trainer, LAST};
+use lifelong::train::Trainer;
 use lifelong::Error;
 use std::path::Path;
 use std::sync::Arc;
@@ -370,14 +370,16 @@ fn checkpoint_refuses_a_dataset_with_other_vocabularies() {
     t.progress = false;
     t.fit(hist, tr, va).unwrap();
     let best = run.join("best.safetensors");
-    let meta = lifelong::checkpoint::read_metadata(&best).unwrap();
-    let same = model_file::vocab_fingerprint(&ds.dir).unwrap();
-    let diff = model_file::vocab_fingerprint(&other.dir).unwrap();
+    let mf = ModelFile::open(&best, &Device::Cpu).unwrap();
+    let same = vocab_fingerprint(&ds.dir).unwrap();
+    let diff = vocab_fingerprint(&other.dir).unwrap();
     assert_ne!(same, diff);
-    model_file::check_fingerprint(&meta, &same, &best, &ds).unwrap();
-    let e = model_file::check_fingerprint(&meta, &diff, &best, &other)
-        .unwrap_err()
-        .to_string();
+    assert_eq!(
+        mf.metadata.vocab_fingerprint.as_deref(),
+        Some(same.as_str())
+    );
+    mf.check_vocab_dir(&ds.dir).unwrap();
+    let e = mf.check_vocab_dir(&other.dir).unwrap_err().to_string();
     assert!(
         e.contains("vocabularies") && e.contains("best.safetensors"),
         "{e}"

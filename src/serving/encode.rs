@@ -4,31 +4,17 @@
 use super::format::*;
 use super::update::*;
 use super::writer::*;
+use crate::checkpoint::{self, ModelFile};
 use crate::data::io::{self, ParquetSink};
 use crate::data::vocab::Vocab;
 use crate::data::{dataset, PrepareConfig};
-use crate::model_file::{self, ModelFile};
+use crate::embedding::VocabSizes;
 use crate::{Error, Result};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, ListArray, RecordBatch};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-
-/// Refuses a prepared dataset whose vocabularies are not the checkpoint's (their fingerprint).
-fn check_vocabularies(mf: &ModelFile, data: &Path) -> Result<()> {
-    if let Some(fp) = mf.metadata.get(model_file::KEY_VOCAB_FINGERPRINT) {
-        let here = model_file::vocab_fingerprint(data)?;
-        if &here != fp {
-            return Err(Error::InvalidArgument(format!(
-                "{}: vocabularies (fingerprint {here}) are not the ones {} was trained with ({fp})",
-                data.display(),
-                mf.file.display()
-            )));
-        }
-    }
-    Ok(())
-}
 
 /// What `encode` did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -57,24 +43,20 @@ pub fn encode_dataset(
 ) -> Result<EncodeSummary> {
     let meta = dataset::read_meta(data)?;
     let model = &mf.model;
-    let v = model.vocab();
-    for (field, have, need) in [
-        ("item", v.items, meta.n_items),
-        ("cate", v.cates, meta.n_cates),
-    ] {
-        if need > have {
-            return Err(Error::InvalidArgument(format!(
-                "{}: {need} {field} ids but the checkpoint's table has {have} rows: not the checkpoint's data",
-                data.display()
-            )));
-        }
-    }
-    check_vocabularies(mf, data)?;
+    mf.check_sizes(
+        VocabSizes {
+            users: meta.n_users,
+            items: meta.n_items,
+            cates: meta.n_cates,
+        },
+        data,
+    )?;
+    mf.check_vocab_dir(data)?;
     let users_vocab = Vocab::read(&data.join("vocab").join("user.parquet"))?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     copy_vocab(data, out)?;
     let layout = model.encoding_layout();
-    let fingerprint = model_file::model_fingerprint(model)?;
+    let fingerprint = checkpoint::model_fingerprint(model)?;
     let schema = schema(&layout, users_vocab.is_string());
     let file = out.join(shard.file_name());
     let mut sink = Writer::new(ParquetSink::create(
@@ -214,6 +196,6 @@ pub fn encode_events(
     out: &Path,
     shard: Shard,
 ) -> Result<UpdateSummary> {
-    check_vocabularies(mf, data)?;
+    mf.check_vocab_dir(data)?;
     fold_into(mf, data, vec![(None, shard)], events, cfg, out, Some(shard))
 }

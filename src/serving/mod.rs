@@ -18,7 +18,7 @@
 //! | `buckets_<i>` | list\<float32\> | SDIM aggregation `i`'s bucket sums, dense `[G][2^τ][d]` row-major, empty buckets 0 (only for SDIM aggregations) |
 //!
 //! The footer's key-value metadata holds `lifelong.encodings_format`, `lifelong.model` (the
-//! fingerprint of the weights, [`crate::model_file::model_fingerprint`]: encodings of other
+//! fingerprint of the weights, [`crate::checkpoint::model_fingerprint`]: encodings of other
 //! weights are refused), `lifelong.layout` (JSON [`EncodingLayout`]) and `lifelong.shard`.
 //! Every file is written atomically and streamed: memory is a batch of users, not the file.
 //!

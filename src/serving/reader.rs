@@ -2,10 +2,10 @@
 //! the vocabularies), row by row, or all of it into memory for the server.
 
 use super::format::*;
+use crate::checkpoint;
 use crate::data::io;
 use crate::data::vocab::RawId;
 use crate::model::{CtrModel, EncodingLayout, UserEncoding};
-use crate::model_file;
 use crate::{Error, Result};
 
 use std::collections::HashMap;
@@ -108,7 +108,7 @@ pub fn read_part(
 /// As [`parts`] and [`read_part`], and [`Error::Corrupt`] for a user encoded twice.
 pub fn load_all(dir: &Path, model: &CtrModel) -> Result<HashMap<RawId, Arc<UserEncoding>>> {
     let layout = model.encoding_layout();
-    let fp = model_file::model_fingerprint(model)?;
+    let fp = checkpoint::model_fingerprint(model)?;
     let mut map = HashMap::new();
     for (file, _) in parts(dir, &fp, &layout)? {
         read_part(&file, &layout, |rows| {

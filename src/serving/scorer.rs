@@ -24,9 +24,10 @@
 //!   status and a JSON body, and never panics.
 
 use super::reader as encodings;
+use crate::checkpoint::vocab::check_vocab_dir;
+use crate::checkpoint::{self, Metadata, ModelFile};
 use crate::data::vocab::{RawId, Vocab, UNKNOWN};
 use crate::model::{CtrModel, UserEncoding};
-use crate::model_file::{self, ModelFile};
 use crate::{Error, Result};
 use arc_swap::ArcSwap;
 use candle_core::Device;
@@ -82,6 +83,7 @@ struct Store {
 struct Inner {
     model: CtrModel,
     checkpoint: PathBuf,
+    metadata: Metadata,
     fingerprint: String,
     users: Vocab,
     items: Vocab,
@@ -113,6 +115,7 @@ impl Scorer {
     /// missing shard, a truncated or corrupt encodings file.
     pub fn open(checkpoint: &Path, encodings: &Path) -> Result<Self> {
         let mf = ModelFile::open(checkpoint, &Device::Cpu)?;
+        mf.check_vocab_dir(encodings)?;
         let vocab = |f: &str| Vocab::read(&encodings.join("vocab").join(format!("{f}.parquet")));
         let (users, cates) = (vocab("user")?, vocab("cate")?);
         let item_path = encodings.join("vocab").join("item.parquet");
@@ -127,7 +130,7 @@ impl Scorer {
                 ),
             ));
         }
-        let fingerprint = model_file::model_fingerprint(&mf.model)?;
+        let fingerprint = checkpoint::model_fingerprint(&mf.model)?;
         let store = Store {
             dir: encodings.to_path_buf(),
             users: encodings::load_all(encodings, &mf.model)?,
@@ -136,6 +139,7 @@ impl Scorer {
             inner: Arc::new(Inner {
                 model: mf.model,
                 checkpoint: mf.file,
+                metadata: mf.metadata,
                 fingerprint,
                 users,
                 items,
@@ -153,6 +157,7 @@ impl Scorer {
     /// # Errors
     /// As [`Scorer::open`]; on error the old encodings stay.
     pub fn reload(&self, dir: &Path) -> Result<usize> {
+        check_vocab_dir(&self.inner.metadata, &self.inner.checkpoint, dir)?;
         let users = encodings::load_all(dir, &self.inner.model)?;
         let n = users.len();
         self.inner.store.store(Arc::new(Store {

@@ -4,11 +4,11 @@
 use super::format::*;
 use super::reader::*;
 use super::writer::*;
+use crate::checkpoint::{self, ModelFile};
 use crate::data::io::{self, ParquetSink};
 use crate::data::vocab::{RawId, Vocab};
 use crate::data::PrepareConfig;
 use crate::model::CtrModel;
-use crate::model_file::{self, ModelFile};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -46,8 +46,9 @@ pub fn update(
     cfg: &PrepareConfig,
     out: &Path,
 ) -> Result<UpdateSummary> {
+    mf.check_vocab_dir(dir)?;
     let layout = mf.model.encoding_layout();
-    let fingerprint = model_file::model_fingerprint(&mf.model)?;
+    let fingerprint = checkpoint::model_fingerprint(&mf.model)?;
     let parts = parts(dir, &fingerprint, &layout)?
         .into_iter()
         .map(|(f, s)| (Some(f), s))
@@ -68,7 +69,7 @@ pub(crate) fn fold_into(
 ) -> Result<UpdateSummary> {
     let model = &mf.model;
     let layout = model.encoding_layout();
-    let fingerprint = model_file::model_fingerprint(model)?;
+    let fingerprint = checkpoint::model_fingerprint(model)?;
     let dir = vocab_dir;
     let vocab = |f: &str| Vocab::read(&dir.join("vocab").join(format!("{f}.parquet")));
     let (users_vocab, items_vocab, cates_vocab) = (vocab("user")?, vocab("item")?, vocab("cate")?);

@@ -7,32 +7,17 @@
 //! config's model needs is present with its shape. [`ModelFile::check_dataset`] then refuses a
 //! dataset whose vocabularies differ from the training data's (their fingerprint).
 
-use crate::checkpoint::{self, Loaded};
+use super::file::{self, Loaded};
+use super::meta::Metadata;
+use super::run_dir::RunDir;
+use super::vocab::{check_sizes, check_vocab_dir};
 use crate::config::Config;
 use crate::data::Dataset;
 use crate::embedding::VocabSizes;
 use crate::model::CtrModel;
 use crate::{Error, Result};
 use candle_core::Device;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// File name of the resume checkpoint in a run directory.
-pub const LAST: &str = "last.safetensors";
-/// File name of the best checkpoint in a run directory.
-pub const BEST: &str = "best.safetensors";
-
-/// Metadata key: the config (JSON).
-pub const KEY_CONFIG: &str = "config";
-/// Metadata key: the vocabulary sizes (JSON).
-pub const KEY_VOCAB: &str = "vocab";
-/// Metadata key: the fingerprint of the training data's vocabularies.
-pub const KEY_VOCAB_FINGERPRINT: &str = "vocab_fingerprint";
-/// Metadata key: the trainer's state (resume checkpoints only).
-pub const KEY_TRAINER: &str = "trainer";
-/// Metadata key: where training stood when the file was written (every checkpoint; read by
-/// [`crate::inspect`], never by resume).
-pub const KEY_PROGRESS: &str = "progress";
 
 /// A model opened from a checkpoint.
 #[derive(Debug)]
@@ -44,7 +29,7 @@ pub struct ModelFile {
     /// The checkpoint file that was read.
     pub file: PathBuf,
     /// Its metadata.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
 }
 
 fn ckpt_err(path: &Path, reason: impl ToString) -> Error {
@@ -54,43 +39,19 @@ fn ckpt_err(path: &Path, reason: impl ToString) -> Error {
     }
 }
 
-/// The checkpoint file a path names: a file as it is; a run directory's `best`, else `last`.
-pub fn checkpoint_file(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        let best = path.join(BEST);
-        if best.exists() {
-            best
-        } else {
-            path.join(LAST)
-        }
-    } else {
-        path.to_path_buf()
-    }
-}
-
-/// Reads a checkpoint file and the config stored in it (parsed and validated).
+/// Reads a checkpoint file and its metadata (the config parsed and validated).
 ///
 /// # Errors
 /// [`Error::Checkpoint`] naming the file for a missing, corrupt or invalid checkpoint.
-pub fn read_checkpoint(file: &Path) -> Result<(Loaded, Config)> {
-    let loaded = checkpoint::load(file, &Device::Cpu)?;
-    let text = loaded
-        .metadata
-        .get(KEY_CONFIG)
-        .ok_or_else(|| ckpt_err(file, "no `config` in metadata"))?;
-    let cfg = Config::from_json(text).map_err(|e| ckpt_err(file, e))?;
-    Ok((loaded, cfg))
+pub fn read_checkpoint(file: &Path) -> Result<(Loaded, Metadata)> {
+    let loaded = file::load(file, &Device::Cpu)?;
+    let meta = Metadata::from_map(file, &loaded.metadata)?;
+    Ok((loaded, meta))
 }
 
 /// The vocabulary sizes stored in a checkpoint, checked against the tables it holds.
-fn vocab_of(file: &Path, loaded: &Loaded, config: &Config) -> Result<VocabSizes> {
-    let vocab: VocabSizes = serde_json::from_str(
-        loaded
-            .metadata
-            .get(KEY_VOCAB)
-            .ok_or_else(|| ckpt_err(file, "no `vocab` in metadata"))?,
-    )
-    .map_err(|e| ckpt_err(file, format!("vocab: {e}")))?;
+fn vocab_of(file: &Path, loaded: &Loaded, meta: &Metadata) -> Result<VocabSizes> {
+    let (vocab, config) = (meta.vocab, &meta.config);
     // Every stored table of a field must have exactly the stated rows, so a corrupt size can
     // never size an allocation; a field without a table must still state a plausible size.
     for (field, n) in [
@@ -148,15 +109,34 @@ impl ModelFile {
     /// # Errors
     /// [`Error::Checkpoint`] naming the file for a missing, corrupt or incompatible checkpoint.
     pub fn open(path: &Path, device: &Device) -> Result<Self> {
-        let file = checkpoint_file(path);
-        let (loaded, config) = read_checkpoint(&file)?;
-        let model = model_from(&file, &loaded, &config, device)?;
+        let file = RunDir::checkpoint_of(path);
+        let (loaded, metadata) = read_checkpoint(&file)?;
+        let model = model_from(&file, &loaded, &metadata, device)?;
         Ok(Self {
-            config,
+            config: metadata.config.clone(),
             model,
             file,
-            metadata: loaded.metadata,
+            metadata,
         })
+    }
+
+    /// The one vocabulary check: refuses `dir` (a prepared dataset or an encodings directory)
+    /// when its `vocab/` is not the one this checkpoint was trained with.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `dir/vocab`, the checkpoint and both fingerprints;
+    /// [`Error::Io`] for a `vocab/` that cannot be read.
+    pub fn check_vocab_dir(&self, dir: &Path) -> Result<()> {
+        check_vocab_dir(&self.metadata, &self.file, dir)
+    }
+
+    /// Refuses vocabularies of `sizes` (those of directory `dir`) larger than the tables.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the directory and the field.
+    pub fn check_sizes(&self, sizes: VocabSizes, dir: &Path) -> Result<()> {
+        let has_user = self.model.tables().user().is_some();
+        check_sizes(self.model.vocab(), has_user, sizes, dir)
     }
 
     /// Refuses a dataset the model was not trained for: a vocabulary larger than a table, or
@@ -165,13 +145,14 @@ impl ModelFile {
     /// # Errors
     /// [`Error::InvalidArgument`] naming the dataset, the checkpoint and what differs.
     pub fn check_dataset(&self, data: &Dataset) -> Result<()> {
-        check_vocab(&self.model, data)?;
-        check_fingerprint(
-            &self.metadata,
-            &vocab_fingerprint(&data.dir)?,
-            &self.file,
-            data,
-        )
+        let m = &data.meta;
+        let sizes = VocabSizes {
+            users: m.n_users,
+            items: m.n_items,
+            cates: m.n_cates,
+        };
+        self.check_sizes(sizes, &data.dir)?;
+        self.check_vocab_dir(&data.dir)
     }
 }
 
@@ -179,11 +160,11 @@ impl ModelFile {
 pub(crate) fn model_from(
     file: &Path,
     loaded: &Loaded,
-    config: &Config,
+    meta: &Metadata,
     device: &Device,
 ) -> Result<CtrModel> {
-    let vocab = vocab_of(file, loaded, config)?;
-    let mut model = build_model(config, vocab, device).map_err(|e| ckpt_err(file, e))?;
+    let vocab = vocab_of(file, loaded, meta)?;
+    let mut model = build_model(&meta.config, vocab, device).map_err(|e| ckpt_err(file, e))?;
     model
         .load_tensors(&loaded.tensors)
         .map_err(|e| ckpt_err(file, e))?;
@@ -193,69 +174,6 @@ pub(crate) fn model_from(
 /// Builds the model a config describes, for tables of `vocab`.
 pub fn build_model(cfg: &Config, vocab: VocabSizes, device: &Device) -> Result<CtrModel> {
     CtrModel::new(&cfg.model, cfg.data.max_len, vocab, cfg.train.seed, device)
-}
-
-/// Checks that a dataset fits a model's tables (same or smaller vocabularies).
-///
-/// # Errors
-/// [`Error::InvalidArgument`] naming the dataset and the field.
-pub fn check_vocab(model: &CtrModel, data: &Dataset) -> Result<()> {
-    let v = model.vocab();
-    let m = &data.meta;
-    let has_user = model.tables().user().is_some();
-    for (field, have, need) in [
-        ("user", v.users, m.n_users),
-        ("item", v.items, m.n_items),
-        ("cate", v.cates, m.n_cates),
-    ] {
-        if need > have && (field != "user" || has_user) {
-            return Err(Error::InvalidArgument(format!(
-                "{}: the dataset's `{field}` vocabulary has {need} entries but the checkpoint's table has {have} rows: \
-                 the dataset was not prepared with the checkpoint's vocabulary",
-                data.dir.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// A fingerprint of a prepared dataset's vocabularies (CRC32 of `vocab/{user,item,cate}.parquet`,
-/// which `prepare` writes byte-deterministically). Checkpoints store it, so scoring a dataset
-/// whose indices mean different ids is an error instead of silently wrong predictions.
-///
-/// # Errors
-/// [`Error::Io`] naming a vocabulary file that cannot be read.
-pub fn vocab_fingerprint(dir: &Path) -> Result<String> {
-    let mut h = crc32fast::Hasher::new();
-    for field in ["user", "item", "cate"] {
-        let p = dir.join("vocab").join(format!("{field}.parquet"));
-        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
-    }
-    Ok(format!("{:08x}", h.finalize()))
-}
-
-/// Errors when a checkpoint's stored [`vocab_fingerprint`] differs from `data`'s (a checkpoint
-/// without one is accepted).
-///
-/// # Errors
-/// [`Error::InvalidArgument`] naming both fingerprints.
-pub fn check_fingerprint(
-    meta: &BTreeMap<String, String>,
-    data_fp: &str,
-    ckpt: &Path,
-    data: &Dataset,
-) -> Result<()> {
-    match meta.get(KEY_VOCAB_FINGERPRINT) {
-        Some(fp) if fp != data_fp => Err(Error::InvalidArgument(format!(
-            "{}: its vocabularies (fingerprint {data_fp}) are not the ones checkpoint {} was trained with \
-             (fingerprint {fp}); prepare the data from the same event log",
-            data.dir.display(),
-            ckpt.display()
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// A fingerprint of a model's weights and config: CRC-32 of the config (JSON), and of every
