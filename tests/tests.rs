@@ -35,3 +35,6 @@ mod cli;
 mod serving;
 // `lifelong encode` (shards, --update) and the serving Scorer against eval, end to end.
 mod encode;
+// The serving side's untested paths: trimmed encodings, the reader's refusals, request options,
+// reload under load, score/extend errors.
+mod serving_paths;
