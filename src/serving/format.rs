@@ -226,11 +226,12 @@ pub(crate) fn from_batch(
     };
     fn prim<'a, T: ArrowPrimitiveType>(
         path: &Path,
+        row0: usize,
         name: &str,
         a: &'a ArrayRef,
     ) -> Result<&'a PrimitiveArray<T>> {
-        if a.null_count() > 0 {
-            return Err(Error::value(path, 0, name, "null values"));
+        if let Some(r) = (0..a.len()).find(|&r| a.is_null(r)) {
+            return Err(Error::value(path, row0 + r, name, "null"));
         }
         a.as_primitive_opt::<T>().ok_or_else(|| {
             Error::schema(
@@ -263,7 +264,7 @@ pub(crate) fn from_batch(
         }
     };
     let user_a = col("user")?;
-    let user = prim::<Int32Type>(path, "user", user_a)?;
+    let user = prim::<Int32Type>(path, row0, "user", user_a)?;
     let last_a = col("last_ts")?;
     let last = last_a
         .as_primitive_opt::<Int64Type>()

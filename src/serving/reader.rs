@@ -4,7 +4,7 @@
 use super::format::*;
 use crate::checkpoint;
 use crate::data::io;
-use crate::data::vocab::RawId;
+use crate::data::vocab::{RawId, Vocab};
 use crate::model::{CtrModel, EncodingLayout, UserEncoding};
 use crate::{Error, Result};
 
@@ -105,14 +105,34 @@ pub fn read_part(
 /// scoring reads ([`EncodingLayout::serving_window`]).
 ///
 /// # Errors
-/// As [`parts`] and [`read_part`], and [`Error::Corrupt`] for a user encoded twice.
+/// As [`parts`] and [`read_part`]; [`Error::Corrupt`] for a user encoded twice;
+/// [`Error::Value`] for an encoding that does not fit the model (an index outside its tables);
+/// [`Error::Schema`] for user ids of another type than the directory's user vocabulary.
 pub fn load_all(dir: &Path, model: &CtrModel) -> Result<HashMap<RawId, Arc<UserEncoding>>> {
     let layout = model.encoding_layout();
     let fp = checkpoint::model_fingerprint(model)?;
+    let str_ids = Vocab::read(&dir.join("vocab").join("user.parquet"))?.is_string();
     let mut map = HashMap::new();
     for (file, _) in parts(dir, &fp, &layout)? {
+        let mut row = 0;
         read_part(&file, &layout, |rows| {
             for mut r in rows {
+                if matches!(r.id, RawId::Str(_)) != str_ids {
+                    let (have, want) = if str_ids {
+                        ("int64", "utf8")
+                    } else {
+                        ("utf8", "int64")
+                    };
+                    return Err(Error::schema(
+                        &file,
+                        "user_id",
+                        format!("has type {have}; the user vocabulary's ids are {want}"),
+                    ));
+                }
+                model.check_encoding(&r.enc, false).map_err(|e| {
+                    Error::value(&file, row, "items", format!("user {}: {e}", r.id))
+                })?;
+                row += 1;
                 let keep = layout.serving_window.min(r.enc.items.len());
                 let cut = r.enc.items.len() - keep;
                 if cut > 0 {
