@@ -18,7 +18,7 @@ use lifelong::nn::ParamStore;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn gemm(c: &mut Criterion) {
-    lifelong::cpu::tune_runtime();
+    lifelong::tune_runtime();
     let dev = Device::Cpu;
     let mut g = c.benchmark_group("gemm");
     g.sample_size(10);

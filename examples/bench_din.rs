@@ -128,7 +128,7 @@ out = "{}"
 }
 
 fn main() -> anyhow::Result<()> {
-    lifelong::cpu::tune_runtime();
+    lifelong::tune_runtime();
     let args = Args::parse();
     if let Some(len) = args.generate_only {
         generate(&args.cache, len)?;

@@ -207,7 +207,7 @@ fn data(users: usize, len: usize, rows: usize, seed: u64) -> (Histories, Impress
 }
 
 fn main() -> anyhow::Result<()> {
-    lifelong::cpu::tune_runtime();
+    lifelong::tune_runtime();
     let args = Args::parse();
     println!("machine: {}", common::machine());
     let (hist, imp) = data(args.users, args.len, args.rows, 1);

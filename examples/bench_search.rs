@@ -48,7 +48,7 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
 }
 
 fn main() {
-    lifelong::cpu::tune_runtime();
+    lifelong::tune_runtime();
     let args = Args::parse();
     println!("machine: {}", common::machine());
     // Copy bandwidth: a 512 MB buffer copied (read + write), split across the threads.

@@ -91,7 +91,7 @@ fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 fn main() {
-    lifelong::cpu::tune_runtime();
+    lifelong::tune_runtime();
     let args = Args::parse();
     println!("machine: {}", common::machine());
     println!(

@@ -24,7 +24,7 @@ use std::sync::Arc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    lifelong::cpu::tune_runtime();
+    lifelong::tune_runtime();
     let data = std::path::PathBuf::from("data/prepared/sample");
     anyhow::ensure!(
         data.join("meta.json").exists(),
@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
             AggregateConfig::Sdim(SdimAggregate {
                 window: WindowConfig::All,
                 groups: 8,
-                bits: 3,
+                tau: 3,
                 normalize: true,
                 keys: View::Attention,
                 values: View::Representation,

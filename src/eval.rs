@@ -51,7 +51,7 @@ pub fn evaluate(
     batch_size: usize,
 ) -> Result<(Metrics, Vec<f32>)> {
     let logits = predict(model, hist, imp, batch_size)?;
-    let m = metrics::evaluate(&imp.user, &imp.label, &logits)?;
+    let m = metrics::compute(&imp.user, &imp.label, &logits)?;
     Ok((m, logits))
 }
 

@@ -25,9 +25,9 @@ pub mod aggregate;
 pub mod atomic;
 pub mod checkpoint;
 pub mod config;
-pub mod cpu;
+pub(crate) mod cpu;
 pub mod data;
-pub(crate) mod dice_kernels;
+
 pub mod embedding;
 
 pub mod error;
@@ -45,4 +45,12 @@ pub mod serving;
 pub mod train;
 pub mod window;
 
+pub use cpu::tune_runtime;
 pub use error::{Error, Result};
+
+/// What the tests reach that is not the API (the `testing` feature, which `cargo test` turns on).
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::cpu::linear;
+}

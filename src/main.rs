@@ -253,7 +253,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    lifelong::cpu::tune_runtime();
+    lifelong::tune_runtime();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     use std::io::IsTerminal;

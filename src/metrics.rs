@@ -21,7 +21,7 @@
 //!
 //! The low-level functions ([`auc`], [`gauc`], [`logloss`]) take slices of equal length: that is a
 //! precondition checked with `debug_assert!` (in release builds the common prefix is used).
-//! [`evaluate`] checks its inputs and returns an error instead.
+//! [`compute`] checks its inputs and returns an error instead.
 
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -216,7 +216,7 @@ pub fn sigmoid(x: f32) -> f32 {
     }
 }
 
-/// The metrics of one evaluation, as returned by [`evaluate`].
+/// The metrics of one evaluation, as returned by [`compute`].
 ///
 /// Undefined values are `None` rather than NaN, so the struct round-trips through JSON
 /// (`serde_json` writes NaN as `null`, which does not read back as an `f64`).
@@ -246,7 +246,7 @@ pub struct Metrics {
 /// # Errors
 /// [`Error::InvalidArgument`] when the slices differ in length, when they are empty, or when a
 /// logit is NaN (a diverged model: every metric would be meaningless).
-pub fn evaluate(groups: &[u32], labels: &[f32], logits: &[f32]) -> Result<Metrics> {
+pub fn compute(groups: &[u32], labels: &[f32], logits: &[f32]) -> Result<Metrics> {
     let n = labels.len();
     if groups.len() != n || logits.len() != n {
         return Err(Error::InvalidArgument(format!(

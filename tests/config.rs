@@ -153,7 +153,7 @@ fn parts_that_do_not_fit_are_errors() {
             "exact",
         ),
         ("[model]\nkind = \"eta\"\n[model.search]\nk = 0", "model.search.k"),
-        ("[model]\nkind = \"sdim\"\n[[model.aggregate]]\nbits = 0", "bits"),
+        ("[model]\nkind = \"sdim\"\n[[model.aggregate]]\ntau = 0", "tau"),
         (
             "[model]\nkind = \"eta\"\n[[model.aggregate]]\nheads = 3\ndim = 64",
             "multiple of heads",

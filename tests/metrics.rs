@@ -1,7 +1,7 @@
 //! Metrics against values derived by hand in the comments, and AUC / GAUC against an O(n²)
 //! brute-force pair count.
 
-use lifelong::metrics::{auc, evaluate, gauc, logloss, sigmoid, Metrics};
+use lifelong::metrics::{auc, compute, gauc, logloss, sigmoid, Metrics};
 use lifelong::Error;
 use proptest::prelude::*;
 use std::cmp::Ordering;
@@ -121,7 +121,7 @@ fn evaluate_matches_hand_values() {
     // logloss = (0.12692801 + 0.31326169 + 0.69314718 + 0.97407698) / 4 = 0.52685347.
     // CTR = 0.5, entropy = ln 2 → NE = 0.52685347 / 0.69314718 = 0.76008888.
     // calibration = mean prob / CTR = (2.27219783 / 4) / 0.5 = 1.13609892.
-    let m = evaluate(&[1, 1, 2, 2], &[1.0, 0.0, 1.0, 0.0], &[2.0, -1.0, 0.0, 0.5]).unwrap();
+    let m = compute(&[1, 1, 2, 2], &[1.0, 0.0, 1.0, 0.0], &[2.0, -1.0, 0.0, 0.5]).unwrap();
     assert_eq!(m.n, 4);
     assert_eq!(m.auc, Some(0.75));
     assert_eq!(m.gauc, Some(0.5));
@@ -133,7 +133,7 @@ fn evaluate_matches_hand_values() {
 #[test]
 fn evaluate_single_class_leaves_undefined_metrics_none() {
     // All negatives: AUC, GAUC and NE undefined, calibration undefined (observed CTR 0).
-    let m = evaluate(&[1, 2], &[0.0, 0.0], &[0.0, 1.0]).unwrap();
+    let m = compute(&[1, 2], &[0.0, 0.0], &[0.0, 1.0]).unwrap();
     assert_eq!(
         (m.auc, m.gauc, m.ne, m.calibration),
         (None, None, None, None)
@@ -155,10 +155,10 @@ fn evaluate_single_class_leaves_undefined_metrics_none() {
 #[test]
 fn evaluate_rejects_bad_input() {
     let bad = [
-        evaluate(&[1], &[1.0, 0.0], &[0.0, 0.0]),
-        evaluate(&[1, 1], &[1.0, 0.0], &[0.0]),
-        evaluate(&[], &[], &[]),
-        evaluate(&[1, 1], &[1.0, 0.0], &[0.0, f32::NAN]),
+        compute(&[1], &[1.0, 0.0], &[0.0, 0.0]),
+        compute(&[1, 1], &[1.0, 0.0], &[0.0]),
+        compute(&[], &[], &[]),
+        compute(&[1, 1], &[1.0, 0.0], &[0.0, f32::NAN]),
     ];
     for r in bad {
         assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");

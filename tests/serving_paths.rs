@@ -1762,7 +1762,7 @@ fn reload_while_scoring_gives_the_old_or_the_new_scores() {
         }
         let mut reloads = 0usize;
         while readers_left.load(Ordering::SeqCst) > 0 {
-            let (dir, n) = if reloads % 2 == 0 {
+            let (dir, n) = if reloads.is_multiple_of(2) {
                 (&new_dir, 31)
             } else {
                 (&old_dir, 30)

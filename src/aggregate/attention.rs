@@ -345,6 +345,7 @@ impl TargetAttention {
     }
 
     /// [`TargetAttention::forward`] op by op with candle (any device; the tests' reference).
+    #[cfg(any(test, feature = "testing"))]
     pub fn forward_reference(
         &self,
         target_k: &Tensor,

@@ -18,7 +18,7 @@ use super::din_unit::{attention_unit, DiceNorm, History};
 use super::Packed;
 use crate::config::Activation;
 use crate::embedding::{gather, Leaves, TokenIndex};
-use crate::nn::{masked_softmax, Act, Dice, Linear, ParamStore};
+use crate::nn::{Act, Dice, Linear, ParamStore};
 use crate::Result;
 use candle_core::{Tensor, Var};
 use std::sync::Arc;
@@ -236,6 +236,7 @@ impl ActivationUnit {
     }
 
     /// [`ActivationUnit::forward_t`] with candle ops only (any device).
+    #[cfg(any(test, feature = "testing"))]
     pub fn forward_composite(
         &self,
         target: &Tensor,
@@ -254,7 +255,7 @@ impl ActivationUnit {
         if self.softmax {
             let (l, pos) = (packed.len(), packed.pos(dev)?);
             let padded = Tensor::zeros(b * l, a.dtype(), dev)?.index_add(&pos, &a, 0)?;
-            let p = masked_softmax(&padded.reshape((b, l))?, &packed.mask(dev)?)?;
+            let p = crate::nn::masked_softmax(&padded.reshape((b, l))?, &packed.mask(dev)?)?;
             a = p.flatten_all()?.index_select(&pos, 0)?;
         }
         let weighted = seq.broadcast_mul(&a.unsqueeze(1)?)?; // [n, d]
@@ -264,6 +265,7 @@ impl ActivationUnit {
     /// Reference implementation without the trick or packing: the paper's formula on padded
     /// `[B, L, d]` histories with a `[B, L]` mask, op by op. Used by tests. Dice statistics are
     /// taken over the real positions only, as in [`ActivationUnit::forward_t`].
+    #[cfg(any(test, feature = "testing"))]
     pub fn forward_padded_reference(
         &self,
         target: &Tensor,
@@ -296,7 +298,7 @@ impl ActivationUnit {
             .index_add(&idx, &a_real, 0)?
             .reshape((b, l))?;
         if self.softmax {
-            a = masked_softmax(&a, mask)?;
+            a = crate::nn::masked_softmax(&a, mask)?;
         }
         let a = (a * mask)?;
         Ok(seq.broadcast_mul(&a.unsqueeze(2)?)?.sum(1)?)

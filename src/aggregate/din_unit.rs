@@ -37,8 +37,8 @@ use super::Packed;
 use crate::cpu::{
     dot, recycle, scratch, sgemm_serial, storage_f32, with_data, Mat, SendPtr, Stash,
 };
-use crate::dice_kernels as dice;
 use crate::embedding::leaves::{GradAccumulator, TokenIndex};
+use crate::nn::dice_rows as dice;
 use crate::nn::{DiceStats, CHUNK_ROWS};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

@@ -220,6 +220,7 @@ impl CustomOp2 for ScorePool {
 ///
 /// # Shapes
 /// query `[B, d_k]`, keys `[B, L, d_k]`, values `[B, L, d_v]`, mask `[B, L]` → `[B, d_v]`
+#[cfg(any(test, feature = "testing"))]
 pub fn score_pool_reference(
     query: &Tensor,
     keys: &Tensor,

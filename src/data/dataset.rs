@@ -1,7 +1,5 @@
 //! The prepared dataset in memory: every user's history stored once (jagged), and the impression
 //! rows of each split pointing into it by `(user, seq_len)`.
-//!
-//! OWNER: data helper. Public API below is the contract used by the batcher, trainer and CLI.
 
 use crate::data::io::{self, Column, ColumnSpec, Kind};
 use crate::data::vocab::Vocab;

@@ -1,4 +1,4 @@
-//! Parquet/Arrow I/O with named errors. OWNER: data helper.
+//! Parquet/Arrow I/O with named errors.
 //!
 //! Reading: [`read_table`] reads a projection of a parquet file, or of every `*.parquet` file
 //! under a directory (recursively, sorted by path, hidden and `_`-prefixed entries such as Spark's

@@ -1,4 +1,4 @@
-//! `lifelong prepare`: event log → prepared dataset. OWNER: data helper.
+//! `lifelong prepare`: event log → prepared dataset.
 //!
 //! The rules (also in `data/README.md`):
 //! - Vocabularies (user, item, cate) are built from every row of the log, label 0 included:

@@ -1,4 +1,4 @@
-//! `lifelong synth`: synthetic event logs with a planted, learnable signal. OWNER: data helper.
+//! `lifelong synth`: synthetic event logs with a planted, learnable signal.
 //!
 //! The world (drawn from the seed): every item belongs to one fixed category; item popularity is
 //! Zipf-like (weight `1 / rank^0.9` over a random ranking), so popularity is Zipf-like both across

@@ -1,4 +1,4 @@
-//! Vocabularies: raw id → index, 0 = padding, 1 = unknown. OWNER: data helper.
+//! Vocabularies: raw id → index, 0 = padding, 1 = unknown.
 //!
 //! Real ids get indices 2.. ordered by frequency (descending), ties broken by first appearance
 //! in file order, so a vocabulary is a deterministic function of the event log. On disk a

@@ -262,7 +262,7 @@ impl TokenIndex {
 /// gradient tensor for candle to allocate, zero and add (one per lookup: at long histories
 /// those copies cost more than the lookups).
 #[derive(Debug, Default)]
-pub struct GradAccumulator {
+pub(crate) struct GradAccumulator {
     len: usize,
     buf: std::sync::Mutex<Option<Vec<f32>>>,
 }
@@ -331,7 +331,7 @@ impl Leaves {
     }
 
     /// Where the ops that read the leaf add their gradients.
-    pub fn accumulator(&self) -> &Arc<GradAccumulator> {
+    pub(crate) fn accumulator(&self) -> &Arc<GradAccumulator> {
         &self.grad
     }
 

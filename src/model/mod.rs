@@ -216,8 +216,14 @@ impl CtrModel {
     pub fn tables(&self) -> &Tables {
         &self.tables
     }
-    /// The embedding tables, mutable (the trainer's row-wise updates).
+    /// The embedding tables, mutable (the trainer's row-wise updates; tests perturb rows).
+    #[cfg(feature = "testing")]
     pub fn tables_mut(&mut self) -> &mut Tables {
+        &mut self.tables
+    }
+    /// The embedding tables, mutable (the trainer's row-wise updates).
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn tables_mut(&mut self) -> &mut Tables {
         &mut self.tables
     }
 

@@ -57,14 +57,14 @@ pub(crate) fn signatures(
 
 impl SdimPart {
     pub fn new(cfg: &SdimAggregate, cx: &Ctx, ps: &mut ParamStore, name: &str) -> Result<Self> {
-        let (dk, bits) = (cx.tables.view(cfg.keys).width, cfg.groups * cfg.bits);
+        let (dk, bits) = (cx.tables.view(cfg.keys).width, cfg.groups * cfg.tau);
         let name = format!("{name}.sdim.proj");
         let hash = SimHash::new(dk, bits, ps.seed_of(&format!("buffer/{name}")));
         let t = Tensor::from_slice(hash.projections(), (dk, bits), cx.device)?;
         Ok(Self {
             unit: Sdim {
                 groups: cfg.groups,
-                tau: cfg.bits,
+                tau: cfg.tau,
                 normalize: cfg.normalize,
             },
             proj: ps.buffer_from(&name, t)?,

@@ -8,6 +8,8 @@
 //! style, since every row's output depends on the batch statistics); other devices use the
 //! op-by-op composite [`dice_reference`], which is also the tests' reference.
 
+pub(crate) mod dice_rows;
+
 use crate::config::Activation;
 use crate::{Error, Result};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor, Var, D};
@@ -302,6 +304,7 @@ impl Dice {
 /// # Shapes
 /// xs `[n, dim]`, alpha `[dim]` → `[n, dim]` (and batch mean, variance `[dim]`)
 #[allow(clippy::type_complexity)]
+#[cfg(any(test, feature = "testing"))]
 pub fn dice_reference(
     xs: &Tensor,
     alpha: &Tensor,
@@ -424,7 +427,7 @@ impl CustomOp2 for DiceOp {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK_ROWS * dim)
             .zip(x.par_chunks(CHUNK_ROWS * dim))
-            .for_each(|(o, xc)| crate::dice_kernels::forward_rows(xc, &mean, &inv, alpha, o));
+            .for_each(|(o, xc)| crate::nn::dice_rows::forward_rows(xc, &mean, &inv, alpha, o));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -503,8 +506,8 @@ impl CustomOp3 for DiceBwdOp {
             .zip(g.par_chunks(CHUNK_ROWS * dim))
             .map(|(xc, gc)| {
                 let mut acc = vec![0f32; 4 * dim];
-                let grad = crate::dice_kernels::Grad::Rows(gc);
-                crate::dice_kernels::bwd_stats_rows(xc, grad, &mean, &inv, alpha, &mut acc);
+                let grad = crate::nn::dice_rows::Grad::Rows(gc);
+                crate::nn::dice_rows::bwd_stats_rows(xc, grad, &mean, &inv, alpha, &mut acc);
                 acc.iter().map(|&v| v as f64).collect()
             })
             .collect();
@@ -527,8 +530,8 @@ impl CustomOp3 for DiceBwdOp {
                     .zip(g.par_chunks(CHUNK_ROWS * dim)),
             )
             .for_each(|(gxc, (xc, gc))| {
-                let grad = crate::dice_kernels::Grad::Rows(gc);
-                crate::dice_kernels::bwd_out_rows(
+                let grad = crate::nn::dice_rows::Grad::Rows(gc);
+                crate::nn::dice_rows::bwd_out_rows(
                     xc, grad, &mean, &inv, alpha, &mh, &mhx, batch, gxc,
                 );
             });
