@@ -1190,11 +1190,28 @@ fn encode_refuses_a_dataset_of_other_vocabularies_or_sizes() {
             }
             other => panic!("expected Error::Value ({needle}), got {other:?}"),
         };
-    users_file(
-        encodings::encode_dataset(&mf, &bad_rows, &out, Shard::ALL, false),
-        4,
-        "items",
-        &format!("index {} outside 0..{}", meta.n_items, meta.n_items),
+    // The dataset reader's own error, as `Dataset::open` gives it (one reader for both).
+    match encodings::encode_dataset(&mf, &bad_rows, &out, Shard::ALL, false) {
+        Err(Error::IdOutOfRange {
+            path,
+            row,
+            field,
+            id,
+            vocab,
+        }) => {
+            assert!(path.ends_with("users.parquet"), "{}", path.display());
+            assert_eq!(
+                (row, field.as_str(), id, vocab),
+                (4, "item", meta.n_items as i64, meta.n_items)
+            );
+        }
+        other => panic!("expected Error::IdOutOfRange, got {other:?}"),
+    }
+    assert_eq!(
+        Dataset::open(&bad_rows).map(|_| ()).unwrap_err().to_string(),
+        encodings::encode_dataset(&mf, &bad_rows, &out, Shard::ALL, false)
+            .unwrap_err()
+            .to_string()
     );
     let mut user: Vec<i32> = b
         .column_by_name("user")
@@ -1216,7 +1233,7 @@ fn encode_refuses_a_dataset_of_other_vocabularies_or_sizes() {
         encodings::encode_dataset(&mf, &bad_rows, &out, Shard::ALL, false),
         6,
         "user",
-        &format!("user index 1 outside 2..{}", meta.n_users),
+        "user index 1 is reserved (0 = padding, 1 = unknown)",
     );
     assert!(!out.join(PART).exists());
 }

@@ -190,7 +190,10 @@ pub fn merge(base: &mut toml::Value, user: toml::Value) {
                 return;
             }
             for (k, v) in u {
-                let k = match RENAMED.iter().find(|(old, new)| k == *old && b.contains_key(*new)) {
+                let k = match RENAMED
+                    .iter()
+                    .find(|(old, new)| k == *old && b.contains_key(*new))
+                {
                     Some((_, new)) => new.to_string(),
                     None => k,
                 };

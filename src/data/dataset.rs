@@ -1,7 +1,7 @@
 //! The prepared dataset in memory: every user's history stored once (jagged), and the impression
 //! rows of each split pointing into it by `(user, seq_len)`.
 
-use crate::data::io::{self, Column, ColumnSpec, Kind};
+use crate::data::io::{self, Column, ColumnSpec, Kind, ListColumn};
 use crate::data::vocab::Vocab;
 use crate::data::FORMAT_VERSION;
 use crate::{Error, Result};
@@ -343,77 +343,136 @@ pub fn read_meta(dir: &Path) -> Result<Meta> {
     Ok(meta)
 }
 
-/// Reads and validates `users.parquet` into [`Histories`] indexed by user index.
-fn read_histories(path: &Path, meta: &Meta) -> Result<Histories> {
-    let specs = [
+/// The columns of `users.parquet`, typed and bounded by the vocabularies.
+fn users_specs(meta: &Meta) -> [ColumnSpec; 4] {
+    [
         ColumnSpec::new("user", Kind::index("user", meta.history_rows())),
         ColumnSpec::new("items", Kind::index_list("item", meta.n_items)),
         ColumnSpec::new("cates", Kind::index_list("cate", meta.n_cates)),
         ColumnSpec::new("ts", Kind::IntList),
-    ];
-    let mut t = io::read_table(path, &specs)?;
-    let users = t.take(0).and_then(Column::into_u32).unwrap_or_default();
-    let items = t
-        .take(1)
-        .and_then(Column::into_u32_list)
-        .unwrap_or_default();
-    let cates = t
-        .take(2)
-        .and_then(Column::into_u32_list)
-        .unwrap_or_default();
-    let ts = t
-        .take(3)
-        .and_then(Column::into_i64_list)
-        .unwrap_or_default();
-    let n_users = meta.history_rows();
-    let mut row_of = vec![usize::MAX; n_users];
-    for (r, &u) in users.iter().enumerate() {
-        let here = |col: &str, why: String| {
-            let (file, row) = t.locate(r);
-            Error::value(file, row, col, why)
-        };
-        if u < 2 {
-            return Err(here(
-                "user",
-                format!("user index {u} is reserved (0 = padding, 1 = unknown)"),
-            ));
-        }
-        if row_of[u as usize] != usize::MAX {
-            return Err(here(
-                "user",
-                format!(
-                    "user {u} appears twice (first at row {})",
-                    row_of[u as usize]
-                ),
-            ));
-        }
-        row_of[u as usize] = r;
-        let n = items.row(r).len();
-        if cates.row(r).len() != n {
-            return Err(here(
-                "cates",
-                format!("{} entries but `items` has {n}", cates.row(r).len()),
-            ));
-        }
-        let tr = ts.row(r);
-        if tr.len() != n {
-            return Err(here(
-                "ts",
-                format!("{} entries but `items` has {n}", tr.len()),
-            ));
-        }
-        if let Some(k) = tr.windows(2).position(|w| w[1] < w[0]) {
-            return Err(here(
-                "ts",
-                format!(
-                    "not chronological: position {} ({}) is earlier than position {k} ({})",
-                    k + 1,
-                    tr[k + 1],
-                    tr[k]
-                ),
-            ));
+    ]
+}
+
+/// Rows of `users.parquet`: each user's index and chronological lists.
+#[derive(Debug, Default)]
+pub(crate) struct UserRows {
+    /// User indices.
+    pub users: Vec<u32>,
+    /// Item indices per row.
+    pub items: ListColumn<u32>,
+    /// Category indices per row.
+    pub cates: ListColumn<u32>,
+    /// Timestamps per row.
+    pub ts: ListColumn<i64>,
+    /// The file of a streamed chunk and the row of its first row there.
+    pub at: (PathBuf, usize),
+}
+
+impl UserRows {
+    fn from_columns(mut take: impl FnMut(usize) -> Option<Column>) -> Self {
+        Self {
+            users: take(0).and_then(Column::into_u32).unwrap_or_default(),
+            items: take(1).and_then(Column::into_u32_list).unwrap_or_default(),
+            cates: take(2).and_then(Column::into_u32_list).unwrap_or_default(),
+            ts: take(3).and_then(Column::into_i64_list).unwrap_or_default(),
+            at: Default::default(),
         }
     }
+
+    /// Checks every row: a user index of a real user, seen once (`seen[u]`: the global row
+    /// where user `u` was first seen, `base` the global row of these rows' first), lists of
+    /// equal length, chronological timestamps. `locate` names a row's file and row.
+    fn check(
+        &self,
+        seen: &mut [usize],
+        base: usize,
+        locate: impl Fn(usize) -> (PathBuf, usize),
+    ) -> Result<()> {
+        let (users, items, cates, ts) = (&self.users, &self.items, &self.cates, &self.ts);
+        for (r, &u) in users.iter().enumerate() {
+            let here = |col: &str, why: String| {
+                let (file, row) = locate(r);
+                Error::value(file, row, col, why)
+            };
+            if u < 2 {
+                return Err(here(
+                    "user",
+                    format!("user index {u} is reserved (0 = padding, 1 = unknown)"),
+                ));
+            }
+            if seen[u as usize] != usize::MAX {
+                return Err(here(
+                    "user",
+                    format!("user {u} appears twice (first at row {})", seen[u as usize]),
+                ));
+            }
+            seen[u as usize] = base + r;
+            let n = items.row(r).len();
+            if cates.row(r).len() != n {
+                return Err(here(
+                    "cates",
+                    format!("{} entries but `items` has {n}", cates.row(r).len()),
+                ));
+            }
+            let tr = ts.row(r);
+            if tr.len() != n {
+                return Err(here(
+                    "ts",
+                    format!("{} entries but `items` has {n}", tr.len()),
+                ));
+            }
+            if let Some(k) = tr.windows(2).position(|w| w[1] < w[0]) {
+                return Err(here(
+                    "ts",
+                    format!(
+                        "not chronological: position {} ({}) is earlier than position {k} ({})",
+                        k + 1,
+                        tr[k + 1],
+                        tr[k]
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Streams `users.parquet` a row group at a time, each validated as [`Dataset::open`] validates
+/// the whole file (one reader for both); memory is one row group.
+///
+/// # Errors
+/// The named errors of [`Dataset::open`] for the file, and whatever `f` returns.
+pub(crate) fn read_user_chunks(
+    path: &Path,
+    meta: &Meta,
+    mut f: impl FnMut(UserRows) -> Result<()>,
+) -> Result<()> {
+    let mut seen = vec![usize::MAX; meta.history_rows()];
+    let mut base = 0;
+    io::read_chunks(path, &users_specs(meta), 1, false, |mut chunk| {
+        let mut rows = UserRows::from_columns(|i| chunk.take(i));
+        rows.at = (chunk.file.clone(), chunk.row0);
+        rows.check(&mut seen, base, |r| (rows.at.0.clone(), rows.at.1 + r))?;
+        base += rows.users.len();
+        f(rows)
+    })?;
+    Ok(())
+}
+
+/// Reads and validates `users.parquet` into [`Histories`] indexed by user index.
+fn read_histories(path: &Path, meta: &Meta) -> Result<Histories> {
+    let mut t = io::read_table(path, &users_specs(meta))?;
+    let rows = UserRows::from_columns(|i| t.take(i));
+    let n_users = meta.history_rows();
+    let mut row_of = vec![usize::MAX; n_users];
+    rows.check(&mut row_of, 0, |r| t.locate(r))?;
+    let UserRows {
+        users,
+        items,
+        cates,
+        ts,
+        ..
+    } = rows;
     // Common case (what `prepare` writes): one row per user 2.., in order: no copy.
     if users.len() + 2 == n_users && users.iter().enumerate().all(|(r, &u)| u as usize == r + 2) {
         let mut offsets = Vec::with_capacity(n_users + 1);
