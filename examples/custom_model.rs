@@ -1,6 +1,7 @@
 //! A model assembled from parts in code (no TOML): SimHash Hamming search over the whole history,
-//! DIN's activation unit over the retrieved behaviors, SDIM's buckets over the whole history and a
-//! target attention over the most recent 10, trained one epoch on the bundled sample.
+//! DIN's activation unit over the retrieved behaviors, SDIM's buckets over the whole history, a
+//! target attention over the most recent 10 and mean pooling of the most recent 50, trained one
+//! epoch on the bundled sample.
 //!
 //! ```text
 //! cargo run --release -- demo                              # once: prepares data/prepared/sample
@@ -13,8 +14,8 @@
 use lifelong::config::preset::preset;
 use lifelong::config::{
     Activation, AggregateConfig, AttentionAggregate, Config, DataConfig, DinAggregate,
-    HammingSearch, ModelConfig, Preset, SdimAggregate, SearchConfig, TrainConfig, View,
-    WindowConfig,
+    HammingSearch, MeanAggregate, ModelConfig, Preset, SdimAggregate, SearchConfig, TrainConfig,
+    View, WindowConfig,
 };
 use lifelong::data::{Dataset, Split};
 use lifelong::train::Trainer;
@@ -65,6 +66,11 @@ fn main() -> anyhow::Result<()> {
                 keys: View::Attention,
                 values: View::Representation,
                 product: false,
+            }),
+            // Mean pooling of the last 50 (model/parts/mean.rs: a part is one file and one arm).
+            AggregateConfig::Mean(MeanAggregate {
+                window: WindowConfig::Recent(50),
+                view: View::Representation,
             }),
         ],
         head: preset(Preset::Din).head,

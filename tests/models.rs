@@ -306,6 +306,17 @@ fn every_model_passes_a_gradient_check() {
     }
 }
 
+/// The mean-pooling part (in a model of parts only) through the whole model against finite
+/// differences, like every preset.
+#[test]
+fn the_mean_pooling_part_passes_a_gradient_check() {
+    let batch = tiny_batch(6);
+    let (_, model) = tiny_model(Preset::Custom, crate::common::MEAN_MODEL);
+    let (checked, biggest) = gradient_check(&model, &batch, 5e-5);
+    assert!(checked > 100, "only {checked} entries");
+    assert!(biggest > 0.01, "gradients all tiny ({biggest})");
+}
+
 /// DIN with the smooth activations (sigmoid, Dice), two-layer units, with and without softmax,
 /// against finite differences through the whole model. (PReLU and ReLU have kinks where a
 /// finite step crosses zero; `din_fused_ops_match_composite_gradients` checks them exactly

@@ -35,6 +35,11 @@ fn models() -> Vec<(String, CtrModel)> {
         cfg.model.embedding.pos_dim = 2;
         out.push((format!("{p:?}+pos"), model_of(&cfg)));
     }
+    let mean = tiny_config(Preset::Custom, crate::common::MEAN_MODEL);
+    out.push(("mean".into(), model_of(&mean)));
+    let mut mean_pos = mean.clone();
+    mean_pos.model.embedding.pos_dim = 2;
+    out.push(("mean+pos".into(), model_of(&mean_pos)));
     out
 }
 
@@ -123,6 +128,32 @@ fn extending_an_encoding_equals_encoding_the_whole_history() {
             }
         }
     }
+}
+
+/// The mean part's encoding is its window's sum and count, read by hand from the tables.
+#[test]
+fn the_mean_parts_encoding_is_the_windows_sum_and_count() {
+    let model = model_of(&tiny_config(Preset::Custom, crate::common::MEAN_MODEL));
+    let hist = histories(5);
+    let (hi, hc) = hist.get(5); // 11 behaviors: max_len 6 keeps the last 6, the window the last 4
+    let enc = model.encode_user(5, hi, hc).unwrap();
+    let t = model.tables();
+    let (item, cate) = (t.table(0), t.table(1));
+    assert_eq!((item.name(), cate.name()), ("item", "cate"));
+    let mut want = vec![0f32; 6];
+    for j in hi.len() - 4..hi.len() {
+        for (c, &x) in item.row(hi[j]).iter().chain(cate.row(hc[j])).enumerate() {
+            want[c] += x;
+        }
+    }
+    want[5] = 4.0;
+    assert_eq!(enc.buckets[0].len(), 6);
+    for (g, w) in enc.buckets[0].iter().zip(&want) {
+        assert!((g - w).abs() < 1e-6, "{:?} vs {want:?}", enc.buckets[0]);
+    }
+    // The retrieved window's mean is computed per candidate, not encoded.
+    assert!(enc.buckets[1].is_empty() && enc.buckets[2].is_empty());
+    assert_eq!(model.encoding_layout().buckets, vec![6, 0, 0]);
 }
 
 #[test]

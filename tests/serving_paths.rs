@@ -1208,7 +1208,10 @@ fn encode_refuses_a_dataset_of_other_vocabularies_or_sizes() {
         other => panic!("expected Error::IdOutOfRange, got {other:?}"),
     }
     assert_eq!(
-        Dataset::open(&bad_rows).map(|_| ()).unwrap_err().to_string(),
+        Dataset::open(&bad_rows)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string(),
         encodings::encode_dataset(&mf, &bad_rows, &out, Shard::ALL, false)
             .unwrap_err()
             .to_string()

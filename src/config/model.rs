@@ -267,6 +267,8 @@ pub enum AggregateConfig {
     Attention(AttentionAggregate),
     /// SDIM's hash-bucket gathering.
     Sdim(SdimAggregate),
+    /// Mean pooling of the window (the base model of DIN's paper), no target awareness.
+    Mean(MeanAggregate),
 }
 
 impl AggregateConfig {
@@ -276,6 +278,7 @@ impl AggregateConfig {
             AggregateConfig::Din(a) => a.window,
             AggregateConfig::Attention(a) => a.window,
             AggregateConfig::Sdim(a) => a.window,
+            AggregateConfig::Mean(a) => a.window,
         }
     }
 }
@@ -351,6 +354,17 @@ pub struct SdimAggregate {
     /// Tables summed.
     #[serde(default = "representation_view")]
     pub values: View,
+}
+
+/// Mean pooling: `u = (1/|W|) Σ_{j ∈ W} e_j` over the window (zeros for an empty one).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MeanAggregate {
+    /// The behaviors it averages.
+    pub window: WindowConfig,
+    /// Tables of the tokens.
+    #[serde(default = "representation_view")]
+    pub view: View,
 }
 
 /// The head: an MLP over `[target (representation view), aggregations…, user]` → one logit.
@@ -547,6 +561,7 @@ impl ModelConfig {
                         ));
                     }
                 }
+                AggregateConfig::Mean(_) => {}
             }
         }
         Ok(())

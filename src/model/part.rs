@@ -7,7 +7,7 @@
 //! [`build`], where a config becomes a part. Adding a kind of aggregation is one file under
 //! `model/parts/` and one arm there.
 
-use super::parts::{attention::AttentionPart, din::DinPart, sdim::SdimPart};
+use super::parts::{attention::AttentionPart, din::DinPart, mean::MeanPart, sdim::SdimPart};
 use super::request::{Request, ServingWindow};
 use crate::aggregate::sdim::Signatures;
 use crate::config::{AggregateConfig, DiceConfig, WindowConfig};
@@ -18,6 +18,7 @@ use crate::window::Window;
 use crate::Result;
 use candle_core::{Device, Tensor};
 use std::fmt::Debug;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// What every part may read of the model around it.
@@ -137,6 +138,35 @@ pub(crate) struct Extension<'a> {
     pub added: usize,
 }
 
+/// How a window of the last `wl` behaviors moves when an encoding is extended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WindowChange {
+    /// The new window, as rows of `all`.
+    pub window: Range<usize>,
+    /// Rows of the old window that leave it, as rows of `old`.
+    pub leaving: Range<usize>,
+    /// New behaviors that enter it, as rows of `all`.
+    pub entering: Range<usize>,
+    /// Whether anything of the old window stays (else the new window is all new).
+    pub keeps_old: bool,
+}
+
+impl Extension<'_> {
+    /// The change of a window of the last `wl` behaviors.
+    pub fn window_change(&self, wl: usize) -> WindowChange {
+        let (old, total) = (self.old.0.len(), self.all.0.len());
+        let new_from = total - wl.min(total);
+        let old_from = old - wl.min(old);
+        let entering = self.added.min(total - new_from);
+        WindowChange {
+            window: new_from..total,
+            leaving: old_from..new_from.max(old_from),
+            entering: total - entering..total,
+            keeps_old: entering < total - new_from,
+        }
+    }
+}
+
 /// The one place a config becomes a part. `name` prefixes its parameters.
 pub(crate) fn build(
     cfg: &AggregateConfig,
@@ -149,5 +179,6 @@ pub(crate) fn build(
         AggregateConfig::Din(d) => Box::new(DinPart::new(d, cx, ps, name, dice)?),
         AggregateConfig::Attention(a) => Box::new(AttentionPart::new(a, cx, ps, name)?),
         AggregateConfig::Sdim(s) => Box::new(SdimPart::new(s, cx, ps, name)?),
+        AggregateConfig::Mean(m) => Box::new(MeanPart::new(m, cx)),
     })
 }

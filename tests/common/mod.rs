@@ -143,6 +143,32 @@ seed = 9
     Config::from_toml(&text).unwrap_or_else(|e| panic!("{preset:?}: {e}\n{text}"))
 }
 
+/// A model built only from parts, with the mean-pooling part over a recent window (its
+/// encoding: the window's sum and count) and over SIM's hard-search top-k (scored from ids),
+/// beside a DIN unit: the part added to show that a kind of aggregation is one file.
+pub const MEAN_MODEL: &str = r#"
+[model]
+kind = "custom"
+[model.embedding]
+item_dim = 3
+cate_dim = 2
+init = { kind = "normal", std = 0.5 }
+[model.search]
+kind = "category"
+k = 3
+[[model.aggregate]]
+kind = "mean"
+window = { recent = 4 }
+[[model.aggregate]]
+kind = "mean"
+window = "retrieved"
+[[model.aggregate]]
+kind = "din"
+window = "all"
+hidden = [3]
+activation = "dice"
+"#;
+
 /// The tiny model of `preset`.
 pub fn tiny_model(preset: Preset, extra_model: &str) -> (Config, CtrModel) {
     let cfg = tiny_config(preset, extra_model);

@@ -1,8 +1,10 @@
 //! The aggregation parts, one file each: [`din`] (DIN's activation unit), [`attention`]
-//! (multi-head target attention, DARE's included), [`sdim`] (SimHash buckets).
+//! (multi-head target attention, DARE's included), [`sdim`] (SimHash buckets), [`mean`] (mean
+//! pooling, the Embedding&MLP base model).
 
 pub(crate) mod attention;
 pub(crate) mod din;
+pub(crate) mod mean;
 pub(crate) mod sdim;
 
 use crate::data::NONE;

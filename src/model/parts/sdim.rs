@@ -162,26 +162,19 @@ impl Aggregation for SdimPart {
 
     fn extend(&self, cx: &Ctx, old_table: &[f32], x: &Extension) -> Result<Vec<f32>> {
         let ((oi, oc), (ai, ac)) = (x.old, x.all);
-        let wl = cx.window_len(self.window);
-        let (old, total) = (oi.len(), ai.len());
-        let new_from = total - wl.min(total); // the new window: all[new_from..]
-        let old_from = old - wl.min(old); // the old window: old[old_from..]
-        let entering = x.added.min(total - new_from);
+        let w = x.window_change(cx.window_len(self.window));
         let shifts = positional(cx.tables, self.keys) || positional(cx.tables, self.values);
-        if shifts || entering == total - new_from {
+        if shifts || !w.keeps_old {
             // Positions move with every behavior (or nothing of the old window stays): recompute.
-            return self.table_of(cx, &ai[new_from..], &ac[new_from..]);
+            return self.table_of(cx, &ai[w.window.clone()], &ac[w.window]);
         }
-        // Rows of the old window that leave: old[old_from..new_from] (new_from < old here), then
-        // the new behaviors that enter: all[total - entering..].
         let mut table = old_table.to_vec();
-        let leave = old_from..new_from.max(old_from);
-        self.fold(cx, &mut table, &oi[leave.clone()], &oc[leave], -1.0)?;
+        self.fold(cx, &mut table, &oi[w.leaving.clone()], &oc[w.leaving], -1.0)?;
         self.fold(
             cx,
             &mut table,
-            &ai[total - entering..],
-            &ac[total - entering..],
+            &ai[w.entering.clone()],
+            &ac[w.entering],
             1.0,
         )?;
         Ok(table)
