@@ -109,7 +109,7 @@ impl ActivationUnit {
 
     /// The interest vector `u = Σ_j a_j e_j` per sample, through fused ops (the whole unit as one
     /// tiled op, `super::din_unit`, when it is one Dice layer; else [`super::din_ops`]'s first
-    /// layer and scoring + pooling around generic layers). [`ActivationUnit::forward_composite`] computes the same function
+    /// layer and scoring + pooling around generic layers). `ActivationUnit::forward_composite` computes the same function
     /// with candle ops and is the tests' reference.
     ///
     /// # Shapes

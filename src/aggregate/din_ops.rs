@@ -1,12 +1,12 @@
 //! Fused CPU ops of DIN's activation unit for units other than one Dice layer (more layers,
-//! other activations; the paper's unit is one op, [`super::din_unit`]), each with a
+//! other activations; the paper's unit is one op, `super::din_unit`), each with a
 //! hand-written backward. They replace
 //! candle's op-by-op graph, whose temporaries over `[n, d]` and generic backward (index_select →
 //! index_add into zeros, broadcast reductions) dominated the step.
 //!
-//! - [`first_layer`]: `H = (W2−W3)·e + W4·(t⊙e) + (W1+W3)·t + b` for every packed behavior,
+//! - `first_layer`: `H = (W2−W3)·e + W4·(t⊙e) + (W1+W3)·t + b` for every packed behavior,
 //!   the `t` term once per sample; one GEMM over `[n, 2d]`.
-//! - [`pool`]: `a_j = A_j·w + c` (optionally softmax per history), `u_b = Σ_{j∈b} a_j e_j`.
+//! - `pool`: `a_j = A_j·w + c` (optionally softmax per history), `u_b = Σ_{j∈b} a_j e_j`.
 //!
 //! Rows are *packed*: sample `b`'s behaviors are rows `offsets[b]..offsets[b+1]`, offsets
 //! checked once by [`Packed`] (the ops write per-sample ranges in parallel). Every

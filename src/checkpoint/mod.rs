@@ -2,13 +2,13 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | [`file`] | the container: safetensors with CRC-32s of the header and every tensor, written atomically |
+//! | [`file`](mod@file) | the container: safetensors with CRC-32s of the header and every tensor, written atomically |
 //! | [`meta`] | [`Metadata`]: the config, vocabulary sizes and fingerprint, training progress |
 //! | [`run_dir`] | [`RunDir`]: `last.safetensors`, `best.safetensors`, `metrics.jsonl` |
 //! | [`model_file`] | [`ModelFile`]: a checkpoint opened into a checked, ready model |
 //! | [`vocab`] | the one check that a `vocab/` directory is the checkpoint's |
 //!
-//! Training writes checkpoints through [`Metadata::to_map`] and [`file::save`]; `eval`,
+//! Training writes checkpoints through [`Metadata::to_map`] and [`file::save`](fn@file::save); `eval`,
 //! `encode`, `encode --update`, resume and the serving [`crate::serving::Scorer`] read them
 //! through [`ModelFile::open`] (or [`model_file::read_checkpoint`]) and refuse a dataset or an
 //! encodings directory of other vocabularies with [`ModelFile::check_vocab_dir`].

@@ -204,7 +204,7 @@ impl Batch {
 impl Batch {
     /// A batch of explicit samples: targets, and each sample's history as `(items, cates)`,
     /// oldest first, already cut to the model's `max_len` (positions: newest = 1). Labels are 0
-    /// and rows `0..B`; [`collate`] builds on it, serving and encoding call it directly.
+    /// and rows `0..B`; [`crate::data::batcher::collate`] builds on it, serving and encoding call it directly.
     pub fn from_samples(
         user: &[u32],
         target_item: &[u32],

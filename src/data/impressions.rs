@@ -19,7 +19,7 @@
 //! - Histories carry no timestamps: `ts` holds the positions 0, 1, ….
 //!
 //! Memory: the stored histories and the impression rows are held until written (the issue of
-//! bounded memory for event logs is solved in [`super::prepare`]; impression sets are smaller).
+//! bounded memory for event logs is solved in [`super::prepare`](mod@super::prepare); impression sets are smaller).
 
 use crate::atomic::atomic_write_bytes;
 use crate::data::dataset::Meta;

@@ -29,6 +29,6 @@ pub use raw_id::RawId;
 pub use synth::{write_synth, SynthConfig};
 pub use vocab::{Vocab, PAD, UNKNOWN};
 
-/// Version of the prepared-dataset layout written by [`prepare`]; bumped on any incompatible
+/// Version of the prepared-dataset layout written by [`prepare()`]; bumped on any incompatible
 /// change. [`Dataset::open`] refuses other versions with a named error.
 pub const FORMAT_VERSION: u32 = 1;

@@ -3,7 +3,7 @@
 //!
 //! A table lives in host memory. Per training step only the rows the differentiable part reads
 //! are gathered ([`LeafBuilder`]) into one leaf [`candle_core::Var`]; ops read tokens from it
-//! through a [`TokenIndex`] ([`gather`], or a fused op such as SDIM's), candle's backward produces a
+//! through a [`TokenIndex`] ([`gather()`], or a fused op such as SDIM's), candle's backward produces a
 //! gradient of the leaf's size only, and the row-wise optimiser ([`crate::optim::RowWise`])
 //! updates just those rows. A step so costs O(rows touched · dim), never O(table).
 //!

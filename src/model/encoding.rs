@@ -8,8 +8,9 @@
 //! | `codes` | the Hamming search's SimHash codes `[L, words]` | ETA's search: one XOR + popcount per behavior |
 //! | `buckets[i]` | SDIM aggregation i's bucket sums (BSE) `[G, 2^τ, d_v]`, dense | SDIM: `G` lookups per candidate, flat in L |
 //!
-//! Each part computes and extends its own share ([`super::part::Aggregation::encode`],
-//! [`super::search::Search::encode`]); this file only lays them side by side.
+//! Each part computes and extends its own share (`Aggregation::encode` and `extend` in
+//! `model/part.rs`, `Search::encode` in `model/search/mod.rs`); this file only lays them side by
+//! side.
 
 use super::part::Extension;
 use super::CtrModel;

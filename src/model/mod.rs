@@ -32,10 +32,10 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | [`part`] | the contract of an aggregation part; the one `match` that builds one |
+//! | `part.rs` | the contract of an aggregation part; the one `match` that builds one |
 //! | `parts/{din,attention,sdim}.rs` | DIN's activation unit, target attention, SDIM's buckets |
 //! | `search/{hamming,attention,category}.rs` | ETA, SIM soft / TWIN / DARE, SIM hard (one function serves training and serving) |
-//! | [`aux`] | the auxiliary head on the full attention (training only) |
+//! | `aux.rs` | the auxiliary head on the full attention (training only) |
 //! | [`encoding`] | [`UserEncoding`]: what a user's history contributes at serving time |
 //! | [`score`] | [`CtrModel::score_encoded`]: a request's candidates against an encoding |
 

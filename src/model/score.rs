@@ -1,10 +1,10 @@
 //! Serving: one user, many candidates, from the user's [`UserEncoding`].
 //!
 //! [`CtrModel::score_encoded`] does the user-side work once per request (the window's tokens
-//! gathered once, the shared windows projected once: [`super::request::Request`]) and the
+//! gathered once, the shared windows projected once: `model/request.rs`) and the
 //! per-candidate work for all candidates together. The search is the very function training
 //! runs, on the encoded window as a one-history batch, and each part scores itself
-//! ([`super::part::Aggregation::score`]), so the probabilities equal `eval`'s (tested for every
+//! (`Aggregation::score` in `model/part.rs`), so the probabilities equal `eval`'s (tested for every
 //! preset). The auxiliary heads are training-only and not computed.
 
 use super::encoding::UserEncoding;

@@ -6,7 +6,7 @@
 //! statistics in evaluation. Rows are only real (unpadded) positions: callers pass packed rows.
 //! The CPU path is one fused [`candle_core::CustomOp2`] with a hand-written backward (batch-norm
 //! style, since every row's output depends on the batch statistics); other devices use the
-//! op-by-op composite [`dice_reference`], which is also the tests' reference.
+//! op-by-op composite `dice_reference`, which is also the tests' reference.
 
 pub(crate) mod dice_rows;
 

@@ -1,6 +1,6 @@
-//! Serving: encodings files every user's [`UserEncoding`] precomputed offline (`lifelong encode`), read by
-//! the serving [`Scorer`], and folded forward with new events without the history
-//! (`lifelong encode --update`).
+//! Serving: every user's [`crate::model::UserEncoding`] precomputed offline (`lifelong encode`)
+//! into encodings files, read by the serving [`Scorer`], and folded forward with new events
+//! without the history (`lifelong encode --update`).
 //!
 //! An encodings directory holds
 //! - `part-IIIII-of-NNNNN.parquet`: one row per user of shard `I` of `N` (users are split by a
@@ -19,16 +19,16 @@
 //!
 //! The footer's key-value metadata holds `lifelong.encodings_format`, `lifelong.model` (the
 //! fingerprint of the weights, [`crate::checkpoint::model_fingerprint`]: encodings of other
-//! weights are refused), `lifelong.layout` (JSON [`EncodingLayout`]) and `lifelong.shard`.
+//! weights are refused), `lifelong.layout` (JSON [`crate::model::EncodingLayout`]) and `lifelong.shard`.
 //! Every file is written atomically and streamed: memory is a batch of users, not the file.
 //!
 //! | file | what |
 //! |---|---|
-//! | [`format`] | the file format: columns, footer keys, shards |
+//! | [`format`](mod@format) | the file format: columns, footer keys, shards |
 //! | [`reader`] | an encodings directory checked and read (the server's loader) |
-//! | [`writer`] | the part-file writer thread, vocabularies beside the parts |
+//! | `writer.rs` | the part-file writer thread, vocabularies beside the parts |
 //! | [`encode`] | offline encode of a prepared dataset or an event log |
-//! | [`update`] | the incremental update (`encode --update`) |
+//! | [`update`](mod@update) | the incremental update (`encode --update`) |
 //! | [`scorer`] | the [`Scorer`]: a checkpoint and its encodings in memory, scoring from any thread |
 //! | [`json`] | the JSON request format the HTTP service speaks |
 
