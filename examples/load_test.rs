@@ -1,4 +1,4 @@
-//! Load test of `examples/serve.rs` on loopback: worker threads send scoring requests (a random
+//! Load test of `lifelong serve` on loopback: worker threads send scoring requests (a random
 //! user of the encodings, `--candidates` random items) back to back for `--seconds`, over
 //! keep-alive connections, and report requests/s, latency percentiles and errors.
 //!

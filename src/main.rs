@@ -222,6 +222,31 @@ enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
+    /// Serve a checkpoint and its encodings over HTTP: POST /score and /reload, GET /health,
+    /// /ready and /metrics (Prometheus). Stops on SIGTERM after the requests in flight.
+    Serve {
+        /// Run directory (its best checkpoint) or a checkpoint file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Encodings directory written by `lifelong encode` for this checkpoint.
+        #[arg(long)]
+        encodings: PathBuf,
+        /// Address to listen on (port 0: any free port; the bound address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Threads scoring requests (their own pool, never the HTTP workers).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Requests scored or waiting at once; beyond, 503 with Retry-After.
+        #[arg(long, default_value_t = 64)]
+        max_in_flight: usize,
+        /// A request not answered within this many milliseconds gets 504.
+        #[arg(long, default_value_t = 1000)]
+        deadline_ms: u64,
+        /// Largest request body accepted, in bytes; beyond, 413.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_body: usize,
+    },
     /// Describe a checkpoint: model and parts, config, vocabularies, parameter counts, step and
     /// best validation.
     Inspect {
@@ -368,6 +393,25 @@ fn run(cmd: Command) -> Result<()> {
             events,
             log,
         } => encode_cmd(&checkpoint, data, out, &shard, update, events, log)?,
+        Command::Serve {
+            checkpoint,
+            encodings,
+            addr,
+            threads,
+            max_in_flight,
+            deadline_ms,
+            max_body,
+        } => {
+            serving::serve(serving::ServeConfig {
+                checkpoint,
+                encodings,
+                addr,
+                threads,
+                max_in_flight,
+                deadline: std::time::Duration::from_millis(deadline_ms),
+                max_body,
+            })?;
+        }
         Command::Inspect { path, json } => {
             let i = lifelong::inspect::inspect(&path)?;
             if json {

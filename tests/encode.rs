@@ -457,98 +457,193 @@ fn serving_bad_input_gets_a_named_error_and_the_scorer_keeps_working() {
     assert_eq!(scorer.reload(&f.enc("eta")).unwrap(), 120);
 }
 
-/// `examples/serve.rs` over loopback: health, scoring, 404/400/413 answers, and
-/// `examples/load_test.rs` against it for a second without a single failed request.
+/// A `lifelong serve` process on loopback; killed however the test ends.
+struct Server {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `lifelong serve` for `kind` with `args`, and waits until it is ready.
+    fn start(kind: &str, args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let f = fixture();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lifelong"))
+            .args([
+                "serve",
+                "--checkpoint",
+                s(&f.run(kind)),
+                "--encodings",
+                s(&f.enc(kind)),
+            ])
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line: {line:?}"))
+            .to_string();
+        let server = Server { child, addr };
+        let t0 = std::time::Instant::now();
+        while !server.get("/ready").starts_with("HTTP/1.1 200") {
+            assert!(t0.elapsed().as_secs() < 60, "not ready within 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn get(&self, path: &str) -> String {
+        http_get(&self.addr, path)
+    }
+    fn post(&self, path: &str, body: &str) -> String {
+        http_post(&self.addr, path, body)
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection (the server closes it after the answer).
+fn http(addr: &str, raw: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(raw.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+fn http_post(addr: &str, path: &str, body: &str) -> String {
+    http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// The body of an HTTP response.
+fn body_of(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// `lifelong serve` answers /score exactly as the `Scorer` does, refuses bad requests with their
+/// status, reloads, counts everything in /metrics, survives a load test with 0 errors, and on
+/// SIGTERM finishes what is in flight and exits 0.
 #[test]
-fn http_example_serves_and_survives_a_load_test() {
+fn lifelong_serve_scores_as_the_scorer_reloads_counts_and_stops_cleanly() {
     let f = fixture();
-    let examples = Path::new(env!("CARGO_BIN_EXE_lifelong"))
+    let server = Server::start("sdim", &["--max-body", "4096"]);
+    assert!(server.get("/health").starts_with("HTTP/1.1 200"));
+    let ready = server.get("/ready");
+    assert!(ready.contains("\"users\":120"), "{ready}");
+    let ds = Dataset::open(&f.data).unwrap();
+    let (users, items) = (ds.vocab("user").unwrap(), ds.vocab("item").unwrap());
+    let uid = users.raw(2).unwrap();
+    let cands: Vec<RawId> = (2..9).map(|i| items.raw(i).unwrap()).collect();
+    let ids: Vec<String> = cands.iter().map(|c| c.to_string()).collect();
+    let resp = server.post(
+        "/score",
+        &format!(r#"{{"user": {uid}, "candidates": [{}]}}"#, ids.join(", ")),
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let got: Vec<f32> = serde_json::from_str::<serde_json::Value>(body_of(&resp)).unwrap()
+        ["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let scorer = Scorer::open(&f.run("sdim"), &f.enc("sdim")).unwrap();
+    let cs: Vec<Candidate> = cands.iter().cloned().map(Candidate::item).collect();
+    let want = scorer.score(&User::Id(uid.clone()), &cs).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+    }
+    // Refusals, each with its status; the server keeps serving.
+    assert!(server
+        .post("/score", r#"{"user": -5, "candidates": [1]}"#)
+        .starts_with("HTTP/1.1 404"));
+    assert!(server
+        .post("/score", "not json")
+        .starts_with("HTTP/1.1 400"));
+    assert!(server
+        .post("/score", &"x".repeat(5000))
+        .starts_with("HTTP/1.1 413"));
+    assert!(server.get("/nope").starts_with("HTTP/1.1 404"));
+    // Reload: the same directory, then one that is not an encodings directory (refused; the old
+    // encodings stay).
+    let ok = server.post(
+        "/reload",
+        &format!(r#"{{"encodings": "{}"}}"#, s(&f.enc("sdim"))),
+    );
+    assert!(
+        ok.starts_with("HTTP/1.1 200") && ok.contains("\"users\":120"),
+        "{ok}"
+    );
+    let bad = server.post("/reload", &format!(r#"{{"encodings": "{}"}}"#, s(&f.data)));
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    let again = server.post(
+        "/score",
+        &format!(r#"{{"user": {uid}, "candidates": [{}]}}"#, ids[0]),
+    );
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    let metrics = server.get("/metrics");
+    for line in [
+        "lifelong_requests_total{endpoint=\"score\",status=\"200\"} 2",
+        "lifelong_requests_total{endpoint=\"score\",status=\"404\"} 1",
+        "lifelong_requests_total{endpoint=\"score\",status=\"400\"} 1",
+        "lifelong_requests_total{endpoint=\"score\",status=\"413\"} 1",
+        "lifelong_requests_total{endpoint=\"reload\",status=\"200\"} 1",
+        "lifelong_requests_total{endpoint=\"reload\",status=\"400\"} 1",
+        "lifelong_reloads_total{outcome=\"ok\"} 1",
+        "lifelong_reloads_total{outcome=\"error\"} 1",
+        // 7 candidates, then 1.
+        "lifelong_candidates_scored_total 8",
+        "lifelong_users_loaded 120",
+        "lifelong_requests_in_flight 0",
+        "lifelong_request_duration_seconds_count{endpoint=\"score\"} 5",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in\n{metrics}");
+    }
+    assert!(
+        metrics.contains(&format!("fingerprint=\"{}\"", scorer.fingerprint())),
+        "{metrics}"
+    );
+    // Load: 0 errors.
+    let load = Path::new(env!("CARGO_BIN_EXE_lifelong"))
         .parent()
         .unwrap()
-        .join("examples");
-    let (serve, load) = (examples.join("serve"), examples.join("load_test"));
-    if !serve.is_file() || !load.is_file() {
-        panic!(
-            "build the examples first (cargo test builds them): {}",
-            serve.display()
-        );
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = std::process::Command::new(&serve)
-        .args([
-            "--checkpoint",
-            s(&f.run("sdim")),
-            "--encodings",
-            s(&f.enc("sdim")),
-            "--addr",
-            &addr,
-            "--max-body",
-            "4096",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // The server is killed however the test ends.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(child);
-    fn request(addr: &str, raw: &str) -> String {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(addr).unwrap();
-        c.write_all(raw.as_bytes()).unwrap();
-        let mut out = String::new();
-        let _ = c.read_to_string(&mut out);
-        out
-    }
-    let post = |path: &str, body: &str| {
-        request(&addr, &format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()))
-    };
-    // Wait for the port.
-    let t0 = std::time::Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(t0.elapsed().as_secs() < 60, "the server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let health = request(
-        &addr,
-        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+        .join("examples")
+        .join("load_test");
     assert!(
-        health.starts_with("HTTP/1.1 200") && health.contains("\"users\":120"),
-        "{health}"
+        load.is_file(),
+        "build the examples first (cargo test builds them)"
     );
-    let ds = Dataset::open(&f.data).unwrap();
-    let uid = ds.vocab("user").unwrap().raw(2).unwrap();
-    let ok_resp = post(
-        "/score",
-        &format!(r#"{{"user": {uid}, "candidates": [1, 2, 3]}}"#),
-    );
-    assert!(
-        ok_resp.starts_with("HTTP/1.1 200") && ok_resp.contains("\"scores\":["),
-        "{ok_resp}"
-    );
-    assert!(post("/score", r#"{"user": -5, "candidates": [1]}"#).starts_with("HTTP/1.1 404"));
-    assert!(post("/score", "not json").starts_with("HTTP/1.1 400"));
-    assert!(post("/score", &"x".repeat(5000)).starts_with("HTTP/1.1 413"));
-    assert!(request(
-        &addr,
-        "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .starts_with("HTTP/1.1 404"));
     let out = std::process::Command::new(&load)
+        .args(["--url", &format!("http://{}", server.addr)])
         .args([
-            "--url",
-            &format!("http://{addr}"),
             "--encodings",
             s(&f.enc("sdim")),
             "--candidates",
@@ -559,16 +654,113 @@ fn http_example_serves_and_survives_a_load_test() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "load test failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "load test failed:\n{text}");
     let row = text.lines().last().unwrap();
     assert!(
         row.trim_end().ends_with("| 0 |"),
         "errors under load: {row}"
     );
+    // SIGTERM while a request is in flight: it is answered, then the process exits 0.
+    drop(server);
+    let mut server = Server::start("sdim", &[]);
+    let many: Vec<String> = (0..60_000).map(|i| (2 + i % 300).to_string()).collect();
+    let big = format!(r#"{{"user": {uid}, "candidates": [{}]}}"#, many.join(","));
+    let addr = server.addr.clone();
+    let inflight = std::thread::spawn(move || http_post(&addr, "/score", &big));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let answer = inflight.join().unwrap();
+    eprintln!("in flight at SIGTERM: {:?}", answer.lines().next());
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.is_empty(),
+        "the request in flight: {}",
+        &answer[..answer.len().min(200)]
+    );
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = server.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
+/// Beyond `--max-in-flight` requests, 503 with `Retry-After` (never a queue that grows); past
+/// `--deadline-ms`, 504.
+#[test]
+fn lifelong_serve_sheds_load_with_503_and_answers_late_requests_with_504() {
+    let f = fixture();
+    let ds = Dataset::open(&f.data).unwrap();
+    let uid = ds.vocab("user").unwrap().raw(2).unwrap();
+    let many: Vec<String> = (0..50_000).map(|i| (2 + i % 300).to_string()).collect();
+    let big = format!(r#"{{"user": {uid}, "candidates": [{}]}}"#, many.join(","));
+    let server = Server::start(
+        "sdim",
+        &[
+            "--threads",
+            "1",
+            "--max-in-flight",
+            "1",
+            "--deadline-ms",
+            "60000",
+        ],
+    );
+    let barrier = std::sync::Barrier::new(6);
+    let answers: Vec<String> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..6)
+            .map(|_| {
+                sc.spawn(|| {
+                    barrier.wait();
+                    server.post("/score", &big)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let status = |a: &String| a.get(9..12).unwrap_or("").to_string();
+    let (ok, shed): (Vec<_>, Vec<_>) = answers.iter().partition(|a| status(a) == "200");
+    eprintln!(
+        "6 at once, 1 permit: {} scored, {} shed",
+        ok.len(),
+        shed.len()
+    );
+    assert!(!ok.is_empty(), "no request was scored");
+    assert!(
+        !shed.is_empty(),
+        "6 requests at once with one permit: none was refused"
+    );
+    for a in &shed {
+        assert_eq!(status(a), "503", "{}", &a[..a.len().min(300)]);
+        assert!(a.to_ascii_lowercase().contains("retry-after: 1"), "{a}");
+    }
+    let metrics = server.get("/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "lifelong_requests_total{{endpoint=\"score\",status=\"503\"}} {}",
+            shed.len()
+        )),
+        "{metrics}"
+    );
+    drop(server);
+    let late = Server::start("sdim", &["--deadline-ms", "1"]);
+    let a = late.post("/score", &big);
+    assert!(
+        a.starts_with("HTTP/1.1 504") && a.contains("deadline"),
+        "{}",
+        &a[..a.len().min(300)]
+    );
+    // The server stays up.
+    assert!(late.get("/health").starts_with("HTTP/1.1 200"));
 }
 
 /// `encode --data DIR --events LOG` (users straight from an event log, the dataset's

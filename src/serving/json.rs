@@ -17,7 +17,13 @@ impl Scorer {
     /// ids are numbers or strings. Response: `{"scores": [p, …]}` (200), or `{"error": "…"}`
     /// with 400 (malformed request), 404 (unknown user) or 500.
     pub fn handle_json(&self, body: &[u8]) -> (u16, String) {
-        let run = || -> std::result::Result<String, (u16, String)> {
+        let (status, body, _) = self.answer_json(body);
+        (status, body)
+    }
+
+    /// [`Scorer::handle_json`], and how many candidates were scored (0 unless 200).
+    pub fn answer_json(&self, body: &[u8]) -> (u16, String, usize) {
+        let run = || -> std::result::Result<(String, usize), (u16, String)> {
             let req: Request = serde_json::from_slice(body)
                 .map_err(|e| (400, format!("malformed request: {e}")))?;
             let user = match (req.user, req.history) {
@@ -38,13 +44,16 @@ impl Scorer {
             let scores = self
                 .score(&user, &cands)
                 .map_err(|e| (status_of(&e), e.to_string()))?;
-            serde_json::to_string(&Response { scores }).map_err(|e| (500, e.to_string()))
+            let n = scores.len();
+            let body =
+                serde_json::to_string(&Response { scores }).map_err(|e| (500, e.to_string()))?;
+            Ok((body, n))
         };
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
             .unwrap_or_else(|_| Err((500, "internal error while scoring".into())));
         match out {
-            Ok(body) => (200, body),
-            Err((status, msg)) => (status, serde_json::json!({ "error": msg }).to_string()),
+            Ok((body, n)) => (200, body, n),
+            Err((status, msg)) => (status, serde_json::json!({ "error": msg }).to_string(), 0),
         }
     }
 }

@@ -31,9 +31,11 @@
 //! | [`update`](mod@update) | the incremental update (`encode --update`) |
 //! | [`scorer`] | the [`Scorer`]: a checkpoint and its encodings in memory, scoring from any thread |
 //! | [`json`] | the JSON request format the HTTP service speaks |
+//! | [`http`] | `lifelong serve`: the HTTP service (axum), its limits, health, readiness and metrics |
 
 pub mod encode;
 pub mod format;
+pub mod http;
 pub mod json;
 pub mod reader;
 pub mod scorer;
@@ -42,6 +44,7 @@ pub(crate) mod writer;
 
 pub use encode::{encode_dataset, encode_events, EncodeSummary};
 pub use format::{check_footer, shard_of, EncodedUser, Shard, FORMAT};
+pub use http::{serve, ServeConfig};
 pub use reader::{load_all, parts, read_part};
 pub use scorer::{Candidate, Scorer, User, MAX_CANDIDATES, MAX_HISTORY};
 pub use update::{update, UpdateSummary};
