@@ -35,6 +35,8 @@ mod cli;
 mod serving;
 // `lifelong encode` (shards, --update) and the serving Scorer against eval, end to end.
 mod encode;
+// `lifelong serve` on loopback: answers, refusals, metrics, limits, load and faults.
+mod serve;
 // The serving side's untested paths: trimmed encodings, the reader's refusals, request options,
 // reload under load, score/extend errors.
 mod serving_paths;

@@ -2,7 +2,7 @@
 //!
 //! | endpoint | answer |
 //! |---|---|
-//! | `POST /score` | the JSON of [`crate::serving::json`]: 200 `{"scores": […]}`; 400 / 404 `{"error": …}`; 413 for a body over `max_body`; 503 with `Retry-After` beyond `max_in_flight` requests; 504 past the deadline |
+//! | `POST /score` | the JSON of [`crate::serving::json`]: 200 `{"scores": […]}`; 400 / 404 `{"error": …}`; 413 for a body over `max_body`, 408 for one not received within the deadline; 503 with `Retry-After` beyond `max_in_flight` requests; 504 past the deadline |
 //! | `POST /reload` | `{"encodings": "DIR"}` (or an empty body: the directory served) → 200 `{"users": N}`; 400 and the old encodings stay |
 //! | `GET /health` | 200 while the process runs (liveness) |
 //! | `GET /ready` | 200 once the checkpoint and encodings are loaded, 503 before (readiness) |
@@ -187,16 +187,31 @@ impl App {
     }
 }
 
-/// The request's body, or 413 beyond `max_body`.
+/// The request's body; 413 beyond `max_body`, 400 for a body that breaks off, 408 for one not
+/// received within the deadline (a client sending byte by byte holds a connection, never a
+/// worker, and not for long).
 async fn read_body(app: &App, body: Body) -> std::result::Result<Bytes, Response> {
-    axum::body::to_bytes(body, app.cfg.max_body)
-        .await
-        .map_err(|_| {
-            error(
-                413,
-                &format!("request body over {} bytes", app.cfg.max_body),
-            )
-        })
+    let limit = app.cfg.max_body;
+    match tokio::time::timeout(app.cfg.deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            let mut too_big = false;
+            while let Some(c) = cause {
+                too_big |= c.is::<http_body_util::LengthLimitError>();
+                cause = c.source();
+            }
+            Err(if too_big {
+                error(413, &format!("request body over {limit} bytes"))
+            } else {
+                error(400, &format!("reading the request body: {e}"))
+            })
+        }
+        Err(_) => Err(error(
+            408,
+            &format!("request body not received within {:?}", app.cfg.deadline),
+        )),
+    }
 }
 
 async fn score(State(app): State<Shared>, body: Body) -> Response {
