@@ -518,6 +518,21 @@ pub fn tune_runtime() {
     }
 }
 
+/// Lets mimalloc give freed memory back to the OS again (undoing [`tune_runtime`]'s "never
+/// purge", right for a training step's buffers but not for a server that loads gigabytes of
+/// encodings through transient parquet buffers once), and returns what the calling thread
+/// freed so far.
+pub(crate) fn return_freed_memory() {
+    // 6 = allow_large_os_pages (off: a server's memory is long-lived, 2 MB pages only pin it),
+    // 15 = purge_delay (ms; mimalloc's default is 10).
+    // SAFETY: plain option setter and collection call of the C library; no pointers involved.
+    unsafe {
+        libmimalloc_sys::mi_option_set(6, 0);
+        libmimalloc_sys::mi_option_set(15, 10);
+        libmimalloc_sys::mi_collect(true);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,7 +153,7 @@ fn parts_that_do_not_fit_are_errors() {
             "exact",
         ),
         ("[model]\nkind = \"eta\"\n[model.search]\nk = 0", "model.search.k"),
-        ("[model]\nkind = \"sdim\"\n[[model.aggregate]]\ntau = 0", "tau"),
+        ("[model]\nkind = \"sdim\"\n[[model.aggregate]]\nbits = 0", "bits"),
         (
             "[model]\nkind = \"eta\"\n[[model.aggregate]]\nheads = 3\ndim = 64",
             "multiple of heads",
@@ -276,5 +276,24 @@ fn overrides_set_keys_before_the_preset_is_applied() {
             .unwrap_err()
             .to_string();
         assert!(e.contains(needle), "{bad}: {e}");
+    }
+}
+
+/// SDIM's signature width is the field `tau` in code but the key `bits` in every config and
+/// checkpoint, as before the field was renamed: stored configs (and so the model fingerprints
+/// that encodings carry) are those earlier versions wrote.
+#[test]
+fn sdims_tau_is_stored_under_its_old_key() {
+    let cfg = lifelong::config::preset::preset(Preset::Sdim);
+    let v = serde_json::to_value(&cfg).unwrap();
+    let agg = &v["aggregate"][0];
+    assert_eq!(
+        (agg["kind"].as_str(), agg["bits"].as_u64()),
+        (Some("sdim"), Some(3))
+    );
+    assert!(agg.get("tau").is_none(), "{agg}");
+    match &cfg.aggregate[0] {
+        AggregateConfig::Sdim(s) => assert_eq!(s.tau, 3),
+        other => panic!("{other:?}"),
     }
 }

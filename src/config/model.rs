@@ -342,8 +342,9 @@ pub struct SdimAggregate {
     pub window: WindowConfig,
     /// Signature groups G (the paper's m = G·τ hashes).
     pub groups: usize,
-    /// Bits per signature τ (`bits` in configs written before it was named `tau`).
-    #[serde(alias = "bits")]
+    /// Bits per signature τ (the config's key stays `bits`, so checkpoints and their
+    /// fingerprints are those of earlier versions).
+    #[serde(rename = "bits")]
     pub tau: usize,
     /// l2-normalise each group's bucket sum (the paper does; FuxiCTR's default does not).
     #[serde(default = "yes")]
@@ -557,7 +558,7 @@ impl ModelConfig {
                 AggregateConfig::Sdim(s) => {
                     if s.groups == 0 || s.tau == 0 || s.tau > 16 || s.groups * s.tau > 4096 {
                         return Err(format!(
-                            "model.aggregate[{i}]: groups must be ≥ 1 and tau in 1..=16 (groups·tau ≤ 4096)"
+                            "model.aggregate[{i}]: groups must be ≥ 1 and bits (τ) in 1..=16 (groups·bits ≤ 4096)"
                         ));
                     }
                 }

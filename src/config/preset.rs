@@ -171,11 +171,6 @@ pub fn preset(kind: Preset) -> ModelConfig {
     }
 }
 
-/// Keys renamed since configs were first written, `(old, new)`: a config's old key merges into
-/// the preset's new one (an SDIM aggregation's `bits` is its `tau`; a Hamming search's `bits`
-/// stays `bits`, its table has no `tau`).
-const RENAMED: &[(&str, &str)] = &[("bits", "tau")];
-
 /// Merges `user` into `base` by the rule in the module docs.
 pub fn merge(base: &mut toml::Value, user: toml::Value) {
     use toml::Value;
@@ -190,13 +185,6 @@ pub fn merge(base: &mut toml::Value, user: toml::Value) {
                 return;
             }
             for (k, v) in u {
-                let k = match RENAMED
-                    .iter()
-                    .find(|(old, new)| k == *old && b.contains_key(*new))
-                {
-                    Some((_, new)) => new.to_string(),
-                    None => k,
-                };
                 match b.get_mut(&k) {
                     Some(slot) => merge(slot, v),
                     None => {

@@ -294,7 +294,9 @@ async fn reload(State(app): State<Shared>, body: Body) -> Response {
                     .on_pool(move |app| {
                         let s = app.scorer.get()?;
                         let dir = dir.unwrap_or_else(|| s.encodings_dir());
-                        Some(s.reload(&dir))
+                        let done = s.reload(&dir);
+                        crate::cpu::return_freed_memory();
+                        Some(done)
                     })
                     .await
                     .flatten();
@@ -405,6 +407,9 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
             "--threads and --max-in-flight must be at least 1".into(),
         ));
     }
+    // Freed memory goes back to the OS from here on (the transient buffers of loading
+    // gigabytes of encodings would otherwise stay resident).
+    crate::cpu::return_freed_memory();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
         .thread_name(|i| format!("score-{i}"))
@@ -446,7 +451,11 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
             async move {
                 let (ck, enc) = (app.cfg.checkpoint.clone(), app.cfg.encodings.clone());
                 let opened = app
-                    .on_pool(move |_| Scorer::open(&ck, &enc))
+                    .on_pool(move |_| {
+                        let s = Scorer::open(&ck, &enc);
+                        crate::cpu::return_freed_memory();
+                        s
+                    })
                     .await
                     .unwrap_or_else(|| Err(Error::InvalidArgument("loading stopped".into())))?;
                 app.metrics.users.set(opened.num_users() as i64);
