@@ -62,6 +62,21 @@ impl Server {
     fn get(&self, path: &str) -> String {
         http_get(&self.addr, path)
     }
+    /// Waits (at most `secs`) for the process to end, and asserts it exited 0.
+    fn exits_0_within(&mut self, secs: u64) {
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                t0.elapsed().as_secs() < secs,
+                "still running {secs} s after SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(status.success(), "exit after SIGTERM: {status}");
+    }
     fn post(&self, path: &str, body: &str) -> String {
         http_post(&self.addr, path, body)
     }
@@ -233,18 +248,7 @@ fn lifelong_serve_scores_as_the_scorer_reloads_counts_and_stops_cleanly() {
         "the request in flight: {}",
         &answer[..answer.len().min(200)]
     );
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = server.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed().as_secs() < 30,
-            "still running 30 s after SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    assert!(status.success(), "exit after SIGTERM: {status}");
+    server.exits_0_within(30);
 }
 
 /// Beyond `--max-in-flight` requests, 503 with `Retry-After` (never a queue that grows); past
@@ -624,18 +628,7 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
         assert_eq!(*status, 200, "{body}");
         assert_eq!(scores_in(body).len(), 10);
     }
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = server.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed().as_secs() < 30,
-            "still running 30 s after SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    assert!(status.success(), "exit after SIGTERM: {status}");
+    server.exits_0_within(30);
 }
 
 /// Malformed, huge, deeply nested and slow bodies are answered (400, 413) or cut off (408)
