@@ -56,6 +56,16 @@ impl Window {
         }
     }
 
+    /// A window from each sample's rows.
+    pub fn from_rows(per: Vec<Vec<u32>>) -> Self {
+        let mut offsets = Vec::with_capacity(per.len() + 1);
+        offsets.push(0);
+        for p in &per {
+            offsets.push(offsets[offsets.len() - 1] + p.len());
+        }
+        Self::from_parts(offsets, per.concat())
+    }
+
     /// The window `cfg` names; `retrieved` must be given for `Retrieved`.
     pub fn of(cfg: WindowConfig, batch: &Batch, retrieved: Option<&Window>) -> Option<Self> {
         Some(match cfg {

@@ -13,6 +13,10 @@
 //! Every attention score is `⟨q'_b, e_j⟩` for one query vector per sample (`q' = W_kᵀ W_q t / √d`),
 //! so the search reads each behavior's table rows once and never materialises `W_k e_j`.
 //! Top-k ([`topk`]): O(L) per sample, samples in parallel, ties to the more recent behavior.
+//!
+//! This module holds the algorithms (codes, scores, top-k, tokens read from the host tables);
+//! the search units that use them, one file each and one function for training and serving
+//! alike, are `model/search/{hamming,attention,category}.rs`.
 
 pub mod simhash;
 pub mod topk;
@@ -22,9 +26,7 @@ pub use topk::{topk_hamming_codes, topk_hamming_row, topk_hamming_rows, topk_row
 
 use crate::data::Batch;
 use crate::embedding::{Tables, ViewSpec};
-use crate::window::Window;
 use crate::Result;
-use rayon::prelude::*;
 
 /// The targets' tokens of `view`, read from the host tables (no gradient).
 ///
@@ -65,58 +67,6 @@ pub fn history_tokens(tables: &Tables, view: &ViewSpec, batch: &Batch) -> Result
         }
     }
     Ok(out)
-}
-
-/// Top-k by `⟨q'_b, e_j⟩` over each sample's whole history, reading the behaviors' rows of
-/// `view` from the host tables.
-///
-/// # Shapes
-/// query `[B, view.width]` → a window of at most k rows per sample, best first
-pub fn topk_by_query(
-    tables: &Tables,
-    view: &ViewSpec,
-    batch: &Batch,
-    query: &[f32],
-    k: usize,
-) -> Result<Window> {
-    let w = view.width;
-    let hist: Vec<&[u32]> = view
-        .fields
-        .iter()
-        .map(|f| batch.hist_ids(f.field))
-        .collect::<Result<_>>()?;
-    for (f, ids) in view.fields.iter().zip(&hist) {
-        let t = tables.table(f.table);
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= t.rows()) {
-            t.check_ids(&[bad])?;
-        }
-    }
-    let per: Vec<Vec<u32>> = batch
-        .offsets
-        .par_windows(2)
-        .enumerate()
-        .map(|(b, win)| {
-            let q = &query[b * w..(b + 1) * w];
-            let l = win[1] - win[0];
-            // The sample's tokens, transposed: et[c][j].
-            let mut et = vec![0f32; w * l];
-            for (f, ids) in view.fields.iter().zip(&hist) {
-                let t = tables.table(f.table);
-                for (j, &id) in ids[win[0]..win[1]].iter().enumerate() {
-                    for (c, &x) in t.row(id).iter().enumerate() {
-                        et[(f.col + c) * l + j] = x;
-                    }
-                }
-            }
-            let mut scores = vec![0f32; l];
-            query_scores(q, &et, l, &mut scores);
-            let mut out = Vec::with_capacity(k.min(l));
-            topk_row(&scores, None, k, &mut out);
-            out.iter_mut().for_each(|p| *p += win[0] as u32);
-            out
-        })
-        .collect();
-    Ok(collect_window(per))
 }
 
 /// The attention search's scores: `out[b][j] = Σ_c q[b][c] · et[c][j]` for queries `q [B', w]`
@@ -174,64 +124,4 @@ pub fn query_scores(q: &[f32], et: &[f32], l: usize, out: &mut [f32]) {
             }
         }
     }
-}
-
-/// Top-k by Hamming distance of SimHash codes of `view`'s tokens.
-pub fn topk_by_hamming(
-    tables: &Tables,
-    view: &ViewSpec,
-    batch: &Batch,
-    hash: &SimHash,
-    k: usize,
-) -> Result<Window> {
-    let (tcodes, hcodes) = token_codes(tables, view, hash, batch)?;
-    let words = hash.words();
-    let per: Vec<Vec<u32>> = batch
-        .offsets
-        .par_windows(2)
-        .enumerate()
-        .map_init(Vec::new, |scratch, (b, win)| {
-            let t = &tcodes[b * words..(b + 1) * words];
-            let mut out = Vec::with_capacity(k.min(win[1] - win[0]));
-            topk_hamming_codes(
-                t,
-                &hcodes[win[0] * words..win[1] * words],
-                hash.bits() as u32,
-                k,
-                &mut out,
-                scratch,
-            );
-            out.iter_mut().for_each(|p| *p += win[0] as u32);
-            out
-        })
-        .collect();
-    Ok(collect_window(per))
-}
-
-/// SIM hard search: each sample's most recent `k` behaviors of the target's category.
-pub fn topk_by_category(batch: &Batch, k: usize) -> Window {
-    let per: Vec<Vec<u32>> = batch
-        .offsets
-        .par_windows(2)
-        .enumerate()
-        .map(|(b, win)| {
-            let c = batch.target_cate[b];
-            (win[0]..win[1])
-                .rev()
-                .filter(|&j| batch.hist_cate[j] == c)
-                .take(k)
-                .map(|j| j as u32)
-                .collect()
-        })
-        .collect();
-    collect_window(per)
-}
-
-fn collect_window(per: Vec<Vec<u32>>) -> Window {
-    let mut offsets = Vec::with_capacity(per.len() + 1);
-    offsets.push(0);
-    for p in &per {
-        offsets.push(offsets[offsets.len() - 1] + p.len());
-    }
-    Window::from_parts(offsets, per.concat())
 }

@@ -2,7 +2,7 @@
 //! query vector per target, `q'` from the search's own projections (SIM), the exact unit's
 //! (TWIN) or a scaled dot product on the attention tables (DARE); the top-k by score.
 
-use super::{collect_window, Search, Searched};
+use super::{Search, Searched};
 use crate::config::{AttentionSearch as AttentionConfig, DiceConfig, SearchScorer, View};
 use crate::model::aux::AuxHead;
 use crate::model::part::{Aggregation, Ctx};
@@ -140,7 +140,7 @@ impl Search for AttentionSearch {
                 per_block.into_iter().flatten().collect()
             })
             .collect();
-        Ok(collect_window(per.into_iter().flatten().collect()))
+        Ok(Window::from_rows(per.into_iter().flatten().collect()))
     }
 
     fn query(&self, parts: &[Box<dyn Aggregation>], target: &Tensor) -> Option<Result<Tensor>> {

@@ -1,6 +1,6 @@
 //! SIM's hard search: each target's most recent `k` behaviors of the target's category.
 
-use super::{collect_window, Search, Searched};
+use super::{Search, Searched};
 use crate::model::part::{Aggregation, Ctx};
 use crate::window::Window;
 use crate::Result;
@@ -25,6 +25,6 @@ impl Search for CategorySearch {
                     .collect()
             })
             .collect();
-        Ok(collect_window(per))
+        Ok(Window::from_rows(per))
     }
 }

@@ -1,7 +1,7 @@
 //! ETA's search: SimHash codes of the target and of every behavior; the top-k are the
 //! behaviors nearest in Hamming distance (XOR + popcount), ties to the more recent.
 
-use super::{collect_window, Search, Searched};
+use super::{Search, Searched};
 use crate::config::{HammingSearch as HammingConfig, View};
 use crate::data::Batch;
 use crate::model::part::{Aggregation, Ctx};
@@ -80,7 +80,7 @@ impl Search for HammingSearch {
                 out
             })
             .collect();
-        Ok(collect_window(per))
+        Ok(Window::from_rows(per))
     }
 
     fn code_words(&self) -> usize {

@@ -129,13 +129,3 @@ pub(crate) fn build(
         SearchConfig::Category(c) => Some(Box::new(category::CategorySearch { k: c.k })),
     })
 }
-
-/// A window from per-target row lists.
-pub(crate) fn collect_window(per: Vec<Vec<u32>>) -> Window {
-    let mut offsets = Vec::with_capacity(per.len() + 1);
-    offsets.push(0);
-    for p in &per {
-        offsets.push(offsets[offsets.len() - 1] + p.len());
-    }
-    Window::from_parts(offsets, per.concat())
-}
