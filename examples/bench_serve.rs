@@ -75,6 +75,43 @@ fn model(kind: &str, max_len: usize) -> CtrModel {
     CtrModel::new(&cfg.model, max_len, vocab, 1, &Device::Cpu).expect("model")
 }
 
+/// One core's f32 GEMM rate through candle (`[1000, 256] × [256, 256]`), GFLOP/s: the yardstick
+/// for the requests' arithmetic.
+fn gemm_rate() -> f64 {
+    let a = candle_core::Tensor::randn(0f32, 1.0, (1000, 256), &Device::Cpu).expect("a");
+    let b = candle_core::Tensor::randn(0f32, 1.0, (256, 256), &Device::Cpu).expect("b");
+    let flops = 2.0 * 1000.0 * 256.0 * 256.0;
+    let mut best = f64::INFINITY;
+    for _ in 0..200 {
+        let t = Instant::now();
+        std::hint::black_box(a.matmul(&b).expect("matmul"));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    flops / best / 1e9
+}
+
+/// The request's dense arithmetic in FLOPs (a multiply and an add count two): the search's
+/// scores `[C, w] × [w, L]` and the head's layers over every candidate. Left out: the parts'
+/// attention over k or the short window and Dice (together under 10% at L = 10^4), and the
+/// Hamming search's XOR + popcount (integer work, C·L words).
+fn request_flops(m: &CtrModel, c: usize, l: usize) -> f64 {
+    use lifelong::config::SearchConfig;
+    let search = match &m.config().search {
+        SearchConfig::Attention(a) => {
+            2.0 * c as f64 * l as f64 * m.tables().view(a.view).width as f64
+        }
+        _ => 0.0,
+    };
+    let head: f64 = m
+        .named_tensors()
+        .expect("tensors")
+        .iter()
+        .filter(|(n, t)| n.starts_with("head.") && t.dims().len() == 2)
+        .map(|(_, t)| 2.0 * c as f64 * t.elem_count() as f64)
+        .sum();
+    search + head
+}
+
 fn history(rng: &mut ChaCha8Rng, l: usize) -> (Vec<u32>, Vec<u32>) {
     (0..l)
         .map(|_| {
@@ -100,8 +137,10 @@ fn main() {
         args.clients,
         args.candidates
     );
-    println!("| model | L | encoded p50 ms | encoded p99 ms | raw history p50 ms | raw history p99 ms | eval path p50 ms | requests/s ({} clients, encoded) |", args.clients);
-    println!("|---|---|---|---|---|---|---|---|");
+    let gemm = gemm_rate();
+    println!("one core's f32 GEMM rate (candle, [1000, 256] × [256, 256]): {gemm:.1} GFLOP/s\n");
+    println!("| model | L | encoded p50 ms | encoded p99 ms | raw history p50 ms | raw history p99 ms | eval path p50 ms | requests/s ({} clients, encoded) | dense GFLOP/request | at % of GEMM rate (p50) |", args.clients);
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for kind in &args.models {
         for &l in &args.lens {
@@ -152,9 +191,15 @@ fn main() {
                 }
             });
             let rps = (per * args.clients) as f64 / t0.elapsed().as_secs_f64();
+            let flops = request_flops(&m, args.candidates, l);
+            let at = flops / (encoded.0 / 1e3) / 1e9 / gemm * 100.0;
             println!(
-                "| {kind} | {l} | {:.3} | {:.3} | {:.3} | {:.3} | {eval_path} | {rps:.0} |",
-                encoded.0, encoded.1, raw.0, raw.1
+                "| {kind} | {l} | {:.3} | {:.3} | {:.3} | {:.3} | {eval_path} | {rps:.0} | {:.3} | {at:.0}% |",
+                encoded.0,
+                encoded.1,
+                raw.0,
+                raw.1,
+                flops / 1e9
             );
         }
     }

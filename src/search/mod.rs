@@ -22,7 +22,9 @@ pub mod simhash;
 pub mod topk;
 
 pub use simhash::{hamming, signature, token_codes, SimHash};
-pub use topk::{topk_hamming_codes, topk_hamming_row, topk_hamming_rows, topk_row, topk_rows};
+pub use topk::{
+    topk_hamming_codes, topk_hamming_row, topk_hamming_rows, topk_row, topk_rows, StreamTopK,
+};
 
 use crate::data::Batch;
 use crate::embedding::{Tables, ViewSpec};
@@ -75,53 +77,67 @@ pub fn history_tokens(tables: &Tables, view: &ViewSpec, batch: &Batch) -> Result
 /// bits. The one scoring rule of the search, in training, `eval` and serving alike.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2"))]
 pub fn query_scores(q: &[f32], et: &[f32], l: usize, out: &mut [f32]) {
+    score_tiles(q, et, l, |b, j0, s| {
+        out[b * l + j0..b * l + j0 + s.len()].copy_from_slice(s);
+    });
+}
+
+/// The scores of [`query_scores`] handed to `sink(query, first behavior, scores)` piece by piece.
+///
+/// Blocked like a GEMM: a tile of 4 queries × 64 behaviors keeps its 256 sums in registers while
+/// `c` runs over the width (16 vector registers on AVX-512), so each step is 4 loads of tokens,
+/// 4 broadcasts and 32 vector operations with no store; a 64-column strip of the tokens
+/// (`w · 256` bytes) stays in L1 across all the query tiles. Edges (queries not a multiple of 4,
+/// behaviors not of 64) take the same sums one query at a time.
+#[inline(always)]
+fn score_tiles(q: &[f32], et: &[f32], l: usize, mut sink: impl FnMut(usize, usize, &[f32])) {
+    const MR: usize = 4;
+    const NR: usize = 64;
     let w = et.len().checked_div(l).unwrap_or(0);
-    const BLOCK: usize = 512;
     let nq = q.len().checked_div(w).unwrap_or(0);
-    for j0 in (0..l).step_by(BLOCK) {
-        let j1 = (j0 + BLOCK).min(l);
-        let n = j1 - j0;
-        // Four queries at a time share each row of the tokens (one load, four updates).
+    let full = l / NR * NR;
+    let mut edge = vec![0f32; NR.max(l - full)];
+    for j0 in (0..full).step_by(NR) {
         let mut b = 0;
-        while b + 4 <= nq {
-            let (o0, rest) = out[b * l..(b + 4) * l].split_at_mut(l);
-            let (o1, rest) = rest.split_at_mut(l);
-            let (o2, o3) = rest.split_at_mut(l);
-            let (o0, o1, o2, o3) = (
-                &mut o0[j0..j1],
-                &mut o1[j0..j1],
-                &mut o2[j0..j1],
-                &mut o3[j0..j1],
-            );
-            for o in [&mut *o0, &mut *o1, &mut *o2, &mut *o3] {
-                o.iter_mut().for_each(|x| *x = 0.0);
-            }
-            for c in 0..w {
-                let (q0, q1, q2, q3) = (
-                    q[b * w + c],
-                    q[(b + 1) * w + c],
-                    q[(b + 2) * w + c],
-                    q[(b + 3) * w + c],
-                );
-                let row = &et[c * l + j0..c * l + j0 + n];
-                for i in 0..n {
-                    let e = row[i];
-                    o0[i] += q0 * e;
-                    o1[i] += q1 * e;
-                    o2[i] += q2 * e;
-                    o3[i] += q3 * e;
+        while b + MR <= nq {
+            let mut acc = [[0f32; NR]; MR];
+            let qs: [&[f32]; MR] = std::array::from_fn(|r| &q[(b + r) * w..(b + r + 1) * w]);
+            for (c, row) in et.chunks_exact(l).enumerate().take(w) {
+                let e: &[f32; NR] = row[j0..j0 + NR].try_into().expect("a tile row");
+                for (a, qr) in acc.iter_mut().zip(qs) {
+                    // c < w = qr.len(): the check folds into the loop bound.
+                    let qc = qr[c];
+                    for i in 0..NR {
+                        a[i] += qc * e[i];
+                    }
                 }
             }
-            b += 4;
+            for (r, a) in acc.iter().enumerate() {
+                sink(b + r, j0, a);
+            }
+            b += MR;
         }
         for b in b..nq {
-            let o = &mut out[b * l + j0..b * l + j1];
-            o.iter_mut().for_each(|x| *x = 0.0);
-            for c in 0..w {
-                let qc = q[b * w + c];
-                let row = &et[c * l + j0..c * l + j1];
-                o.iter_mut().zip(row).for_each(|(x, &e)| *x += qc * e);
-            }
+            let o = &mut edge[..NR];
+            one_query(&q[b * w..(b + 1) * w], et, l, j0, o);
+            sink(b, j0, o);
         }
+    }
+    if full < l {
+        for b in 0..nq {
+            let o = &mut edge[..l - full];
+            one_query(&q[b * w..(b + 1) * w], et, l, full, o);
+            sink(b, full, o);
+        }
+    }
+}
+
+/// One query's sums over the behaviors `j0..j0 + out.len()`, the same sums in the same order.
+#[inline(always)]
+fn one_query(q: &[f32], et: &[f32], l: usize, j0: usize, out: &mut [f32]) {
+    out.iter_mut().for_each(|x| *x = 0.0);
+    for (c, &qc) in q.iter().enumerate() {
+        let row = &et[c * l + j0..c * l + j0 + out.len()];
+        out.iter_mut().zip(row).for_each(|(x, &e)| *x += qc * e);
     }
 }

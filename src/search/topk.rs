@@ -3,15 +3,15 @@
 //! Tie rule (both kinds, everywhere): among equal scores or distances the **more recent**
 //! behavior (the higher position in the chronological row) wins. Results are best first.
 //!
-//! - Scores: each entry becomes one `u64` key `(ordered score bits << 32) | position`, so a single
-//!   O(L) selection (`select_nth_unstable`) picks the k largest keys and the tie rule falls out of
-//!   the key; only the k winners are sorted. `-0.0` counts as `0.0`; NaN ranks below everything.
+//! - Scores: each entry becomes one `u64` key `(ordered score bits << 32) | position`, so the tie
+//!   rule falls out of the key; `-0.0` counts as `0.0`; NaN ranks below everything. A row without
+//!   a mask is read once against a running threshold (the k-th best key held so far), so most
+//!   scores cost one vectorised compare; a masked row selects among all its unmasked keys
+//!   (`select_nth_unstable`). Only the k winners are sorted.
 //! - Hamming distances are small integers (0..=bits): [`topk_hamming_codes`] writes them as one
 //!   byte per behavior (a vectorised XOR + popcount), finds the cut-off distance by a binary
 //!   search of vectorised counts, and collects the winners newest first, skipping 64-behavior
 //!   blocks without one. [`topk_hamming_row`] is the same select over any distance function.
-//! - Long score rows (L ≥ 1024k) first take a threshold from every 16th score (its k-th best is at
-//!   most the row's), so one compare per score leaves about 16k keys to select from.
 //!
 //! `k ≥ L` returns every (unmasked) entry.
 
@@ -36,63 +36,139 @@ pub fn score_key(x: f32) -> u32 {
 /// Positions of the `k` largest `scores` among those with `mask[j] != 0` (all when `None`),
 /// best first, ties to the higher position, appended to `out`.
 ///
-/// Every candidate becomes a key and one `select_nth_unstable` picks the k largest. A long row
-/// without a mask (L ≥ 1024k) first takes a threshold from every 16th score: the k-th best of
-/// those is at most the row's k-th best, so only scores at or above it become keys (about 16k).
+/// Without a mask the row is read once with a running threshold ([`topk_stream`]); with one,
+/// every unmasked entry becomes a key and one `select_nth_unstable` picks the k largest.
 pub fn topk_row(scores: &[f32], mask: Option<&[u8]>, k: usize, out: &mut Vec<u32>) {
     if k == 0 {
         return;
     }
-    let key = |j: usize, s: f32| ((score_key(s) as u64) << 32) | j as u64;
     let mut keys: Vec<u64> = match mask {
-        None if scores.len() >= 1024 * k => match sampled_threshold(scores, k) {
-            Some(t) => {
-                let mut keys = Vec::with_capacity(32 * k);
-                // 16 at a time: a chunk whose best score is below the threshold is skipped.
-                for (ci, chunk) in scores.chunks(16).enumerate() {
-                    // `if x > a` (not f32::max, whose NaN rule keeps it scalar) vectorises.
-                    let best = chunk
-                        .iter()
-                        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
-                    if best < t {
-                        continue;
-                    }
-                    for (i, &s) in chunk.iter().enumerate() {
-                        if s >= t {
-                            keys.push(key(ci * 16 + i, s));
-                        }
-                    }
-                }
-                keys
-            }
-            None => scores.iter().enumerate().map(|(j, &s)| key(j, s)).collect(),
-        },
-        None => scores.iter().enumerate().map(|(j, &s)| key(j, s)).collect(),
+        None => return topk_stream(scores, k, out),
         Some(m) => scores
             .iter()
             .zip(m)
             .enumerate()
             .filter(|(_, (_, &m))| m != 0)
-            .map(|(j, (&s, _))| key(j, s))
+            .map(|(j, (&s, _))| key_of(j, s))
             .collect(),
     };
     select_largest(&mut keys, k);
     out.extend(keys.iter().map(|&key| key as u32));
 }
 
-/// The k-th best of every 16th score (NaN left out), or `None` when there are fewer than k.
-fn sampled_threshold(scores: &[f32], k: usize) -> Option<f32> {
-    let mut sample: Vec<f32> = scores
-        .iter()
-        .step_by(16)
-        .copied()
-        .filter(|x| !x.is_nan())
-        .collect();
-    if sample.len() < k {
-        return None;
+/// The selection key of score `s` at position `j`: larger is better, ties to the higher `j`.
+#[inline]
+fn key_of(j: usize, s: f32) -> u64 {
+    ((score_key(s) as u64) << 32) | j as u64
+}
+
+/// The score whose [`score_key`] is `key` (NaN for 0, which only NaN has).
+#[inline]
+fn score_of_key(key: u32) -> f32 {
+    if key == 0 {
+        f32::NAN
+    } else if key & 0x8000_0000 != 0 {
+        f32::from_bits(key ^ 0x8000_0000)
+    } else {
+        f32::from_bits(!key)
     }
-    sample.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-    Some(sample[k - 1])
+}
+
+/// A running top-k over scores offered in pieces, in any order: the k largest keys of all
+/// offered, best first, ties to the higher position, the same result as [`topk_row`] on the whole
+/// row without a mask.
+///
+/// Keys go to a buffer of about 4k; whenever it fills, it is cut to its k best and the k-th of
+/// those becomes the threshold. A later score below the threshold can never be among the k best
+/// (k keys above it are already held), so it costs one vector compare, 16 scores at a time. On a
+/// row in random order about k·ln(L/k) scores pass, so the work is a compare per score plus a few
+/// small selections.
+#[derive(Debug, Clone)]
+pub struct StreamTopK {
+    k: usize,
+    cap: usize,
+    keys: Vec<u64>,
+    /// `None`: no threshold yet (or the k-th best held is NaN, which everything ties or beats).
+    t: Option<f32>,
+}
+
+impl StreamTopK {
+    /// An empty top-`k`.
+    pub fn new(k: usize) -> Self {
+        let cap = (4 * k).max(64);
+        Self {
+            k,
+            cap,
+            keys: Vec::with_capacity(cap + 64),
+            t: None,
+        }
+    }
+
+    /// Offers `scores` at positions `base..base + scores.len()`.
+    #[inline(always)]
+    pub fn offer(&mut self, base: usize, scores: &[f32]) {
+        if self.k == 0 {
+            return;
+        }
+        match self.t {
+            None => self
+                .keys
+                .extend(scores.iter().enumerate().map(|(i, &s)| key_of(base + i, s))),
+            Some(t) => {
+                let mut chunks = scores.chunks_exact(16);
+                let mut at = base;
+                for chunk in chunks.by_ref() {
+                    let chunk: &[f32; 16] = chunk.try_into().expect("16 scores");
+                    // One vector compare and an OR across it (false for NaN); only a chunk with
+                    // a score at or above the threshold goes on.
+                    let any = chunk.iter().fold(false, |a, &s| a | (s >= t));
+                    if any {
+                        for (i, &s) in chunk.iter().enumerate() {
+                            if s >= t {
+                                self.keys.push(key_of(at + i, s));
+                            }
+                        }
+                    }
+                    at += 16;
+                }
+                for (i, &s) in chunks.remainder().iter().enumerate() {
+                    if s >= t {
+                        self.keys.push(key_of(at + i, s));
+                    }
+                }
+            }
+        }
+        if self.keys.len() >= self.cap {
+            self.cut();
+        }
+    }
+
+    #[cold]
+    fn cut(&mut self) {
+        let k = self.k;
+        self.keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        self.keys.truncate(k);
+        let kth = self.keys.iter().copied().min().unwrap_or(0);
+        self.t = Some(score_of_key((kth >> 32) as u32)).filter(|x| !x.is_nan());
+    }
+
+    /// Appends the positions of the k best, best first, to `out`, and starts over.
+    pub fn finish(&mut self, out: &mut Vec<u32>) {
+        select_largest(&mut self.keys, self.k);
+        out.extend(self.keys.iter().map(|&key| key as u32));
+        self.keys.clear();
+        self.t = None;
+    }
+}
+
+/// [`topk_row`] without a mask: one [`StreamTopK`] pass.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2"))]
+fn topk_stream(scores: &[f32], k: usize, out: &mut Vec<u32>) {
+    let mut top = StreamTopK::new(k);
+    for (i, piece) in scores.chunks(1024).enumerate() {
+        top.offer(i * 1024, piece);
+    }
+    top.finish(out);
 }
 
 /// [`topk_hamming_row`] over packed codes: the `k` codes of `codes [len, words]` nearest to `q
