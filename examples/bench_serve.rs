@@ -106,7 +106,7 @@ fn request_flops(m: &CtrModel, c: usize, l: usize) -> f64 {
         .named_tensors()
         .expect("tensors")
         .iter()
-        .filter(|(n, t)| n.starts_with("head.") && t.dims().len() == 2)
+        .filter(|(n, t)| n.starts_with("param/head.") && t.dims().len() == 2)
         .map(|(_, t)| 2.0 * c as f64 * t.elem_count() as f64)
         .sum();
     search + head

@@ -21,7 +21,7 @@
 
 use super::attention_op::attend;
 pub use super::attention_op::Mask;
-use crate::cpu::linear;
+use crate::cpu::{linear, with_data};
 use crate::nn::ParamStore;
 use crate::Result;
 use candle_core::{Tensor, Var, D};
@@ -279,40 +279,27 @@ impl TargetAttention {
         let (q, scale) = self.scaled_query(target_k)?;
         let (dq, dv) = (q.dim(1)?, vp.dim(1)?);
         let (h, l) = (self.heads, kp.dim(0)?);
-        let (dh, dvh) = (dq / h, dv / h);
-        let qv = q.flatten_all()?.to_vec1::<f32>()?;
-        let kv = kp.flatten_all()?.to_vec1::<f32>()?;
-        let vv = vp.flatten_all()?.to_vec1::<f32>()?;
         if let Some(bad) = rows.iter().flatten().find(|&&j| j as usize >= l) {
             return Err(crate::Error::InvalidArgument(format!(
                 "attention row {bad} outside a window of {l}"
             )));
         }
         let mut o = vec![0f32; b * dv];
-        o.par_chunks_mut(dv.max(1))
-            .zip(rows.par_iter())
-            .enumerate()
-            .for_each(|(bi, (ob, r))| {
-                let mut s = vec![0f32; r.len()];
-                for hh in 0..h {
-                    let qh = &qv[bi * dq + hh * dh..bi * dq + (hh + 1) * dh];
-                    for (sj, &j) in s.iter_mut().zip(r) {
-                        let kj = &kv[j as usize * dq + hh * dh..j as usize * dq + (hh + 1) * dh];
-                        *sj = crate::cpu::dot(qh, kj) * scale;
-                    }
-                    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut z = 0f32;
-                    s.iter_mut().for_each(|x| {
-                        *x = (*x - m).exp();
-                        z += *x;
-                    });
-                    let oh = &mut ob[hh * dvh..(hh + 1) * dvh];
-                    for (&w, &j) in s.iter().zip(r) {
-                        let vj = &vv[j as usize * dv + hh * dvh..j as usize * dv + (hh + 1) * dvh];
-                        crate::cpu::axpy(w / z, vj, oh);
-                    }
-                }
-            });
+        // The projected window is read in place (no copy of `[L, dim]` per request).
+        with_data(&q, |qv| {
+            with_data(kp, |kv| {
+                with_data(vp, |vv| {
+                    o.par_chunks_mut(dv.max(1))
+                        .zip(rows.par_iter())
+                        .enumerate()
+                        .for_each_init(Vec::new, |s, (bi, (ob, r))| {
+                            let shape = Heads { h, dq, dv, scale };
+                            attend_rows(&qv[bi * dq..(bi + 1) * dq], kv, vv, r, shape, s, ob);
+                        });
+                    Ok(())
+                })
+            })
+        })?;
         let o = Tensor::from_vec(o, (b, dv), target_k.device())?;
         let out = match &self.proj {
             None => o,
@@ -389,4 +376,57 @@ fn masked_softmax_dim1(s: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let x = mask.ne(0f32)?.where_cond(s, &fill)?;
     let p = candle_nn::ops::softmax(&x, 1)?;
     Ok((p * mask)?)
+}
+
+/// The shape of one candidate's attention in [`TargetAttention::forward_indexed`].
+#[derive(Debug, Clone, Copy)]
+struct Heads {
+    h: usize,
+    dq: usize,
+    dv: usize,
+    scale: f32,
+}
+
+/// One query's multi-head attention over its rows `r` of the projected window (`kv [L, dq]`,
+/// `vv [L, dv]`) into `ob [dv]`: per head, scores `⟨q_h, k_hj⟩·scale`, a softmax, and the
+/// weighted sum of `v_hj`. Compiled per CPU, so the 16-lane dots and the updates are one or two
+/// vector operations per row at a head width of 32.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn attend_rows(
+    q: &[f32],
+    kv: &[f32],
+    vv: &[f32],
+    r: &[u32],
+    shape: Heads,
+    s: &mut Vec<f32>,
+    ob: &mut [f32],
+) {
+    let Heads { h, dq, dv, scale } = shape;
+    let (dh, dvh) = (dq / h, dv / h);
+    s.clear();
+    s.resize(r.len(), 0.0);
+    for hh in 0..h {
+        let qh = &q[hh * dh..(hh + 1) * dh];
+        for (sj, &j) in s.iter_mut().zip(r) {
+            let at = j as usize * dq + hh * dh;
+            *sj = crate::cpu::dot_lanes(qh, &kv[at..at + dh]) * scale;
+        }
+        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut z = 0f32;
+        s.iter_mut().for_each(|x| {
+            *x = (*x - m).exp();
+            z += *x;
+        });
+        let oh = &mut ob[hh * dvh..(hh + 1) * dvh];
+        for (&w, &j) in s.iter().zip(r.iter()) {
+            let at = j as usize * dv + hh * dvh;
+            let a = w / z;
+            oh.iter_mut()
+                .zip(&vv[at..at + dvh])
+                .for_each(|(y, &x)| *y += a * x);
+        }
+    }
 }

@@ -252,12 +252,19 @@ fn count_le(d: &[u8], t: u8) -> usize {
     n
 }
 
-/// Bit i set where `d[i] <= t` (`d` at most 64 long).
+/// Bit i set where `d[i] <= t` (`d` at most 64 long): the compares go to bytes of 0 or 1 (one
+/// vector compare), and each 8 of those bytes to 8 bits by one multiply (byte i of the product's
+/// top byte collects byte i of the input: the partial products never overlap, so nothing carries).
 #[inline]
 fn le_mask(d: &[u8], t: u8) -> u64 {
+    let mut ones = [0u8; 64];
+    for (o, &x) in ones.iter_mut().zip(d) {
+        *o = (x <= t) as u8;
+    }
     let mut m = 0u64;
-    for (i, &x) in d.iter().enumerate() {
-        m |= ((x <= t) as u64) << i;
+    for (g, bytes) in ones.chunks_exact(8).enumerate() {
+        let v = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        m |= (v.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * g);
     }
     m
 }
