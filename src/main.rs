@@ -246,6 +246,14 @@ enum Command {
         /// Largest request body accepted, in bytes; beyond, 413.
         #[arg(long, default_value_t = 1 << 20)]
         max_body: usize,
+        /// Serve only shard I of N of the users (CRC-32 of the raw user id modulo N, the rule
+        /// `encode --shard` splits parts by): N replicas serve N times the users, and a request
+        /// for a user of another shard is refused with its shard named.
+        #[arg(long, default_value = "0/1")]
+        shard: String,
+        /// SDIM's bucket sums in memory: f32 (as encoded) or f16 (half the memory).
+        #[arg(long, default_value = "f32")]
+        bucket_precision: String,
     },
     /// Describe a checkpoint: model and parts, config, vocabularies, parameter counts, step and
     /// best validation.
@@ -401,6 +409,8 @@ fn run(cmd: Command) -> Result<()> {
             max_in_flight,
             deadline_ms,
             max_body,
+            shard,
+            bucket_precision,
         } => {
             serving::serve(serving::ServeConfig {
                 checkpoint,
@@ -410,6 +420,10 @@ fn run(cmd: Command) -> Result<()> {
                 max_in_flight,
                 deadline: std::time::Duration::from_millis(deadline_ms),
                 max_body,
+                store: serving::StoreOptions {
+                    shard: serving::Shard::parse(&shard)?,
+                    buckets: bucket_precision.parse()?,
+                },
             })?;
         }
         Command::Inspect { path, json } => {

@@ -6,7 +6,7 @@
 use crate::cli::s;
 use crate::encode::fixture;
 use lifelong::data::{Dataset, RawId};
-use lifelong::serving::{Candidate, Scorer, User};
+use lifelong::serving::{Candidate, Precision, Scorer, Shard, StoreOptions, User};
 use std::path::Path;
 
 /// A `lifelong serve` process on loopback; killed however the test ends.
@@ -80,6 +80,67 @@ impl Server {
     fn post(&self, path: &str, body: &str) -> String {
         http_post(&self.addr, path, body)
     }
+}
+
+/// `lifelong serve --shard 1/2 --bucket-precision f16` loads exactly the users whose raw id's
+/// CRC-32 is odd (counted here from the vocabulary), answers them as a `Scorer` with the same
+/// options does, sends a user of shard 0 away with 421 naming its shard, says its shard in
+/// `/metrics`; a shard outside `0..N` stops the process with the flag's error.
+#[test]
+fn lifelong_serve_one_shard_in_f16_serves_its_users_and_sends_others_away() {
+    let f = fixture();
+    let server = Server::start("sdim", &["--shard", "1/2", "--bucket-precision", "f16"]);
+    let ds = Dataset::open(&f.data).unwrap();
+    let (users, items) = (ds.vocab("user").unwrap(), ds.vocab("item").unwrap());
+    let raw: Vec<RawId> = (2..users.len() as u32)
+        .filter_map(|i| users.raw(i))
+        .collect();
+    let home = |id: &RawId| match id {
+        RawId::Int(x) => crc32fast::hash(&x.to_le_bytes()) % 2,
+        RawId::Str(s) => crc32fast::hash(s.as_bytes()) % 2,
+    };
+    let mine = raw.iter().filter(|id| home(id) == 1).count();
+    assert!(mine > 0 && mine < raw.len(), "{mine} of {}", raw.len());
+    let ready = server.get("/ready");
+    assert!(ready.contains(&format!("\"users\":{mine}")), "{ready}");
+    let options = StoreOptions {
+        shard: Shard { index: 1, count: 2 },
+        buckets: Precision::F16,
+    };
+    let scorer = Scorer::open_with(&f.run("sdim"), &f.enc("sdim"), options).unwrap();
+    let cands: Vec<RawId> = (2..6).map(|i| items.raw(i).unwrap()).collect();
+    let cs: Vec<Candidate> = cands.iter().cloned().map(Candidate::item).collect();
+    let list: Vec<String> = cands.iter().map(|c| c.to_string()).collect();
+    let ours = raw.iter().find(|id| home(id) == 1).unwrap();
+    let resp = server.post(
+        "/score",
+        &format!(r#"{{"user": {ours}, "candidates": [{}]}}"#, list.join(", ")),
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let want = scorer.score(&User::Id(ours.clone()), &cs).unwrap();
+    assert!(
+        close(&scores_in(body_of(&resp)), &want),
+        "{resp} vs {want:?}"
+    );
+    let theirs = raw.iter().find(|id| home(id) == 0).unwrap();
+    let away = server.post(
+        "/score",
+        &format!(r#"{{"user": {theirs}, "candidates": [{}]}}"#, list[0]),
+    );
+    assert!(
+        away.starts_with("HTTP/1.1 421")
+            && away.contains(&format!("user {theirs} belongs to shard 0/2")),
+        "{away}"
+    );
+    assert!(server.get("/metrics").contains("shard=\"1/2\""));
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_lifelong"))
+        .args(["serve", "--checkpoint", s(&f.run("sdim")), "--encodings"])
+        .args([s(&f.enc("sdim")), "--addr", "127.0.0.1:0", "--shard", "2/2"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("shard `2/2`"), "{err}");
 }
 
 /// One HTTP/1.1 exchange on a fresh connection (the server closes it after the answer).

@@ -35,7 +35,9 @@ use lifelong::serving::format::{KEY_FORMAT, KEY_LAYOUT, KEY_MODEL, KEY_SHARD};
 use lifelong::serving::{
     self as encodings, check_footer, load_all, parts, read_part, EncodedUser, Shard,
 };
-use lifelong::serving::{Candidate, Scorer, User, MAX_CANDIDATES, MAX_HISTORY};
+use lifelong::serving::{
+    Candidate, Precision, Scorer, StoreOptions, User, MAX_CANDIDATES, MAX_HISTORY,
+};
 use lifelong::train::Trainer;
 use lifelong::{Error, Result};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -650,8 +652,8 @@ fn parts_refuse_missing_mixed_and_doubled_shards_and_users_encoded_twice() {
         p1,
         "shard 0 appears twice",
     );
-    // Shard 0's users again, in a file that says it is shard 1: the shard set is complete, the
-    // users are not unique.
+    // Shard 0's users again, in a file that says it is shard 1: the shard set is complete, but
+    // the users do not hash to the part they are in.
     let (batch0, kv0) = read_raw(&two.join(p0));
     write_raw(
         &dir.join(p1),
@@ -659,16 +661,141 @@ fn parts_refuse_missing_mixed_and_doubled_shards_and_users_encoded_twice() {
         &with_key(&kv0, KEY_SHARD, Some("1/2")),
     );
     assert_eq!(parts(&dir, &fp, &layout).unwrap().len(), 2);
-    let first = batch0
-        .column_by_name("user_id")
-        .unwrap()
-        .as_primitive::<Int64Type>()
-        .value(0);
+    let first_of = |b: &RecordBatch| {
+        b.column_by_name("user_id")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .value(0)
+    };
     expect_corrupt(
         load_all(&dir, model),
         p1,
-        &format!("user {first} is encoded twice"),
+        &format!(
+            "user {} is in part 1/2 but its id hashes to part 0",
+            first_of(&batch0)
+        ),
     );
+    // Shard 1's users twice in its own part: the users are not unique.
+    let twice = arrow_select::concat::concat_batches(&batch1.schema(), [&batch1, &batch1]).unwrap();
+    write_raw(&dir.join(p1), &twice, &kv1);
+    std::fs::copy(two.join(p0), dir.join(p0)).unwrap();
+    expect_corrupt(
+        load_all(&dir, model),
+        p1,
+        &format!("user {} is encoded twice", first_of(&batch1)),
+    );
+}
+
+/// One scorer per shard serves exactly the users whose raw id's CRC-32 (computed here from the
+/// id's little-endian bytes) is its index modulo N, each with the scores the all-users scorer
+/// gives, and names the right shard for a user of another; both when the directory has as many
+/// parts as there are shards (only the own part is read) and when it has one part (filtered).
+#[test]
+fn a_scorer_per_shard_serves_exactly_the_users_hashed_to_it() {
+    let f = fixture();
+    let mf = f.model("sdim");
+    let (_t2, two) = bare_copy(&f.enc("sdim"));
+    for index in 0..2 {
+        encodings::encode_dataset(&mf, &f.data, &two, Shard { index, count: 2 }, false).unwrap();
+    }
+    let full = Scorer::open(&f.run("sdim"), &f.enc("sdim")).unwrap();
+    let ids: Vec<RawId> = load_all(&f.enc("sdim"), &mf.model)
+        .unwrap()
+        .into_keys()
+        .collect();
+    assert_eq!(ids.len(), 30);
+    let cands: Vec<Candidate> = (0..6).map(|k| Candidate::item(RawId::Int(k))).collect();
+    for (dir, n) in [(&two, 2usize), (&f.enc("sdim"), 3)] {
+        let shards: Vec<Scorer> = (0..n)
+            .map(|index| {
+                let options = StoreOptions {
+                    shard: Shard { index, count: n },
+                    ..StoreOptions::default()
+                };
+                Scorer::open_with(&f.run("sdim"), dir, options).unwrap()
+            })
+            .collect();
+        let mut served = 0;
+        for id in &ids {
+            let home = crc32fast::hash(&int(id.clone()).to_le_bytes()) as usize % n;
+            for (i, s) in shards.iter().enumerate() {
+                let got = s.score(&User::Id(id.clone()), &cands);
+                if i == home {
+                    served += 1;
+                    let want = full.score(&User::Id(id.clone()), &cands).unwrap();
+                    assert_eq!(got.unwrap(), want, "user {id}, shard {i}/{n}");
+                } else {
+                    let e = got.expect_err("another shard's user");
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains(&format!("user {id} belongs to shard {home}/{n}"))
+                            && msg.contains(&format!("serves shard {i}/{n}")),
+                        "{msg}"
+                    );
+                }
+            }
+        }
+        assert_eq!(served, 30, "{n} shards");
+        let counts: usize = shards.iter().map(Scorer::num_users).sum();
+        assert_eq!(counts, 30, "{n} shards");
+        assert!(shards.iter().all(|s| s.num_users() > 0), "{n} shards");
+    }
+}
+
+/// Bucket sums held in f16 are the f32 sums each rounded to the nearest half (compared against
+/// `half::f16::from_f32` per value), score within 1e-3 of f32, survive a reload, and a model
+/// without bucket sums (ETA) is held exactly as encoded.
+#[test]
+fn f16_bucket_sums_are_the_rounded_f32_sums_and_score_close() {
+    let f = fixture();
+    let half = StoreOptions {
+        buckets: Precision::F16,
+        ..StoreOptions::default()
+    };
+    let cands: Vec<Candidate> = (0..8).map(|k| Candidate::item(RawId::Int(k))).collect();
+    let s32 = Scorer::open(&f.run("sdim"), &f.enc("sdim")).unwrap();
+    let s16 = Scorer::open_with(&f.run("sdim"), &f.enc("sdim"), half).unwrap();
+    let ids: Vec<RawId> = load_all(&f.enc("sdim"), &f.model("sdim").model)
+        .unwrap()
+        .into_keys()
+        .collect();
+    let (mut worst, mut changed) = (0f32, 0usize);
+    for round in 0..2 {
+        for id in &ids {
+            let (a, b) = (s32.encoding(id).unwrap(), s16.encoding(id).unwrap());
+            assert_eq!(
+                (&a.items, &a.cates, &a.codes),
+                (&b.items, &b.cates, &b.codes)
+            );
+            assert_eq!(a.buckets.len(), b.buckets.len());
+            for (x, y) in a.buckets.iter().zip(&b.buckets) {
+                assert_eq!(x.len(), y.len());
+                for (&v, &h) in x.iter().zip(y) {
+                    assert_eq!(h, half::f16::from_f32(v).to_f32(), "user {id}");
+                    changed += usize::from(h != v);
+                }
+            }
+            let (p, q) = (
+                s32.score(&User::Id(id.clone()), &cands).unwrap(),
+                s16.score(&User::Id(id.clone()), &cands).unwrap(),
+            );
+            worst = worst.max(max_diff(&p, &q));
+        }
+        if round == 0 {
+            assert_eq!(s16.reload(&f.enc("sdim")).unwrap(), 30);
+            assert_eq!(s16.options(), half);
+        }
+    }
+    assert!(
+        changed > 0,
+        "no bucket sum was rounded: were they held in f16?"
+    );
+    assert!(worst <= 1e-3, "f16 buckets moved a probability by {worst}");
+    let e32 = Scorer::open(&f.run("eta"), &f.enc("eta")).unwrap();
+    let e16 = Scorer::open_with(&f.run("eta"), &f.enc("eta"), half).unwrap();
+    for id in &ids {
+        assert_eq!(*e32.encoding(id).unwrap(), *e16.encoding(id).unwrap());
+    }
 }
 
 /// Writes `batch` as the one part of a copy of the `name` encodings (original footer).

@@ -13,7 +13,7 @@
 //! bound. SIGTERM or Ctrl-C stops accepting connections and finishes the requests in flight.
 //! Each request logs one line at debug level (`RUST_LOG=lifelong=debug`).
 
-use super::scorer::Scorer;
+use super::scorer::{Scorer, StoreOptions};
 use crate::{Error, Result};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub deadline: Duration,
     /// Largest request body, bytes; beyond, 413.
     pub max_body: usize,
+    /// The users served (a shard) and how their encodings are held.
+    pub store: StoreOptions,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -450,9 +452,10 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
             let app = app.clone();
             async move {
                 let (ck, enc) = (app.cfg.checkpoint.clone(), app.cfg.encodings.clone());
+                let store = app.cfg.store;
                 let opened = app
                     .on_pool(move |_| {
-                        let s = Scorer::open(&ck, &enc);
+                        let s = Scorer::open_with(&ck, &enc, store);
                         crate::cpu::return_freed_memory();
                         s
                     })
@@ -469,6 +472,10 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
                                 "checkpoint".to_string(),
                                 opened.checkpoint().display().to_string(),
                             ),
+                            ("shard".to_string(), {
+                                let s = opened.options().shard;
+                                format!("{}/{}", s.index, s.count)
+                            }),
                         ]),
                     );
                 }

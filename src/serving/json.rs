@@ -3,7 +3,8 @@
 //! Request: `{"user": ID, "candidates": [ITEM | {"item": ITEM, "cate": CATE}, …]}`, or with
 //! `"history": {"items": [ITEM, …], "cates": [CATE, …]?}` instead of (or besides) `"user"`; ids
 //! are numbers or strings. Response: `{"scores": [p, …]}` (200), or `{"error": "…"}` with 400
-//! (a malformed or invalid request), 404 (unknown user) or 500 (an internal error).
+//! (a malformed or invalid request), 404 (unknown user), 421 (a user of another shard than the
+//! one this replica serves: the message names it) or 500 (an internal error).
 
 use super::scorer::{Candidate, Scorer, User};
 use crate::data::RawId;
@@ -15,7 +16,7 @@ impl Scorer {
     /// Request: `{"user": ID, "candidates": [ITEM | {"item": ITEM, "cate": CATE}, …]}`, or with
     /// `"history": {"items": [ITEM, …], "cates": [CATE, …]?}` instead of (or besides) `"user"`;
     /// ids are numbers or strings. Response: `{"scores": [p, …]}` (200), or `{"error": "…"}`
-    /// with 400 (malformed request), 404 (unknown user) or 500.
+    /// with 400 (malformed request), 404 (unknown user), 421 (a user of another shard) or 500.
     pub fn handle_json(&self, body: &[u8]) -> (u16, String) {
         let (status, body, _) = self.answer_json(body);
         (status, body)
@@ -36,8 +37,11 @@ impl Scorer {
                 (None, None) => return Err((400, "give \"user\" or \"history\"".into())),
             };
             if let User::Id(id) = &user {
-                if self.encoding(id).is_none() {
-                    return Err((404, format!("unknown user {id}: no encoding for it")));
+                if !self.has_encoding(id) {
+                    return Err(match self.misrouted(id) {
+                        Some(msg) => (421, msg),
+                        None => (404, format!("unknown user {id}: no encoding for it")),
+                    });
                 }
             }
             let cands: Vec<Candidate> = req.candidates.into_iter().map(Candidate::from).collect();

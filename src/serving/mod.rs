@@ -45,6 +45,6 @@ pub(crate) mod writer;
 pub use encode::{encode_dataset, encode_events, EncodeSummary};
 pub use format::{check_footer, shard_of, EncodedUser, Shard, FORMAT};
 pub use http::{serve, ServeConfig};
-pub use reader::{load_all, parts, read_part};
-pub use scorer::{Candidate, Scorer, User, MAX_CANDIDATES, MAX_HISTORY};
+pub use reader::{load_all, load_shard, parts, read_part};
+pub use scorer::{Candidate, Precision, Scorer, StoreOptions, User, MAX_CANDIDATES, MAX_HISTORY};
 pub use update::{update, UpdateSummary};

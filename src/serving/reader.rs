@@ -105,15 +105,36 @@ pub fn read_part(
 /// scoring reads ([`EncodingLayout::serving_window`]).
 ///
 /// # Errors
-/// As [`parts`] and [`read_part`]; [`Error::Corrupt`] for a user encoded twice;
-/// [`Error::Value`] for an encoding that does not fit the model (an index outside its tables);
-/// [`Error::Schema`] for user ids of another type than the directory's user vocabulary.
+/// As [`load_shard`].
 pub fn load_all(dir: &Path, model: &CtrModel) -> Result<HashMap<RawId, Arc<UserEncoding>>> {
+    load_shard(dir, model, Shard::ALL, |e| Arc::new(e))
+}
+
+/// The encodings of the users of `shard` ([`Shard::owns`]), each turned into what the caller
+/// keeps by `keep`. The directory must be complete (every part present, [`parts`]); a directory
+/// written with as many parts as there are serving shards is read only in its own part.
+///
+/// # Errors
+/// As [`parts`] and [`read_part`]; [`Error::Corrupt`] for a user encoded twice or in a part
+/// its id does not hash to; [`Error::Value`] for an encoding that does not fit the model (an
+/// index outside its tables); [`Error::Schema`] for user ids of another type than the
+/// directory's user vocabulary.
+pub fn load_shard<T>(
+    dir: &Path,
+    model: &CtrModel,
+    shard: Shard,
+    mut keep: impl FnMut(UserEncoding) -> T,
+) -> Result<HashMap<RawId, T>> {
     let layout = model.encoding_layout();
     let fp = checkpoint::model_fingerprint(model)?;
     let str_ids = Vocab::read(&dir.join("vocab").join("user.parquet"))?.is_string();
     let mut map = HashMap::new();
-    for (file, _) in parts(dir, &fp, &layout)? {
+    let all = parts(dir, &fp, &layout)?;
+    let aligned = all.first().is_some_and(|(_, s)| s.count == shard.count);
+    for (file, part) in all {
+        if aligned && part.index != shard.index {
+            continue;
+        }
         let mut row = 0;
         read_part(&file, &layout, |rows| {
             for mut r in rows {
@@ -129,17 +150,33 @@ pub fn load_all(dir: &Path, model: &CtrModel) -> Result<HashMap<RawId, Arc<UserE
                         format!("has type {have}; the user vocabulary's ids are {want}"),
                     ));
                 }
+                if !part.owns(&r.id) {
+                    return Err(Error::corrupt(
+                        &file,
+                        format!(
+                            "user {} is in part {}/{} but its id hashes to part {}",
+                            r.id,
+                            part.index,
+                            part.count,
+                            shard_of(&r.id, part.count)
+                        ),
+                    ));
+                }
+                if !shard.owns(&r.id) {
+                    row += 1;
+                    continue;
+                }
                 model.check_encoding(&r.enc, false).map_err(|e| {
                     Error::value(&file, row, "items", format!("user {}: {e}", r.id))
                 })?;
                 row += 1;
-                let keep = layout.serving_window.min(r.enc.items.len());
-                let cut = r.enc.items.len() - keep;
+                let window = layout.serving_window.min(r.enc.items.len());
+                let cut = r.enc.items.len() - window;
                 if cut > 0 {
                     r.enc.items.drain(..cut);
                     r.enc.cates.drain(..cut);
                 }
-                if map.insert(r.id.clone(), Arc::new(r.enc)).is_some() {
+                if map.insert(r.id.clone(), keep(r.enc)).is_some() {
                     return Err(Error::corrupt(
                         &file,
                         format!("user {} is encoded twice", r.id),

@@ -23,6 +23,7 @@
 //! - [`Scorer::handle_json`] answers one JSON request (the format of `examples/serve.rs`) with a
 //!   status and a JSON body, and never panics.
 
+use super::format::{shard_of, Shard};
 use super::reader as encodings;
 use crate::checkpoint::vocab::check_vocab_dir;
 use crate::checkpoint::{self, Metadata, ModelFile};
@@ -72,11 +73,110 @@ impl Candidate {
     }
 }
 
+/// The precision SDIM's bucket sums are held in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// As encoded.
+    #[default]
+    F32,
+    /// IEEE half precision: half the bytes (SDIM's 32 KB per user at its preset become 16 KB);
+    /// widened to f32 for each request.
+    F16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            _ => Err(Error::InvalidArgument(format!(
+                "precision `{s}`: expected f32 or f16"
+            ))),
+        }
+    }
+}
+
+/// How a [`Scorer`] holds its encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Serve only the users of this shard ([`Shard::owns`]: the CRC-32 rule `encode` splits
+    /// parts by); requests for other users are refused by name. Default: every user.
+    pub shard: Shard,
+    /// SDIM's bucket sums in memory. Default: f32.
+    pub buckets: Precision,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            shard: Shard::ALL,
+            buckets: Precision::F32,
+        }
+    }
+}
+
+/// One user's encoding as held: as encoded, or with the bucket sums in f16 beside it.
+#[derive(Debug)]
+struct Held {
+    /// The encoding (its `buckets` empty when `half` holds them).
+    enc: Arc<UserEncoding>,
+    half: Option<Vec<Vec<half::f16>>>,
+}
+
+impl Held {
+    fn new(mut enc: UserEncoding, precision: Precision) -> Self {
+        let half = match precision {
+            Precision::F16 if enc.buckets.iter().any(|b| !b.is_empty()) => {
+                use half::slice::HalfFloatSliceExt;
+                let h = enc
+                    .buckets
+                    .iter_mut()
+                    .map(|b| {
+                        let mut out = vec![half::f16::ZERO; b.len()];
+                        out.convert_from_f32_slice(b);
+                        *b = Vec::new();
+                        out
+                    })
+                    .collect();
+                Some(h)
+            }
+            _ => None,
+        };
+        Self {
+            enc: Arc::new(enc),
+            half,
+        }
+    }
+
+    /// The encoding to score with (the f16 sums widened back).
+    fn encoding(&self) -> Arc<UserEncoding> {
+        match &self.half {
+            None => self.enc.clone(),
+            Some(h) => {
+                use half::slice::HalfFloatSliceExt;
+                let buckets = h
+                    .iter()
+                    .map(|b| {
+                        let mut out = vec![0f32; b.len()];
+                        b.convert_to_f32_slice(&mut out);
+                        out
+                    })
+                    .collect();
+                Arc::new(UserEncoding {
+                    buckets,
+                    ..(*self.enc).clone()
+                })
+            }
+        }
+    }
+}
+
 /// Encodings in memory.
 #[derive(Debug)]
 struct Store {
     dir: PathBuf,
-    users: HashMap<RawId, Arc<UserEncoding>>,
+    users: HashMap<RawId, Held>,
 }
 
 #[derive(Debug)]
@@ -89,6 +189,7 @@ struct Inner {
     items: Vocab,
     item_cates: Vec<u32>,
     cates: Vocab,
+    options: StoreOptions,
     store: ArcSwap<Store>,
 }
 
@@ -114,6 +215,15 @@ impl Scorer {
     /// Named errors for a bad checkpoint, encodings of other weights or another layout, a
     /// missing shard, a truncated or corrupt encodings file.
     pub fn open(checkpoint: &Path, encodings: &Path) -> Result<Self> {
+        Self::open_with(checkpoint, encodings, StoreOptions::default())
+    }
+
+    /// [`Scorer::open`] holding the encodings as `options` say: one shard of the users, the
+    /// bucket sums in f16. [`Scorer::reload`] keeps the options.
+    ///
+    /// # Errors
+    /// As [`Scorer::open`].
+    pub fn open_with(checkpoint: &Path, encodings: &Path, options: StoreOptions) -> Result<Self> {
         let mf = ModelFile::open(checkpoint, &Device::Cpu)?;
         mf.check_vocab_dir(encodings)?;
         let vocab = |f: &str| Vocab::read(&encodings.join("vocab").join(format!("{f}.parquet")));
@@ -133,7 +243,7 @@ impl Scorer {
         let fingerprint = checkpoint::model_fingerprint(&mf.model)?;
         let store = Store {
             dir: encodings.to_path_buf(),
-            users: encodings::load_all(encodings, &mf.model)?,
+            users: load(encodings, &mf.model, options)?,
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -145,6 +255,7 @@ impl Scorer {
                 items,
                 item_cates,
                 cates,
+                options,
                 store: ArcSwap::from_pointee(store),
             }),
         })
@@ -158,7 +269,7 @@ impl Scorer {
     /// As [`Scorer::open`]; on error the old encodings stay.
     pub fn reload(&self, dir: &Path) -> Result<usize> {
         check_vocab_dir(&self.inner.metadata, &self.inner.checkpoint, dir)?;
-        let users = encodings::load_all(dir, &self.inner.model)?;
+        let users = load(dir, &self.inner.model, self.inner.options)?;
         let n = users.len();
         self.inner.store.store(Arc::new(Store {
             dir: dir.to_path_buf(),
@@ -179,7 +290,11 @@ impl Scorer {
     pub fn fingerprint(&self) -> &str {
         &self.inner.fingerprint
     }
-    /// Users with an encoding.
+    /// How the encodings are held.
+    pub fn options(&self) -> StoreOptions {
+        self.inner.options
+    }
+    /// Users with an encoding (of this shard).
     pub fn num_users(&self) -> usize {
         self.inner.store.load().users.len()
     }
@@ -188,10 +303,30 @@ impl Scorer {
         self.inner.store.load().dir.clone()
     }
 
-    /// The encoding of a raw user id, if there is one.
+    /// The encoding of a raw user id, if there is one (in this shard).
     pub fn encoding(&self, id: &RawId) -> Option<Arc<UserEncoding>> {
         let id = normalize(&self.inner.users, id);
-        self.inner.store.load().users.get(&id).cloned()
+        self.inner.store.load().users.get(&id).map(Held::encoding)
+    }
+
+    /// Whether the user has an encoding here (cheaper than [`Scorer::encoding`] with f16 sums).
+    pub fn has_encoding(&self, id: &RawId) -> bool {
+        let id = normalize(&self.inner.users, id);
+        self.inner.store.load().users.contains_key(&id)
+    }
+
+    /// For a user of another shard than this scorer's, the message saying which.
+    pub(crate) fn misrouted(&self, id: &RawId) -> Option<String> {
+        let shard = self.inner.options.shard;
+        let home = shard_of(&normalize(&self.inner.users, id), shard.count);
+        (home != shard.index).then(|| {
+            format!(
+                "user {id} belongs to shard {home}/{n}; this scorer serves shard {}/{n} \
+                 (route by CRC-32 of the raw id modulo {n})",
+                shard.index,
+                n = shard.count
+            )
+        })
     }
 
     fn item_index(&self, c: &Candidate) -> (u32, u32) {
@@ -212,7 +347,10 @@ impl Scorer {
         let i = &self.inner;
         match user {
             User::Id(id) => self.encoding(id).ok_or_else(|| {
-                Error::InvalidArgument(format!("unknown user {id}: no encoding for it"))
+                Error::InvalidArgument(
+                    self.misrouted(id)
+                        .unwrap_or_else(|| format!("unknown user {id}: no encoding for it")),
+                )
             }),
             User::History { id, items, cates } => {
                 if items.len() > MAX_HISTORY {
@@ -266,6 +404,11 @@ impl Scorer {
         let logits = self.inner.model.score_encoded(&enc, &items, &cates)?;
         Ok(logits.into_iter().map(crate::metrics::sigmoid).collect())
     }
+}
+
+/// An encodings directory loaded as `options` say.
+fn load(dir: &Path, model: &CtrModel, options: StoreOptions) -> Result<HashMap<RawId, Held>> {
+    encodings::load_shard(dir, model, options.shard, |e| Held::new(e, options.buckets))
 }
 
 /// Compile-time check: a `Scorer` may be shared by and sent to any thread.
