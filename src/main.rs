@@ -254,6 +254,11 @@ enum Command {
         /// SDIM's bucket sums in memory: f32 (as encoded) or f16 (half the memory).
         #[arg(long, default_value = "f32")]
         bucket_precision: String,
+        /// Serve from a memory-mapped file in this directory instead of holding every user in
+        /// memory: resident memory follows the users requested. The file is built from the
+        /// encodings on first start and whenever they change (a reload builds a new one).
+        #[arg(long)]
+        store: Option<PathBuf>,
     },
     /// Describe a checkpoint: model and parts, config, vocabularies, parameter counts, step and
     /// best validation.
@@ -411,6 +416,7 @@ fn run(cmd: Command) -> Result<()> {
             max_body,
             shard,
             bucket_precision,
+            store,
         } => {
             serving::serve(serving::ServeConfig {
                 checkpoint,
@@ -423,6 +429,7 @@ fn run(cmd: Command) -> Result<()> {
                 store: serving::StoreOptions {
                     shard: serving::Shard::parse(&shard)?,
                     buckets: bucket_precision.parse()?,
+                    mapped: store,
                 },
             })?;
         }

@@ -754,7 +754,7 @@ fn f16_bucket_sums_are_the_rounded_f32_sums_and_score_close() {
     };
     let cands: Vec<Candidate> = (0..8).map(|k| Candidate::item(RawId::Int(k))).collect();
     let s32 = Scorer::open(&f.run("sdim"), &f.enc("sdim")).unwrap();
-    let s16 = Scorer::open_with(&f.run("sdim"), &f.enc("sdim"), half).unwrap();
+    let s16 = Scorer::open_with(&f.run("sdim"), &f.enc("sdim"), half.clone()).unwrap();
     let ids: Vec<RawId> = load_all(&f.enc("sdim"), &f.model("sdim").model)
         .unwrap()
         .into_keys()
@@ -783,7 +783,7 @@ fn f16_bucket_sums_are_the_rounded_f32_sums_and_score_close() {
         }
         if round == 0 {
             assert_eq!(s16.reload(&f.enc("sdim")).unwrap(), 30);
-            assert_eq!(s16.options(), half);
+            assert_eq!(*s16.options(), half);
         }
     }
     assert!(
@@ -792,10 +792,132 @@ fn f16_bucket_sums_are_the_rounded_f32_sums_and_score_close() {
     );
     assert!(worst <= 1e-3, "f16 buckets moved a probability by {worst}");
     let e32 = Scorer::open(&f.run("eta"), &f.enc("eta")).unwrap();
-    let e16 = Scorer::open_with(&f.run("eta"), &f.enc("eta"), half).unwrap();
+    let e16 = Scorer::open_with(&f.run("eta"), &f.enc("eta"), half.clone()).unwrap();
     for id in &ids {
         assert_eq!(*e32.encoding(id).unwrap(), *e16.encoding(id).unwrap());
     }
+}
+
+/// A scorer on the memory-mapped store answers exactly as the in-memory one (f32 and f16 sums,
+/// codes, string ids, one shard), reuses its file while the parts are unchanged, builds a new
+/// one (and drops the stale) after a re-encode, rebuilds a truncated file, and refuses a record
+/// overwritten with garbage by naming the store file.
+#[test]
+fn the_mapped_store_scores_as_memory_and_is_rebuilt_when_stale_or_broken() {
+    let f = fixture();
+    let cands: Vec<Candidate> = (0..5).map(|k| Candidate::item(RawId::Int(k))).collect();
+    let str_cands: Vec<Candidate> = (0..5)
+        .map(|k| Candidate::item(RawId::Str((5000 + k).to_string())))
+        .collect();
+    let store = tempfile::tempdir().unwrap();
+    for (name, data) in [
+        ("sdim", &f.data),
+        ("eta", &f.data),
+        ("str_din", &f.str_data),
+    ] {
+        for (buckets, shard) in [
+            (Precision::F32, Shard::ALL),
+            (Precision::F16, Shard { index: 1, count: 2 }),
+        ] {
+            let mem = StoreOptions {
+                shard,
+                buckets,
+                mapped: None,
+            };
+            let mapped = StoreOptions {
+                mapped: Some(store.path().join(name)),
+                ..mem.clone()
+            };
+            let a = Scorer::open_with(&f.run(name), &f.enc(name), mem).unwrap();
+            let b = Scorer::open_with(&f.run(name), &f.enc(name), mapped).unwrap();
+            assert_eq!(a.num_users(), b.num_users(), "{name}");
+            let ds = Dataset::open(data).unwrap();
+            let users = ds.vocab("user").unwrap();
+            let mut served = 0;
+            for i in 2..users.len() as u32 {
+                let id = users.raw(i).unwrap();
+                assert_eq!(a.encoding(&id), b.encoding(&id), "{name} user {id}");
+                let c = if name == "str_din" {
+                    &str_cands
+                } else {
+                    &cands
+                };
+                match (
+                    a.score(&User::Id(id.clone()), c),
+                    b.score(&User::Id(id.clone()), c),
+                ) {
+                    (Ok(x), Ok(y)) => {
+                        assert_eq!(x, y, "{name} user {id}");
+                        served += 1;
+                    }
+                    (Err(x), Err(y)) => assert_eq!(x.to_string(), y.to_string()),
+                    (x, y) => panic!("{name} user {id}: {x:?} vs {y:?}"),
+                }
+            }
+            assert_eq!(served, a.num_users(), "{name}");
+        }
+    }
+    // Reuse, then a re-encode: a new file, the stale one gone.
+    let (_t, enc) = bare_copy(&f.enc("sdim"));
+    let mf = f.model("sdim");
+    encodings::encode_dataset(&mf, &f.data, &enc, Shard::ALL, false).unwrap();
+    let dir = store.path().join("again");
+    let opts = StoreOptions {
+        mapped: Some(dir.clone()),
+        ..StoreOptions::default()
+    };
+    let files = || -> Vec<(PathBuf, std::time::SystemTime)> {
+        let mut v: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| (e.path(), e.metadata().unwrap().modified().unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let s1 = Scorer::open_with(&f.run("sdim"), &enc, opts.clone()).unwrap();
+    let first = files();
+    assert_eq!(first.len(), 1, "{first:?}");
+    drop(Scorer::open_with(&f.run("sdim"), &enc, opts.clone()).unwrap());
+    assert_eq!(files(), first, "an unchanged store is reused, not rebuilt");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::remove_file(enc.join(PART)).unwrap();
+    encodings::encode_dataset(&mf, &f.data, &enc, Shard::ALL, false).unwrap();
+    assert_eq!(s1.reload(&enc).unwrap(), 30);
+    let second = files();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second[0].0, first[0].0, "a re-encode builds a new store");
+    // A truncated store is a broken cache: rebuilt.
+    let path = second[0].0.clone();
+    let len = std::fs::metadata(&path).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len / 2).unwrap();
+    drop(file);
+    let s2 = Scorer::open_with(&f.run("sdim"), &enc, opts.clone()).unwrap();
+    assert_eq!(s2.num_users(), 30);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    // A record overwritten (its behavior count made huge): refused, naming the store file.
+    let bytes = std::fs::read(&path).unwrap();
+    let at = u64::from_le_bytes(bytes[bytes.len() - 16..bytes.len() - 8].try_into().unwrap());
+    let (kind, first_id) = (bytes[at as usize], &bytes[at as usize + 1..at as usize + 9]);
+    assert_eq!(kind, 0, "integer ids");
+    let uid = RawId::Int(i64::from_le_bytes(first_id.try_into().unwrap()));
+    let rec = u64::from_le_bytes(bytes[at as usize + 9..at as usize + 17].try_into().unwrap());
+    let mut broken = bytes.clone();
+    broken[rec as usize + 4..rec as usize + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &broken).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let s3 = Scorer::open_with(&f.run("sdim"), &enc, opts).unwrap();
+    let e = s3.score(&User::Id(uid.clone()), &cands).unwrap_err();
+    assert!(
+        matches!(&e, Error::Corrupt { path: p, .. } if *p == path)
+            && e.to_string().contains(&format!("record of user {uid}")),
+        "{e}"
+    );
+    let (status, body) =
+        s3.handle_json(format!(r#"{{"user": {uid}, "candidates": [1]}}"#).as_bytes());
+    assert_eq!(status, 500, "{body}");
 }
 
 /// Writes `batch` as the one part of a copy of the `name` encodings (original footer).

@@ -452,7 +452,7 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
             let app = app.clone();
             async move {
                 let (ck, enc) = (app.cfg.checkpoint.clone(), app.cfg.encodings.clone());
-                let store = app.cfg.store;
+                let store = app.cfg.store.clone();
                 let opened = app
                     .on_pool(move |_| {
                         let s = Scorer::open_with(&ck, &enc, store);

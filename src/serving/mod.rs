@@ -29,7 +29,8 @@
 //! | `writer.rs` | the part-file writer thread, vocabularies beside the parts |
 //! | [`encode`] | offline encode of a prepared dataset or an event log |
 //! | [`update`](mod@update) | the incremental update (`encode --update`) |
-//! | [`scorer`] | the [`Scorer`]: a checkpoint and its encodings in memory, scoring from any thread |
+//! | [`scorer`] | the [`Scorer`]: a checkpoint and its encodings (in memory, one shard, f16 sums), scoring from any thread |
+//! | [`store`] | encodings beyond RAM: a memory-mapped flat file built from the parts |
 //! | [`json`] | the JSON request format the HTTP service speaks |
 //! | [`http`] | `lifelong serve`: the HTTP service (axum), its limits, health, readiness and metrics |
 
@@ -39,12 +40,14 @@ pub mod http;
 pub mod json;
 pub mod reader;
 pub mod scorer;
+pub mod store;
 pub mod update;
 pub(crate) mod writer;
 
 pub use encode::{encode_dataset, encode_events, EncodeSummary};
 pub use format::{check_footer, shard_of, EncodedUser, Shard, FORMAT};
 pub use http::{serve, ServeConfig};
-pub use reader::{load_all, load_shard, parts, read_part};
+pub use reader::{for_each_in_shard, load_all, load_shard, parts, read_part};
 pub use scorer::{Candidate, Precision, Scorer, StoreOptions, User, MAX_CANDIDATES, MAX_HISTORY};
+pub use store::MappedStore;
 pub use update::{update, UpdateSummary};

@@ -107,7 +107,7 @@ pub fn read_part(
 /// # Errors
 /// As [`load_shard`].
 pub fn load_all(dir: &Path, model: &CtrModel) -> Result<HashMap<RawId, Arc<UserEncoding>>> {
-    load_shard(dir, model, Shard::ALL, |e| Arc::new(e))
+    load_shard(dir, model, Shard::ALL, Arc::new)
 }
 
 /// The encodings of the users of `shard` ([`Shard::owns`]), each turned into what the caller
@@ -115,20 +115,44 @@ pub fn load_all(dir: &Path, model: &CtrModel) -> Result<HashMap<RawId, Arc<UserE
 /// written with as many parts as there are serving shards is read only in its own part.
 ///
 /// # Errors
-/// As [`parts`] and [`read_part`]; [`Error::Corrupt`] for a user encoded twice or in a part
-/// its id does not hash to; [`Error::Value`] for an encoding that does not fit the model (an
-/// index outside its tables); [`Error::Schema`] for user ids of another type than the
-/// directory's user vocabulary.
+/// As [`for_each_in_shard`]; [`Error::Corrupt`] for a user encoded twice.
 pub fn load_shard<T>(
     dir: &Path,
     model: &CtrModel,
     shard: Shard,
     mut keep: impl FnMut(UserEncoding) -> T,
 ) -> Result<HashMap<RawId, T>> {
+    let mut map = HashMap::new();
+    for_each_in_shard(dir, model, shard, |file, id, enc| match map.entry(id) {
+        std::collections::hash_map::Entry::Occupied(e) => Err(Error::corrupt(
+            file,
+            format!("user {} is encoded twice", e.key()),
+        )),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(keep(enc));
+            Ok(())
+        }
+    })?;
+    Ok(map)
+}
+
+/// Every encoding of the users of `shard`, checked against the model and cut to what scoring
+/// reads ([`EncodingLayout::serving_window`]), handed to `f(part file, raw id, encoding)` in file
+/// order, one batch of users in memory at a time. Repeated users are the caller's to refuse.
+///
+/// # Errors
+/// As [`parts`] and [`read_part`]; [`Error::Corrupt`] for a user in a part its id does not hash
+/// to; [`Error::Value`] for an encoding that does not fit the model (an index outside its
+/// tables); [`Error::Schema`] for user ids of another type than the directory's user vocabulary.
+pub fn for_each_in_shard(
+    dir: &Path,
+    model: &CtrModel,
+    shard: Shard,
+    mut f: impl FnMut(&Path, RawId, UserEncoding) -> Result<()>,
+) -> Result<()> {
     let layout = model.encoding_layout();
     let fp = checkpoint::model_fingerprint(model)?;
     let str_ids = Vocab::read(&dir.join("vocab").join("user.parquet"))?.is_string();
-    let mut map = HashMap::new();
     let all = parts(dir, &fp, &layout)?;
     let aligned = all.first().is_some_and(|(_, s)| s.count == shard.count);
     for (file, part) in all {
@@ -176,15 +200,10 @@ pub fn load_shard<T>(
                     r.enc.items.drain(..cut);
                     r.enc.cates.drain(..cut);
                 }
-                if map.insert(r.id.clone(), keep(r.enc)).is_some() {
-                    return Err(Error::corrupt(
-                        &file,
-                        format!("user {} is encoded twice", r.id),
-                    ));
-                }
+                f(&file, r.id, r.enc)?;
             }
             Ok(())
         })?;
     }
-    Ok(map)
+    Ok(())
 }

@@ -25,6 +25,7 @@
 
 use super::format::{shard_of, Shard};
 use super::reader as encodings;
+use super::store::MappedStore;
 use crate::checkpoint::vocab::check_vocab_dir;
 use crate::checkpoint::{self, Metadata, ModelFile};
 use crate::data::vocab::{RawId, Vocab, UNKNOWN};
@@ -98,13 +99,16 @@ impl std::str::FromStr for Precision {
 }
 
 /// How a [`Scorer`] holds its encodings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Serve only the users of this shard ([`Shard::owns`]: the CRC-32 rule `encode` splits
     /// parts by); requests for other users are refused by name. Default: every user.
     pub shard: Shard,
-    /// SDIM's bucket sums in memory. Default: f32.
+    /// SDIM's bucket sums in memory (or in the mapped file). Default: f32.
     pub buckets: Precision,
+    /// Serve from a memory-mapped flat file in this directory ([`MappedStore`]: built from the
+    /// parquet parts when missing or stale) instead of holding every encoding in memory.
+    pub mapped: Option<PathBuf>,
 }
 
 impl Default for StoreOptions {
@@ -112,6 +116,7 @@ impl Default for StoreOptions {
         Self {
             shard: Shard::ALL,
             buckets: Precision::F32,
+            mapped: None,
         }
     }
 }
@@ -172,11 +177,39 @@ impl Held {
     }
 }
 
-/// Encodings in memory.
+/// The users' encodings: in memory, or in a mapped file.
+#[derive(Debug)]
+enum Users {
+    Memory(HashMap<RawId, Held>),
+    Mapped(MappedStore),
+}
+
+impl Users {
+    fn len(&self) -> usize {
+        match self {
+            Users::Memory(m) => m.len(),
+            Users::Mapped(s) => s.len(),
+        }
+    }
+    fn contains(&self, id: &RawId) -> bool {
+        match self {
+            Users::Memory(m) => m.contains_key(id),
+            Users::Mapped(s) => s.contains(id),
+        }
+    }
+    fn get(&self, id: &RawId) -> Result<Option<Arc<UserEncoding>>> {
+        match self {
+            Users::Memory(m) => Ok(m.get(id).map(Held::encoding)),
+            Users::Mapped(s) => Ok(s.get(id)?.map(Arc::new)),
+        }
+    }
+}
+
+/// The encodings served and where they came from.
 #[derive(Debug)]
 struct Store {
     dir: PathBuf,
-    users: HashMap<RawId, Held>,
+    users: Users,
 }
 
 #[derive(Debug)]
@@ -243,7 +276,7 @@ impl Scorer {
         let fingerprint = checkpoint::model_fingerprint(&mf.model)?;
         let store = Store {
             dir: encodings.to_path_buf(),
-            users: load(encodings, &mf.model, options)?,
+            users: load(encodings, &mf.model, &options)?,
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -269,7 +302,7 @@ impl Scorer {
     /// As [`Scorer::open`]; on error the old encodings stay.
     pub fn reload(&self, dir: &Path) -> Result<usize> {
         check_vocab_dir(&self.inner.metadata, &self.inner.checkpoint, dir)?;
-        let users = load(dir, &self.inner.model, self.inner.options)?;
+        let users = load(dir, &self.inner.model, &self.inner.options)?;
         let n = users.len();
         self.inner.store.store(Arc::new(Store {
             dir: dir.to_path_buf(),
@@ -291,8 +324,8 @@ impl Scorer {
         &self.inner.fingerprint
     }
     /// How the encodings are held.
-    pub fn options(&self) -> StoreOptions {
-        self.inner.options
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
     }
     /// Users with an encoding (of this shard).
     pub fn num_users(&self) -> usize {
@@ -304,15 +337,23 @@ impl Scorer {
     }
 
     /// The encoding of a raw user id, if there is one (in this shard).
-    pub fn encoding(&self, id: &RawId) -> Option<Arc<UserEncoding>> {
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for a record of a mapped store that cannot be read.
+    pub fn try_encoding(&self, id: &RawId) -> Result<Option<Arc<UserEncoding>>> {
         let id = normalize(&self.inner.users, id);
-        self.inner.store.load().users.get(&id).map(Held::encoding)
+        self.inner.store.load().users.get(&id)
+    }
+
+    /// [`Scorer::try_encoding`], with an unreadable record as none.
+    pub fn encoding(&self, id: &RawId) -> Option<Arc<UserEncoding>> {
+        self.try_encoding(id).ok().flatten()
     }
 
     /// Whether the user has an encoding here (cheaper than [`Scorer::encoding`] with f16 sums).
     pub fn has_encoding(&self, id: &RawId) -> bool {
         let id = normalize(&self.inner.users, id);
-        self.inner.store.load().users.contains_key(&id)
+        self.inner.store.load().users.contains(&id)
     }
 
     /// For a user of another shard than this scorer's, the message saying which.
@@ -346,7 +387,7 @@ impl Scorer {
     pub fn user_encoding(&self, user: &User) -> Result<Arc<UserEncoding>> {
         let i = &self.inner;
         match user {
-            User::Id(id) => self.encoding(id).ok_or_else(|| {
+            User::Id(id) => self.try_encoding(id)?.ok_or_else(|| {
                 Error::InvalidArgument(
                     self.misrouted(id)
                         .unwrap_or_else(|| format!("unknown user {id}: no encoding for it")),
@@ -407,8 +448,19 @@ impl Scorer {
 }
 
 /// An encodings directory loaded as `options` say.
-fn load(dir: &Path, model: &CtrModel, options: StoreOptions) -> Result<HashMap<RawId, Held>> {
-    encodings::load_shard(dir, model, options.shard, |e| Held::new(e, options.buckets))
+fn load(dir: &Path, model: &CtrModel, options: &StoreOptions) -> Result<Users> {
+    Ok(match &options.mapped {
+        None => Users::Memory(encodings::load_shard(dir, model, options.shard, |e| {
+            Held::new(e, options.buckets)
+        })?),
+        Some(at) => Users::Mapped(MappedStore::open_or_build(
+            at,
+            dir,
+            model,
+            options.shard,
+            options.buckets,
+        )?),
+    })
 }
 
 /// Compile-time check: a `Scorer` may be shared by and sent to any thread.

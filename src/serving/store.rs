@@ -1,0 +1,380 @@
+//! Encodings beyond RAM: one flat file per served shard and precision, built from an encodings
+//! directory's parquet parts and read in place through a memory map. Resident memory is the
+//! index (about 70 bytes a user) plus the file pages of the users actually requested: clean
+//! pages of a file, which the kernel drops under memory pressure and reads back on demand, so
+//! a machine serves more users than its RAM holds.
+//!
+//! Why a flat file and not an embedded key-value store: between reloads the encodings are
+//! read-only and every record is written once, in one pass, so a store's write path (B-tree
+//! pages, a log, compaction) buys nothing; a lookup here is one hash probe in memory and one
+//! contiguous read of the record, as in the in-memory store, which it is measured against
+//! (`examples/bench_store.rs`).
+//!
+//! The file is a cache of the parquet parts: its header names them (file name, size, modified
+//! time), the model fingerprint, the layout, the shard and the precision; a file whose header
+//! does not match is rebuilt, atomically, beside the old one (`store-I-of-N-PREC-HASH.bin`).
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 8 | magic `LLSTORE1` |
+//! | 8 | header length H (u64) |
+//! | H | the header (JSON) |
+//! | … | records, each at an 8-byte boundary: `user`, `n` (behaviors), `words` (code words in all), 0 (u32 each); `items`, `cates` (`n` u32 each); codes (`words` u64, from an 8-byte boundary); each bucket table of the layout (f32 or f16 values) |
+//! | … | the index: per user a kind byte (0: int64 id, 1: string id), the id (i64, or u32 length and UTF-8 bytes), the record's offset (u64) |
+//! | 16 | trailer: the index's offset and the number of users (u64 each) |
+//!
+//! All numbers are little-endian.
+
+use super::format::Shard;
+use super::reader::for_each_in_shard;
+use super::scorer::Precision;
+use crate::data::RawId;
+use crate::model::{CtrModel, EncodingLayout, UserEncoding};
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"LLSTORE1";
+
+/// What a store file was built from; a file is reused only when this matches exactly.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Header {
+    fingerprint: String,
+    layout: EncodingLayout,
+    shard: (usize, usize),
+    f16: bool,
+    /// The parquet parts: name, size in bytes, modification time (ns since the epoch).
+    source: Vec<(String, u64, u128)>,
+}
+
+/// A memory-mapped store of one shard's encodings.
+#[derive(Debug)]
+pub struct MappedStore {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    index: HashMap<RawId, u64>,
+    layout: EncodingLayout,
+    f16: bool,
+}
+
+impl MappedStore {
+    /// The store of `encodings` for `model`, shard `shard` and bucket `precision`, in `dir`:
+    /// opened if a matching file is there, else built from the parquet parts first.
+    ///
+    /// # Errors
+    /// As [`for_each_in_shard`] while building; [`Error::Io`] naming the file when `dir` is
+    /// not writable or the file cannot be mapped; [`Error::Corrupt`] for a user encoded twice.
+    pub fn open_or_build(
+        dir: &Path,
+        encodings: &Path,
+        model: &CtrModel,
+        shard: Shard,
+        precision: Precision,
+    ) -> Result<Self> {
+        let header = Header {
+            fingerprint: crate::checkpoint::model_fingerprint(model)?,
+            layout: model.encoding_layout(),
+            shard: (shard.index, shard.count),
+            f16: precision == Precision::F16,
+            source: sources(encodings)?,
+        };
+        let json = serde_json::to_vec(&header).map_err(|e| Error::Config(e.to_string()))?;
+        let prec = if header.f16 { "f16" } else { "f32" };
+        let stem = format!("store-{}-of-{}-{prec}", shard.index, shard.count);
+        let path = dir.join(format!("{stem}-{:08x}.bin", crc32fast::hash(&json)));
+        let store = match Self::open(&path, &header) {
+            Ok(s) => s,
+            Err(_) => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                build(&path, &json, encodings, model, shard, header.f16)?;
+                Self::open(&path, &header)?
+            }
+        };
+        // Stores of this shard and precision built from other encodings are stale; a store
+        // still mapped by a scorer that is being replaced stays readable until unmapped.
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{stem}-")) && e.path() != path {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Maps `path` and reads its index, if its header is `want`.
+    fn open(path: &Path, want: &Header) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is only ever written under a temporary name and renamed into place,
+        // never modified once there, so the mapped bytes do not change while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let bad = |why: &str| Error::corrupt(path, why.to_string());
+        let mut r = Cursor::new(&map[..], path);
+        if r.bytes(8)? != MAGIC {
+            return Err(bad("not a lifelong store (magic)"));
+        }
+        let h = r.u64()? as usize;
+        let header: Header = serde_json::from_slice(r.bytes(h)?)
+            .map_err(|e| Error::corrupt(path, format!("header: {e}")))?;
+        if header != *want {
+            return Err(bad("built from other encodings"));
+        }
+        if map.len() < 16 {
+            return Err(bad("no trailer"));
+        }
+        let mut t = Cursor::at(&map[..], path, map.len() - 16);
+        let (at, n) = (t.u64()? as usize, t.u64()? as usize);
+        let mut r = Cursor::at(&map[..], path, at);
+        let mut index = HashMap::with_capacity(n.min(map.len() / 16));
+        for _ in 0..n {
+            let id = match r.bytes(1)?[0] {
+                0 => RawId::Int(r.u64()? as i64),
+                1 => {
+                    let len = r.u32()? as usize;
+                    let s = std::str::from_utf8(r.bytes(len)?).map_err(|_| bad("a user id"))?;
+                    RawId::Str(s.to_string())
+                }
+                _ => return Err(bad("an index entry")),
+            };
+            index.insert(id, r.u64()?);
+        }
+        if r.pos != map.len() - 16 {
+            return Err(bad("index and trailer disagree"));
+        }
+        map.advise(memmap2::Advice::Random).ok();
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            index,
+            layout: header.layout,
+            f16: header.f16,
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Users in the store.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+    /// Whether the store has no user.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+    /// Whether the user is in the store.
+    pub fn contains(&self, id: &RawId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// The encoding of `id`, read from the file (f16 sums widened to f32).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the file for a record that does not fit the layout.
+    pub fn get(&self, id: &RawId) -> Result<Option<UserEncoding>> {
+        let Some(&at) = self.index.get(id) else {
+            return Ok(None);
+        };
+        let mut r = Cursor::at(&self.map[..], &self.path, at as usize);
+        let (user, n, words) = (r.u32()?, r.u32()? as usize, r.u32()? as usize);
+        r.u32()?;
+        if n > self.layout.serving_window.max(self.layout.max_len)
+            || words != n * self.layout.code_words
+        {
+            return Err(Error::corrupt(
+                &self.path,
+                format!("record of user {id}: {n} behaviors, {words} code words"),
+            ));
+        }
+        let items = r.u32s(n)?;
+        let cates = r.u32s(n)?;
+        r.align8();
+        let codes = (0..words).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
+        let mut buckets = Vec::with_capacity(self.layout.buckets.len());
+        for &len in &self.layout.buckets {
+            buckets.push(if self.f16 {
+                r.bytes(2 * len)?
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect()
+            } else {
+                r.bytes(4 * len)?
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            });
+        }
+        Ok(Some(UserEncoding {
+            user,
+            items,
+            cates,
+            codes,
+            buckets,
+        }))
+    }
+}
+
+/// The parquet parts of `encodings` with their sizes and modification times.
+fn sources(encodings: &Path) -> Result<Vec<(String, u64, u128)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(encodings).map_err(|e| Error::io(encodings, e))? {
+        let e = e.map_err(|e| Error::io(encodings, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("part-") && name.ends_with(".parquet") {
+            let md = e.metadata().map_err(|err| Error::io(&e.path(), err))?;
+            let t = md
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            out.push((name, md.len(), t));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Writes the store file at `path` (atomically) from the parquet parts.
+fn build(
+    path: &Path,
+    header: &[u8],
+    encodings: &Path,
+    model: &CtrModel,
+    shard: Shard,
+    f16: bool,
+) -> Result<()> {
+    let layout = model.encoding_layout();
+    crate::atomic::atomic_write(path, |w| {
+        let mut out = Out { w, pos: 0, path };
+        out.put(MAGIC)?;
+        out.put(&(header.len() as u64).to_le_bytes())?;
+        out.put(header)?;
+        let mut index: Vec<(RawId, u64)> = Vec::new();
+        let mut seen: HashMap<RawId, ()> = HashMap::new();
+        for_each_in_shard(encodings, model, shard, |file, id, enc| {
+            if seen.insert(id.clone(), ()).is_some() {
+                return Err(Error::corrupt(file, format!("user {id} is encoded twice")));
+            }
+            out.align8()?;
+            index.push((id.clone(), out.pos));
+            let words = enc.codes.len();
+            for x in [enc.user, enc.items.len() as u32, words as u32, 0] {
+                out.put(&x.to_le_bytes())?;
+            }
+            for &x in enc.items.iter().chain(&enc.cates) {
+                out.put(&x.to_le_bytes())?;
+            }
+            out.align8()?;
+            for &c in &enc.codes {
+                out.put(&c.to_le_bytes())?;
+            }
+            for (b, &len) in enc.buckets.iter().zip(&layout.buckets) {
+                if b.len() != len {
+                    return Err(Error::corrupt(
+                        file,
+                        format!(
+                            "user {id}: {} bucket values, the layout says {len}",
+                            b.len()
+                        ),
+                    ));
+                }
+                let mut bytes = Vec::with_capacity(4 * len);
+                for &v in b {
+                    if f16 {
+                        bytes.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+                    } else {
+                        bytes.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+                out.put(&bytes)?;
+            }
+            Ok(())
+        })?;
+        out.align8()?;
+        let at = out.pos;
+        for (id, off) in &index {
+            match id {
+                RawId::Int(x) => {
+                    out.put(&[0])?;
+                    out.put(&x.to_le_bytes())?;
+                }
+                RawId::Str(s) => {
+                    out.put(&[1])?;
+                    out.put(&(s.len() as u32).to_le_bytes())?;
+                    out.put(s.as_bytes())?;
+                }
+            }
+            out.put(&off.to_le_bytes())?;
+        }
+        out.put(&at.to_le_bytes())?;
+        out.put(&(index.len() as u64).to_le_bytes())
+    })
+}
+
+/// A writer that counts its bytes.
+struct Out<'a> {
+    w: &'a mut dyn Write,
+    pos: u64,
+    path: &'a Path,
+}
+
+impl Out<'_> {
+    fn put(&mut self, b: &[u8]) -> Result<()> {
+        self.w.write_all(b).map_err(|e| Error::io(self.path, e))?;
+        self.pos += b.len() as u64;
+        Ok(())
+    }
+    fn align8(&mut self) -> Result<()> {
+        let pad = (8 - self.pos % 8) % 8;
+        self.put(&[0u8; 8][..pad as usize])
+    }
+}
+
+/// A bounds-checked reader over the mapped bytes.
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(b: &'a [u8], path: &'a Path) -> Self {
+        Self::at(b, path, 0)
+    }
+    fn at(b: &'a [u8], path: &'a Path, pos: usize) -> Self {
+        Self { b, pos, path }
+    }
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len());
+        let end = end.ok_or_else(|| {
+            Error::corrupt(
+                self.path,
+                format!("truncated: {n} bytes at {} of {}", self.pos, self.b.len()),
+            )
+        })?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        let b = self.bytes(8)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn u32s(&mut self, n: usize) -> Result<Vec<u32>> {
+        Ok(self
+            .bytes(4 * n)?
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+    fn align8(&mut self) {
+        self.pos = self.pos.div_ceil(8) * 8;
+    }
+}
