@@ -1,5 +1,5 @@
 //! Serving latency: one request = one user × `--candidates` candidates, through
-//! `CtrModel::score_encoded` (what `serving::Scorer::score` runs), for SDIM, ETA and DARE at their
+//! `CtrModel::score_encoded` (what `serving::Scorer::score` runs), for SDIM, ETA, TWIN and DARE at their
 //! preset sizes, with the user's encoding precomputed ("encoded") and computed in the request
 //! from the raw history ("raw history": `encode_user` + score); then the same with 2 client
 //! threads, and encoding throughput. Prints tables.
@@ -34,7 +34,7 @@ struct Args {
     #[arg(long = "len", default_values_t = vec![1_000usize, 10_000, 100_000])]
     lens: Vec<usize>,
     /// Models.
-    #[arg(long = "model", default_values_t = vec!["sdim".to_string(), "eta".to_string(), "dare".to_string()])]
+    #[arg(long = "model", default_values_t = vec!["sdim".to_string(), "eta".to_string(), "twin".to_string(), "dare".to_string()])]
     models: Vec<String>,
     /// Candidates per request.
     #[arg(long, default_value_t = 1000)]
@@ -139,8 +139,8 @@ fn main() {
     );
     let gemm = gemm_rate();
     println!("one core's f32 GEMM rate (candle, [1000, 256] × [256, 256]): {gemm:.1} GFLOP/s\n");
-    println!("| model | L | encoded p50 ms | encoded p99 ms | raw history p50 ms | raw history p99 ms | eval path p50 ms | requests/s ({} clients, encoded) | dense GFLOP/request | at % of GEMM rate (p50) |", args.clients);
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| model | L | encoded p50 ms | encoded p99 ms | raw history p50 ms | raw history p99 ms | eval path p50 ms | requests/s ({} clients, encoded) | dense GFLOP/request | at % of GEMM rate (p50) | largest Δp vs eval |", args.clients);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for kind in &args.models {
         for &l in &args.lens {
@@ -167,7 +167,7 @@ fn main() {
                 let e = m.encode_user(0, &hi, &hc).expect("encode");
                 std::hint::black_box(m.score_encoded(&e, &ci, &cc).expect("score"));
             }));
-            let eval_path = if l <= args.eval_path_up_to {
+            let (eval_path, eval_diff) = if l <= args.eval_path_up_to {
                 let hist = vec![(&hi[..], &hc[..]); ci.len()];
                 let batch =
                     lifelong::data::Batch::from_samples(&vec![0; ci.len()], &ci, &cc, &hist);
@@ -178,9 +178,20 @@ fn main() {
                         t.elapsed().as_secs_f64() * 1e3
                     })
                     .collect();
-                format!("{:.1}", percentiles(runs).0)
+                let want = m.predict(&batch).expect("predict");
+                let got = m.score_encoded(&enc, &ci, &cc).expect("score");
+                let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(&g, &w)| (sig(g) - sig(w)).abs())
+                    .fold(0f32, f32::max);
+                (
+                    format!("{:.1}", percentiles(runs).0),
+                    format!("{worst:.1e}"),
+                )
             } else {
-                "–".to_string()
+                ("–".to_string(), "–".to_string())
             };
             // Throughput: `clients` threads each scoring back to back for ~2 s.
             let t0 = Instant::now();
@@ -194,7 +205,7 @@ fn main() {
             let flops = request_flops(&m, args.candidates, l);
             let at = flops / (encoded.0 / 1e3) / 1e9 / gemm * 100.0;
             println!(
-                "| {kind} | {l} | {:.3} | {:.3} | {:.3} | {:.3} | {eval_path} | {rps:.0} | {:.3} | {at:.0}% |",
+                "| {kind} | {l} | {:.3} | {:.3} | {:.3} | {:.3} | {eval_path} | {rps:.0} | {:.3} | {at:.0}% | {eval_diff} |",
                 encoded.0,
                 encoded.1,
                 raw.0,

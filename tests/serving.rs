@@ -69,7 +69,7 @@ fn every_model_scores_from_encodings_as_eval_does() {
         .chain([(1, 1), (7, 2)])
         .unzip();
     for (name, model) in models() {
-        let mut spread = 0f32;
+        let (mut spread, mut worst) = (0f32, 0f32);
         for u in 2..hist.n_users() as u32 {
             let (hi, hc) = hist.get(u);
             let enc = model.encode_user(u, hi, hc).unwrap();
@@ -91,6 +91,7 @@ fn every_model_scores_from_encodings_as_eval_does() {
                     (g - w).abs() < 1e-5,
                     "{name} user {u} candidate {r}: served {g} vs eval {w}"
                 );
+                worst = worst.max((g - w).abs());
             }
             let (lo, hi) = want
                 .iter()
@@ -98,7 +99,7 @@ fn every_model_scores_from_encodings_as_eval_does() {
             spread = spread.max(hi - lo);
         }
         assert!(spread > 1e-2, "{name}: candidates barely differ ({spread})");
-        eprintln!("{name}: served = eval, logit spread {spread:.3}");
+        eprintln!("{name}: served = eval (largest logit difference {worst:.1e}), logit spread {spread:.3}");
     }
 }
 

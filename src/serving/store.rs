@@ -83,12 +83,14 @@ impl MappedStore {
         let prec = if header.f16 { "f16" } else { "f32" };
         let stem = format!("store-{}-of-{}-{prec}", shard.index, shard.count);
         let path = dir.join(format!("{stem}-{:08x}.bin", crc32fast::hash(&json)));
-        let store = match Self::open(&path, &header) {
+        let store = match Self::open(&path, Some(&header)) {
             Ok(s) => s,
             Err(_) => {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-                build(&path, &json, encodings, model, shard, header.f16)?;
-                Self::open(&path, &header)?
+                build(&path, &json, &header.layout, header.f16, |f| {
+                    for_each_in_shard(encodings, model, shard, f)
+                })?;
+                Self::open(&path, Some(&header))?
             }
         };
         // Stores of this shard and precision built from other encodings are stale; a store
@@ -104,8 +106,46 @@ impl MappedStore {
         Ok(store)
     }
 
-    /// Maps `path` and reads its index, if its header is `want`.
-    fn open(path: &Path, want: &Header) -> Result<Self> {
+    /// Writes a store of `users` for `model` at `path` (atomically), whatever their source (a
+    /// benchmark's, a pipeline's own): what [`MappedStore::open_file`] opens.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming `path`; [`Error::InvalidArgument`] for an encoding that does not
+    /// fit the model; [`Error::Corrupt`] for a user given twice; the iterator's own errors.
+    pub fn write(
+        path: &Path,
+        model: &CtrModel,
+        precision: Precision,
+        users: impl IntoIterator<Item = Result<(RawId, UserEncoding)>>,
+    ) -> Result<()> {
+        let header = Header {
+            fingerprint: crate::checkpoint::model_fingerprint(model)?,
+            layout: model.encoding_layout(),
+            shard: (0, 1),
+            f16: precision == Precision::F16,
+            source: Vec::new(),
+        };
+        let json = serde_json::to_vec(&header).map_err(|e| Error::Config(e.to_string()))?;
+        build(path, &json, &header.layout, header.f16, |f| {
+            for u in users {
+                let (id, enc) = u?;
+                model.check_encoding(&enc, false)?;
+                f(path, id, enc)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Maps any store file (its header unchecked against a model: the caller's to know).
+    ///
+    /// # Errors
+    /// [`Error::Io`] or [`Error::Corrupt`] naming the file.
+    pub fn open_file(path: &Path) -> Result<Self> {
+        Self::open(path, None)
+    }
+
+    /// Maps `path` and reads its index, if its header is `want` (any header for `None`).
+    fn open(path: &Path, want: Option<&Header>) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the file is only ever written under a temporary name and renamed into place,
         // never modified once there, so the mapped bytes do not change while mapped.
@@ -118,7 +158,7 @@ impl MappedStore {
         let h = r.u64()? as usize;
         let header: Header = serde_json::from_slice(r.bytes(h)?)
             .map_err(|e| Error::corrupt(path, format!("header: {e}")))?;
-        if header != *want {
+        if want.is_some_and(|w| *w != header) {
             return Err(bad("built from other encodings"));
         }
         if map.len() < 16 {
@@ -224,7 +264,7 @@ fn sources(encodings: &Path) -> Result<Vec<(String, u64, u128)>> {
         let e = e.map_err(|e| Error::io(encodings, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("part-") && name.ends_with(".parquet") {
-            let md = e.metadata().map_err(|err| Error::io(&e.path(), err))?;
+            let md = e.metadata().map_err(|err| Error::io(e.path(), err))?;
             let t = md
                 .modified()
                 .ok()
@@ -237,16 +277,14 @@ fn sources(encodings: &Path) -> Result<Vec<(String, u64, u128)>> {
     Ok(out)
 }
 
-/// Writes the store file at `path` (atomically) from the parquet parts.
+/// Writes the store file at `path` (atomically) with the users `feed` hands to its callback.
 fn build(
     path: &Path,
     header: &[u8],
-    encodings: &Path,
-    model: &CtrModel,
-    shard: Shard,
+    layout: &EncodingLayout,
     f16: bool,
+    feed: impl FnOnce(&mut dyn FnMut(&Path, RawId, UserEncoding) -> Result<()>) -> Result<()>,
 ) -> Result<()> {
-    let layout = model.encoding_layout();
     crate::atomic::atomic_write(path, |w| {
         let mut out = Out { w, pos: 0, path };
         out.put(MAGIC)?;
@@ -254,7 +292,7 @@ fn build(
         out.put(header)?;
         let mut index: Vec<(RawId, u64)> = Vec::new();
         let mut seen: HashMap<RawId, ()> = HashMap::new();
-        for_each_in_shard(encodings, model, shard, |file, id, enc| {
+        feed(&mut |file: &Path, id: RawId, enc: UserEncoding| {
             if seen.insert(id.clone(), ()).is_some() {
                 return Err(Error::corrupt(file, format!("user {id} is encoded twice")));
             }
