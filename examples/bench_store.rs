@@ -146,7 +146,8 @@ fn main() {
         false
     } else {
         let mut g = ChaCha8Rng::seed_from_u64(5);
-        let users = (0..args.users as i64).map(|i| Ok((RawId::Int(i), random_encoding(&m, &mut g))));
+        let users =
+            (0..args.users as i64).map(|i| Ok((RawId::Int(i), random_encoding(&m, &mut g))));
         MappedStore::write(&path, &m, precision, users).expect("write the store");
         true
     };
@@ -154,7 +155,11 @@ fn main() {
     let t0 = Instant::now();
     let store = MappedStore::open_file(&path).expect("open the store");
     let open_s = t0.elapsed().as_secs_f64();
-    assert_eq!(store.len(), args.users, "a store of another size at {path:?}");
+    assert_eq!(
+        store.len(),
+        args.users,
+        "a store of another size at {path:?}"
+    );
     let gb = std::fs::metadata(&path).map_or(0.0, |md| md.len() as f64 / 1e9);
     let (lk, wh) = time(
         &|id| Arc::new(store.get(&RawId::Int(id)).expect("read").expect("a user")),

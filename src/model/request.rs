@@ -2,7 +2,6 @@
 //! the encoded window as a one-history batch, and the tokens every part reads, gathered once
 //! per request (views over the same tables share one gather).
 
-use super::encoding::UserEncoding;
 use super::part::Ctx;
 use crate::config::View;
 use crate::data::Batch;
@@ -42,15 +41,18 @@ pub(crate) struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    pub fn new(cx: Ctx<'a>, enc: &'a UserEncoding, items: &[u32], cates: &[u32]) -> Self {
+    /// The request of candidates `items`/`cates` for a user with the encoded window
+    /// `window` (items, categories; oldest first).
+    pub fn new(
+        cx: Ctx<'a>,
+        user: u32,
+        window: (&[u32], &[u32]),
+        items: &[u32],
+        cates: &[u32],
+    ) -> Self {
         let c = items.len();
-        let cand = Batch::from_samples(
-            &vec![enc.user; c],
-            items,
-            cates,
-            &vec![(&[][..], &[][..]); c],
-        );
-        let history = Batch::from_samples(&[enc.user], &[0], &[0], &[(&enc.items, &enc.cates)]);
+        let cand = Batch::from_samples(&vec![user; c], items, cates, &vec![(&[][..], &[][..]); c]);
+        let history = Batch::from_samples(&[user], &[0], &[0], &[window]);
         Self {
             cx,
             cand,

@@ -35,7 +35,13 @@ impl CtrModel {
             return Ok(Vec::new());
         }
         let cx = self.cx();
-        let req = Request::new(cx, enc, items, cates);
+        // Only the behaviors some part or the search reads (an encoding straight from
+        // `encode_user` holds `max_len`; one loaded for serving is already cut to this).
+        let layout = self.encoding_layout();
+        let cut = enc.items.len() - layout.serving_window.min(enc.items.len());
+        let window = (&enc.items[cut..], &enc.cates[cut..]);
+        let codes = &enc.codes[(cut * layout.code_words).min(enc.codes.len())..];
+        let req = Request::new(cx, enc.user, window, items, cates);
         let l = req.len();
         let retrieved = match &self.search {
             Some(s) => Some(s.retrieve(
@@ -45,7 +51,7 @@ impl CtrModel {
                     targets: &req.cand,
                     hist: &req.history,
                     one_history: true,
-                    codes: Some(&enc.codes),
+                    codes: Some(codes),
                 },
             )?),
             None => None,
