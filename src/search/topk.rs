@@ -161,10 +161,22 @@ impl StreamTopK {
     }
 }
 
-/// [`topk_row`] without a mask: one [`StreamTopK`] pass.
+/// [`topk_row`] without a mask: one [`StreamTopK`] pass, its threshold seeded (for rows of at
+/// least 8k) with the smallest of the maxima of k equal slices of the row: each slice holds a
+/// score at or above it, so k scores are, and the k-th best is too. On a row in random order the
+/// seed passes about 2% of the scores (k = 50, L = 10^4) where an unseeded start keeps its first
+/// 4k and tightens from there; the seed costs one more vectorised pass.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2"))]
 fn topk_stream(scores: &[f32], k: usize, out: &mut Vec<u32>) {
     let mut top = StreamTopK::new(k);
+    let n = scores.len();
+    if k > 0 && n >= 8 * k {
+        let per = n / k;
+        let floor = (0..k)
+            .map(|i| slice_max(&scores[i * per..if i + 1 == k { n } else { (i + 1) * per }]))
+            .fold(f32::INFINITY, f32::min);
+        top.t = Some(floor);
+    }
     for (i, piece) in scores.chunks(1024).enumerate() {
         top.offer(i * 1024, piece);
     }
@@ -286,6 +298,24 @@ fn distances(q: &[u64], codes: &[u64], max: u8, out: &mut [u8]) {
             *o = d.min(max as u32) as u8;
         }
     }
+}
+
+/// The largest score of `s` (NaN left out; `-inf` for none), 16 lanes at a time.
+#[inline(always)]
+fn slice_max(s: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut chunks = s.chunks_exact(16);
+    for c in chunks.by_ref() {
+        for i in 0..16 {
+            // `if x > a` (not f32::max, whose NaN rule keeps it scalar) is one vector max.
+            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+    m.iter().fold(tail, |a, &x| if x > a { x } else { a })
 }
 
 /// Keeps the `k` largest keys of `keys`, sorted descending.
