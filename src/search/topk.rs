@@ -119,15 +119,12 @@ impl StreamTopK {
                 let mut at = base;
                 for chunk in chunks.by_ref() {
                     let chunk: &[f32; 16] = chunk.try_into().expect("16 scores");
-                    // One vector compare and an OR across it (false for NaN); only a chunk with
-                    // a score at or above the threshold goes on.
-                    let any = chunk.iter().fold(false, |a, &s| a | (s >= t));
-                    if any {
-                        for (i, &s) in chunk.iter().enumerate() {
-                            if s >= t {
-                                self.keys.push(key_of(at + i, s));
-                            }
-                        }
+                    // One vector compare (false for NaN); only the set bits are visited.
+                    let mut m = ge_mask16(chunk, t);
+                    while m != 0 {
+                        let i = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        self.keys.push(key_of(at + i, chunk[i]));
                     }
                     at += 16;
                 }
@@ -300,6 +297,35 @@ fn distances(q: &[u64], codes: &[u64], max: u8, out: &mut [u8]) {
     }
 }
 
+/// Bit i set where `c[i] >= t` (false for NaN): one AVX-512 compare into a mask register where
+/// the CPU has it, else a loop (LLVM does not turn the loop into a compare and a mask move).
+#[inline(always)]
+fn ge_mask16(c: &[f32; 16], t: f32) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is present (checked above); the load reads the 16 floats of `c`.
+        return unsafe { ge_mask16_avx512(c, t) };
+    }
+    ge_mask16_loop(c, t)
+}
+
+#[inline(always)]
+fn ge_mask16_loop(c: &[f32; 16], t: f32) -> u32 {
+    let mut m = 0u32;
+    for (i, &x) in c.iter().enumerate() {
+        m |= u32::from(x >= t) << i;
+    }
+    m
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn ge_mask16_avx512(c: &[f32; 16], t: f32) -> u32 {
+    use std::arch::x86_64::*;
+    let v = _mm512_loadu_ps(c.as_ptr());
+    u32::from(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, _mm512_set1_ps(t)))
+}
+
 /// The largest score of `s` (NaN left out; `-inf` for none), 16 lanes at a time.
 #[inline(always)]
 fn slice_max(s: &[f32]) -> f32 {
@@ -432,4 +458,38 @@ pub fn topk_hamming_rows(
             *c = v.len() as u32;
         });
     (idx, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector mask (where the CPU has AVX-512) equals the loop every other CPU runs, bit for
+    /// bit, for thresholds and scores among ties, ±0, ±inf and NaN.
+    #[test]
+    fn the_vector_mask_equals_the_loop() {
+        let vals = [
+            -2.0f32,
+            -0.0,
+            0.0,
+            0.5,
+            1.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let mut seed = 7u64;
+        for _ in 0..2000 {
+            let mut c = [0f32; 16];
+            for x in &mut c {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *x = vals[(seed >> 61) as usize];
+            }
+            for &t in &vals[..7] {
+                assert_eq!(ge_mask16(&c, t), ge_mask16_loop(&c, t), "{c:?} >= {t}");
+            }
+        }
+    }
 }
