@@ -48,6 +48,6 @@ pub use encode::{encode_dataset, encode_events, EncodeSummary};
 pub use format::{check_footer, shard_of, EncodedUser, Shard, FORMAT};
 pub use http::{serve, ServeConfig};
 pub use reader::{for_each_in_shard, load_all, load_shard, parts, read_part};
-pub use scorer::{Candidate, Precision, Scorer, StoreOptions, User, MAX_CANDIDATES, MAX_HISTORY};
-pub use store::MappedStore;
+pub use scorer::{Candidate, Scorer, StoreOptions, User, MAX_CANDIDATES, MAX_HISTORY};
+pub use store::{MappedStore, Precision};
 pub use update::{update, UpdateSummary};

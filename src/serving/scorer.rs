@@ -25,7 +25,7 @@
 
 use super::format::{shard_of, Shard};
 use super::reader as encodings;
-use super::store::MappedStore;
+use super::store::{MappedStore, Precision};
 use crate::checkpoint::vocab::check_vocab_dir;
 use crate::checkpoint::{self, Metadata, ModelFile};
 use crate::data::vocab::{RawId, Vocab, UNKNOWN};
@@ -71,30 +71,6 @@ impl Candidate {
     /// A candidate by item id alone.
     pub fn item(item: RawId) -> Self {
         Self { item, cate: None }
-    }
-}
-
-/// The precision SDIM's bucket sums are held in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// As encoded.
-    #[default]
-    F32,
-    /// IEEE half precision: half the bytes (SDIM's 32 KB per user at its preset become 16 KB);
-    /// widened to f32 for each request.
-    F16,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "f16" => Ok(Precision::F16),
-            _ => Err(Error::InvalidArgument(format!(
-                "precision `{s}`: expected f32 or f16"
-            ))),
-        }
     }
 }
 

@@ -27,13 +27,36 @@
 
 use super::format::Shard;
 use super::reader::for_each_in_shard;
-use super::scorer::Precision;
 use crate::data::RawId;
 use crate::model::{CtrModel, EncodingLayout, UserEncoding};
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// The precision SDIM's bucket sums are held in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// As encoded.
+    #[default]
+    F32,
+    /// IEEE half precision: half the bytes (SDIM's 32 KB per user at its preset become 16 KB);
+    /// widened to f32 for each request.
+    F16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            _ => Err(Error::InvalidArgument(format!(
+                "precision `{s}`: expected f32 or f16"
+            ))),
+        }
+    }
+}
 
 const MAGIC: &[u8; 8] = b"LLSTORE1";
 
