@@ -36,7 +36,7 @@ pub fn score_key(x: f32) -> u32 {
 /// Positions of the `k` largest `scores` among those with `mask[j] != 0` (all when `None`),
 /// best first, ties to the higher position, appended to `out`.
 ///
-/// Without a mask the row is read once with a running threshold ([`topk_stream`]); with one,
+/// Without a mask the row is read once with a running threshold ([`StreamTopK`]); with one,
 /// every unmasked entry becomes a key and one `select_nth_unstable` picks the k largest.
 pub fn topk_row(scores: &[f32], mask: Option<&[u8]>, k: usize, out: &mut Vec<u32>) {
     if k == 0 {
