@@ -14,8 +14,6 @@
 
 use candle_core::Device;
 use clap::Parser;
-use lifelong::config::{Config, Preset};
-use lifelong::embedding::VocabSizes;
 use lifelong::model::CtrModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -58,21 +56,7 @@ const ITEMS: usize = 100_000;
 const CATES: usize = 1_000;
 
 fn model(kind: &str, max_len: usize) -> CtrModel {
-    let p = Preset::ALL
-        .into_iter()
-        .find(|p| p.name() == kind)
-        .unwrap_or_else(|| panic!("unknown model {kind}"));
-    let cfg = Config::from_toml(&format!(
-        "[data]\ndir = \"unused\"\nmax_len = {max_len}\n[model]\nkind = \"{}\"\n",
-        p.name()
-    ))
-    .expect("preset config");
-    let vocab = VocabSizes {
-        users: 2,
-        items: ITEMS + 2,
-        cates: CATES + 2,
-    };
-    CtrModel::new(&cfg.model, max_len, vocab, 1, &Device::Cpu).expect("model")
+    common::preset_model(kind, max_len, ITEMS, CATES)
 }
 
 /// One core's f32 GEMM rate through candle (`[1000, 256] × [256, 256]`), GFLOP/s: the yardstick
@@ -121,12 +105,6 @@ fn history(rng: &mut ChaCha8Rng, l: usize) -> (Vec<u32>, Vec<u32>) {
         .unzip()
 }
 
-fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
-    (at(0.5), at(0.99))
-}
-
 fn main() {
     lifelong::tune_runtime();
     let args = Args::parse();
@@ -160,10 +138,10 @@ fn main() {
                     })
                     .collect()
             };
-            let encoded = percentiles(time(&|| {
+            let encoded = common::percentiles(time(&|| {
                 std::hint::black_box(m.score_encoded(&enc, &ci, &cc).expect("score"));
             }));
-            let raw = percentiles(time(&|| {
+            let raw = common::percentiles(time(&|| {
                 let e = m.encode_user(0, &hi, &hc).expect("encode");
                 std::hint::black_box(m.score_encoded(&e, &ci, &cc).expect("score"));
             }));
@@ -187,7 +165,7 @@ fn main() {
                     .map(|(&g, &w)| (sig(g) - sig(w)).abs())
                     .fold(0f32, f32::max);
                 (
-                    format!("{:.1}", percentiles(runs).0),
+                    format!("{:.1}", common::percentiles(runs).0),
                     format!("{worst:.1e}"),
                 )
             } else {

@@ -11,11 +11,8 @@
 //!
 //! The encodings are random (bucket sums, ids): a request's cost does not depend on the values.
 
-use candle_core::Device;
 use clap::Parser;
-use lifelong::config::{Config, Preset};
 use lifelong::data::RawId;
-use lifelong::embedding::VocabSizes;
 use lifelong::model::{CtrModel, UserEncoding};
 use lifelong::serving::{MappedStore, Precision};
 use rand::{Rng, SeedableRng};
@@ -78,37 +75,12 @@ fn random_encoding(m: &CtrModel, rng: &mut ChaCha8Rng) -> UserEncoding {
     }
 }
 
-fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
-    (at(0.5), at(0.99))
-}
-
-fn rss_mb() -> f64 {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn main() {
     lifelong::tune_runtime();
     let args = Args::parse();
     let precision: Precision = args.precision.parse().expect("--precision");
     println!("machine: {}", common::machine());
-    let cfg = Config::from_toml(&format!(
-        "[data]\ndir = \"unused\"\nmax_len = {L}\n[model]\nkind = \"{}\"\n",
-        Preset::Sdim.name()
-    ))
-    .expect("preset");
-    let vocab = VocabSizes {
-        users: 2,
-        items: ITEMS + 2,
-        cates: CATES + 2,
-    };
-    let m = CtrModel::new(&cfg.model, L, vocab, 1, &Device::Cpu).expect("model");
+    let m = common::preset_model("sdim", L, ITEMS, CATES);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let cand: Vec<u32> = (0..args.candidates)
         .map(|_| rng.random_range(2..ITEMS as u32 + 2))
@@ -127,7 +99,7 @@ fn main() {
                 whole.push(t.elapsed().as_secs_f64() * 1e3);
             }
         }
-        (percentiles(look), percentiles(whole))
+        (common::percentiles(look), common::percentiles(whole))
     };
     println!(
         "SDIM preset, L = {L}, {} candidates, a random user per request, {} requests per phase\n",
@@ -179,11 +151,11 @@ fn main() {
         lk.1,
         wh.0,
         wh.1,
-        rss_mb()
+        common::rss_mb()
     );
 
     // In memory: what fits.
-    let before = rss_mb();
+    let before = common::rss_mb();
     let mem: HashMap<i64, Arc<UserEncoding>> = (0..args.memory_users as i64)
         .map(|i| (i, Arc::new(random_encoding(&m, &mut rng))))
         .collect();
@@ -195,8 +167,8 @@ fn main() {
         lk.1,
         wh.0,
         wh.1,
-        rss_mb(),
-        rss_mb() - before
+        common::rss_mb(),
+        common::rss_mb() - before
     );
 
     println!("\npeak RSS {:.0} MB", common::peak_rss_mb());
