@@ -125,16 +125,19 @@ impl Search for AttentionSearch {
                     .par_chunks(w * QUERY_BLOCK)
                     .map(|qs| {
                         let nq = qs.len() / w;
-                        let mut scores = vec![0f32; nq * l];
+                        // Every score is written before it is read: a pooled buffer, not zeroed.
+                        let mut scores = crate::cpu::scratch(nq * l);
                         query_scores(qs, &et, l, &mut scores);
-                        (0..nq)
+                        let top = (0..nq)
                             .map(|i| {
                                 let mut out = Vec::with_capacity(k.min(l));
                                 topk_row(&scores[i * l..(i + 1) * l], None, k, &mut out);
                                 out.iter_mut().for_each(|p| *p += r.start as u32);
                                 out
                             })
-                            .collect()
+                            .collect();
+                        crate::cpu::recycle(scores);
+                        top
                     })
                     .collect();
                 per_block.into_iter().flatten().collect()
