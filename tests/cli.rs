@@ -261,6 +261,14 @@ pub(crate) fn write_log(path: &Path, cols: Vec<(&str, Vec<i64>)>) {
     write_batches(path, &[batch]);
 }
 
+/// An event log of the default columns `user_id, item_id, cate_id, ts`.
+pub(crate) fn write_events(path: &Path, (u, i, c, t): (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>)) {
+    write_log(
+        path,
+        vec![("user_id", u), ("item_id", i), ("cate_id", c), ("ts", t)],
+    );
+}
+
 /// A tiny log: 4 users × 6 behaviors over 9 items in 3 categories (item k in category k % 3).
 fn tiny_log() -> (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) {
     let (mut u, mut i, mut c, mut t) = (vec![], vec![], vec![], vec![]);
@@ -579,10 +587,7 @@ fn prepare_of_a_truncated_parquet_names_the_file() {
     let tmp = tmp.path();
     let (u, i, c, t) = tiny_log();
     let good = tmp.join("good.parquet");
-    write_log(
-        &good,
-        vec![("user_id", u), ("item_id", i), ("cate_id", c), ("ts", t)],
-    );
+    write_events(&good, (u, i, c, t));
     // The intact file prepares, so the failure below is the truncation's.
     ok(
         tmp,

@@ -3,7 +3,7 @@
 //! candidates, `encode --update` against encoding the extended history, and bad input (unknown
 //! user, no candidates, malformed requests, encodings of other weights, truncated files).
 
-use crate::cli::{fails, ok, prepare, s, synth, write_log};
+use crate::cli::{fails, ok, prepare, s, synth, write_events};
 use crate::common::assert_same_encoding;
 use lifelong::checkpoint::ModelFile;
 use lifelong::data::{Dataset, Impressions, RawId, UNKNOWN};
@@ -272,15 +272,7 @@ fn update_equals_encoding_the_extended_history() {
             .push((i, item_cates[i as usize]));
     }
     let log = f.root.join("new_events.parquet");
-    write_log(
-        &log,
-        vec![
-            ("user_id", eu),
-            ("item_id", ei),
-            ("cate_id", ec),
-            ("ts", et),
-        ],
-    );
+    write_events(&log, (eu, ei, ec, et));
     for kind in ["sdim", "eta", "dare"] {
         let run = f.run(kind);
         let out_dir = f.root.join(format!("enc_{kind}_updated"));
@@ -325,14 +317,9 @@ fn update_equals_encoding_the_extended_history() {
         let RawId::Int(uid) = users.raw(5).unwrap() else {
             panic!()
         };
-        write_log(
+        write_events(
             &old,
-            vec![
-                ("user_id", vec![uid]),
-                ("item_id", vec![1_000_000]),
-                ("cate_id", vec![1]),
-                ("ts", vec![i64::MIN + 1]),
-            ],
+            (vec![uid], vec![1_000_000], vec![1], vec![i64::MIN + 1]),
         );
         fails(
             &f.root,

@@ -144,6 +144,15 @@ fn lifelong_serve_one_shard_in_f16_serves_its_users_and_sends_others_away() {
     assert!(err.contains("shard `2/2`"), "{err}");
 }
 
+/// Asserts that `resp` (a raw HTTP/1.1 answer) has status `code`, showing its head if not.
+fn assert_status(resp: &str, code: u16) {
+    assert!(
+        resp.starts_with(&format!("HTTP/1.1 {code}")),
+        "expected {code}, got {}",
+        &resp[..resp.len().min(300)]
+    );
+}
+
 /// One HTTP/1.1 exchange on a fresh connection (the server closes it after the answer).
 fn http(addr: &str, raw: &str) -> String {
     use std::io::{Read, Write};
@@ -183,7 +192,7 @@ fn body_of(resp: &str) -> &str {
 fn lifelong_serve_scores_as_the_scorer_reloads_counts_and_stops_cleanly() {
     let f = fixture();
     let server = Server::start("sdim", &["--max-body", "4096"]);
-    assert!(server.get("/health").starts_with("HTTP/1.1 200"));
+    assert_status(&server.get("/health"), 200);
     let ready = server.get("/ready");
     assert!(ready.contains("\"users\":120"), "{ready}");
     let ds = Dataset::open(&f.data).unwrap();
@@ -211,16 +220,13 @@ fn lifelong_serve_scores_as_the_scorer_reloads_counts_and_stops_cleanly() {
         assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
     }
     // Refusals, each with its status; the server keeps serving.
-    assert!(server
-        .post("/score", r#"{"user": -5, "candidates": [1]}"#)
-        .starts_with("HTTP/1.1 404"));
-    assert!(server
-        .post("/score", "not json")
-        .starts_with("HTTP/1.1 400"));
-    assert!(server
-        .post("/score", &"x".repeat(5000))
-        .starts_with("HTTP/1.1 413"));
-    assert!(server.get("/nope").starts_with("HTTP/1.1 404"));
+    assert_status(
+        &server.post("/score", r#"{"user": -5, "candidates": [1]}"#),
+        404,
+    );
+    assert_status(&server.post("/score", "not json"), 400);
+    assert_status(&server.post("/score", &"x".repeat(5000)), 413);
+    assert_status(&server.get("/nope"), 404);
     // Reload: the same directory, then one that is not an encodings directory (refused; the old
     // encodings stay).
     let ok = server.post(
@@ -378,7 +384,7 @@ fn lifelong_serve_sheds_load_with_503_and_answers_late_requests_with_504() {
         &a[..a.len().min(300)]
     );
     // The server stays up.
-    assert!(late.get("/health").starts_with("HTTP/1.1 200"));
+    assert_status(&late.get("/health"), 200);
 }
 
 /// A keep-alive HTTP client that reports statuses instead of failing on them.
@@ -460,15 +466,7 @@ fn under_load_from_2_and_8_clients_with_reloads_every_answer_is_old_or_new() {
         }
     }
     let log = tmp.path().join("new.parquet");
-    crate::cli::write_log(
-        &log,
-        vec![
-            ("user_id", eu),
-            ("item_id", ei),
-            ("cate_id", ec),
-            ("ts", et),
-        ],
-    );
+    crate::cli::write_events(&log, (eu, ei, ec, et));
     let (old_dir, new_dir) = (f.enc("sdim"), tmp.path().join("enc_new"));
     let mf =
         lifelong::checkpoint::ModelFile::open(&f.run("sdim"), &candle_core::Device::Cpu).unwrap();
@@ -701,15 +699,9 @@ fn malformed_huge_nested_and_slow_bodies_are_answered_or_cut_off() {
     let server = Server::start("sdim", &["--max-body", "200000", "--deadline-ms", "1500"]);
     let reqs = requests();
     let url = format!("http://{}/score", server.addr);
-    assert!(server
-        .post("/score", "{\"user\": ")
-        .starts_with("HTTP/1.1 400"));
-    assert!(server
-        .post("/score", "\u{0}\u{1}garbage")
-        .starts_with("HTTP/1.1 400"));
-    assert!(server
-        .post("/score", &"[".repeat(300_000))
-        .starts_with("HTTP/1.1 413"));
+    assert_status(&server.post("/score", "{\"user\": "), 400);
+    assert_status(&server.post("/score", "\u{0}\u{1}garbage"), 400);
+    assert_status(&server.post("/score", &"[".repeat(300_000)), 413);
     let nested = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
     let r = server.post("/score", &nested);
     assert!(r.starts_with("HTTP/1.1 400"), "{}", &r[..r.len().min(200)]);
@@ -717,7 +709,7 @@ fn malformed_huge_nested_and_slow_bodies_are_answered_or_cut_off() {
         r#"{{"user": {}"candidates": [1]}}"#,
         "{\"a\":".repeat(10_000)
     );
-    assert!(server.post("/score", &deep).starts_with("HTTP/1.1 400"));
+    assert_status(&server.post("/score", &deep), 400);
     // A body sent a byte at a time, slower than the deadline allows.
     let mut slow = std::net::TcpStream::connect(&server.addr).unwrap();
     slow.write_all(
@@ -771,5 +763,5 @@ fn malformed_huge_nested_and_slow_bodies_are_answered_or_cut_off() {
         "cut off before the deadline"
     );
     assert!(t0.elapsed().as_secs() < 10);
-    assert!(server.get("/health").starts_with("HTTP/1.1 200"));
+    assert_status(&server.get("/health"), 200);
 }

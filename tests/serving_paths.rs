@@ -12,7 +12,7 @@
 
 // Imports are kept here, at the top, so that moved modules (encodings, serve, model::serving)
 // are one edit away.
-use crate::cli::write_log;
+use crate::cli::{write_events, write_log};
 use crate::common::{tiny_data, tiny_model};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type, UInt64Type};
@@ -1940,15 +1940,7 @@ fn reload_while_scoring_gives_the_old_or_the_new_scores() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("new.parquet");
-    write_log(
-        &log,
-        vec![
-            ("user_id", eu),
-            ("item_id", ei),
-            ("cate_id", ec),
-            ("ts", et),
-        ],
-    );
+    write_events(&log, (eu, ei, ec, et));
     let (old_dir, new_dir) = (f.enc("din"), tmp.path().join("enc_new"));
     let s = encodings::update(&mf, &old_dir, &log, &PrepareConfig::default(), &new_dir).unwrap();
     assert_eq!((s.updated, s.added, s.users), (6, 1, 31));

@@ -313,14 +313,32 @@ fn build(
         out.put(MAGIC)?;
         out.put(&(header.len() as u64).to_le_bytes())?;
         out.put(header)?;
-        let mut index: Vec<(RawId, u64)> = Vec::new();
-        let mut seen: HashMap<RawId, ()> = HashMap::new();
+        // The index, which also refuses a user given twice.
+        let mut index: HashMap<RawId, u64> = HashMap::new();
         feed(&mut |file: &Path, id: RawId, enc: UserEncoding| {
-            if seen.insert(id.clone(), ()).is_some() {
-                return Err(Error::corrupt(file, format!("user {id} is encoded twice")));
+            for (b, &len) in enc.buckets.iter().zip(&layout.buckets) {
+                if b.len() != len {
+                    return Err(Error::corrupt(
+                        file,
+                        format!(
+                            "user {id}: {} bucket values, the layout says {len}",
+                            b.len()
+                        ),
+                    ));
+                }
             }
             out.align8()?;
-            index.push((id.clone(), out.pos));
+            match index.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    return Err(Error::corrupt(
+                        file,
+                        format!("user {} is encoded twice", e.key()),
+                    ));
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(out.pos);
+                }
+            }
             let words = enc.codes.len();
             for x in [enc.user, enc.items.len() as u32, words as u32, 0] {
                 out.put(&x.to_le_bytes())?;
@@ -333,15 +351,6 @@ fn build(
                 out.put(&c.to_le_bytes())?;
             }
             for (b, &len) in enc.buckets.iter().zip(&layout.buckets) {
-                if b.len() != len {
-                    return Err(Error::corrupt(
-                        file,
-                        format!(
-                            "user {id}: {} bucket values, the layout says {len}",
-                            b.len()
-                        ),
-                    ));
-                }
                 let mut bytes = Vec::with_capacity(4 * len);
                 for &v in b {
                     if f16 {
@@ -356,6 +365,9 @@ fn build(
         })?;
         out.align8()?;
         let at = out.pos;
+        // In record order, so that the same parts give the same bytes.
+        let mut index: Vec<(RawId, u64)> = index.into_iter().collect();
+        index.sort_unstable_by_key(|&(_, off)| off);
         for (id, off) in &index {
             match id {
                 RawId::Int(x) => {
