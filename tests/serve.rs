@@ -77,6 +77,15 @@ impl Server {
         };
         assert!(status.success(), "exit after SIGTERM: {status}");
     }
+    /// Sends the process SIGTERM.
+    fn sigterm(&self) {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
     fn post(&self, path: &str, body: &str) -> String {
         http_post(&self.addr, path, body)
     }
@@ -303,12 +312,7 @@ fn lifelong_serve_scores_as_the_scorer_reloads_counts_and_stops_cleanly() {
     let addr = server.addr.clone();
     let inflight = std::thread::spawn(move || http_post(&addr, "/score", &big));
     std::thread::sleep(std::time::Duration::from_millis(50));
-    let pid = server.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    server.sigterm();
     let answer = inflight.join().unwrap();
     eprintln!("in flight at SIGTERM: {:?}", answer.lines().next());
     assert!(
@@ -672,12 +676,7 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
             .collect();
         std::thread::sleep(std::time::Duration::from_millis(300));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let pid = server.child.id().to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        server.sigterm();
         hs.into_iter()
             .flat_map(|h| h.join().unwrap())
             .collect::<Vec<_>>()
