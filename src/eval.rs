@@ -1,6 +1,7 @@
 //! Evaluation: a model's logits on a split, its metrics, and predictions written to parquet.
 
-use crate::data::{Batcher, BatcherConfig, Dataset, Histories, Impressions, Vocab};
+use crate::checkpoint::ModelFile;
+use crate::data::{Batcher, BatcherConfig, Dataset, Histories, Impressions, Split, Vocab};
 use crate::metrics::{self, Metrics};
 use crate::model::CtrModel;
 use crate::{Error, Result};
@@ -73,8 +74,8 @@ fn raw_id_column(vocab: &Vocab, index: &[u32]) -> arrow_array::ArrayRef {
     }
 }
 
-/// Writes predictions of `imp` (a split of `data`) to a parquet file atomically, one row per
-/// impression in the split's order:
+/// The predictions of `imp` (a split of `data`) as one record batch, a row per impression in
+/// the split's order:
 ///
 /// | column | type | meaning |
 /// |---|---|---|
@@ -87,12 +88,11 @@ fn raw_id_column(vocab: &Vocab, index: &[u32]) -> arrow_array::ArrayRef {
 /// # Errors
 /// [`Error::InvalidArgument`] when the logits do not match the rows; named errors for the
 /// vocabulary files; I/O errors naming the file.
-pub fn write_predictions(
-    path: &Path,
+pub fn predictions_batch(
     data: &Dataset,
     imp: &Impressions,
     logits: &[f32],
-) -> Result<()> {
+) -> Result<arrow_array::RecordBatch> {
     use arrow_array::{ArrayRef, Float32Array, Int32Array, Int64Array, Int8Array, RecordBatch};
     use arrow_schema::{DataType, Field, Schema};
     if logits.len() != imp.len() {
@@ -134,6 +134,82 @@ pub fn write_predictions(
             logits.iter().map(|&x| metrics::sigmoid(x)),
         )),
     ];
-    let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::corrupt(path, e))?;
-    crate::data::io::write_parquet(path, schema, [Ok(batch)], 1 << 20)
+    RecordBatch::try_new(schema, cols)
+        .map_err(|e| Error::InvalidArgument(format!("predictions: {e}")))
+}
+
+/// Writes [`predictions_batch`] to a parquet file atomically.
+///
+/// # Errors
+/// As [`predictions_batch`]; I/O errors naming the file.
+pub fn write_predictions(
+    path: &Path,
+    data: &Dataset,
+    imp: &Impressions,
+    logits: &[f32],
+) -> Result<()> {
+    let batch = predictions_batch(data, imp, logits)?;
+    crate::data::io::write_parquet(path, batch.schema(), [Ok(batch)], 1 << 20)
+}
+
+/// A checkpoint scored on one split of a prepared dataset ([`evaluate_checkpoint`]).
+#[derive(Debug)]
+pub struct Evaluation {
+    /// The checkpoint's model.
+    pub model: ModelFile,
+    /// The dataset.
+    pub data: Dataset,
+    /// The split scored.
+    pub split: Split,
+    /// Its rows.
+    pub impressions: Arc<Impressions>,
+    /// AUC, GAUC, logloss, ...
+    pub metrics: Metrics,
+    /// One logit per row, in the split's order.
+    pub logits: Vec<f32>,
+}
+
+impl Evaluation {
+    /// The predictions as a record batch ([`predictions_batch`]).
+    ///
+    /// # Errors
+    /// As [`predictions_batch`].
+    pub fn predictions(&self) -> Result<arrow_array::RecordBatch> {
+        predictions_batch(&self.data, &self.impressions, &self.logits)
+    }
+}
+
+/// Scores `split` of the prepared dataset `data` with a run directory (its best checkpoint) or
+/// checkpoint file: what `lifelong eval` runs.
+///
+/// # Errors
+/// Named errors for a bad checkpoint or dataset, a dataset the checkpoint was not trained on,
+/// and an empty split.
+pub fn evaluate_checkpoint(checkpoint: &Path, data: &Path, split: Split) -> Result<Evaluation> {
+    let model = ModelFile::open(checkpoint, &candle_core::Device::Cpu)?;
+    let ds = Dataset::open(data)?;
+    model.check_dataset(&ds)?;
+    let imp = Arc::new(ds.load_split(split)?);
+    if imp.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: the {} split has no rows",
+            ds.dir.display(),
+            split.name()
+        )));
+    }
+    let hist = ds.histories.clone();
+    let (metrics, logits) = evaluate(
+        &model.model,
+        &hist,
+        &imp,
+        model.config.train.eval_batch_size,
+    )?;
+    Ok(Evaluation {
+        model,
+        data: ds,
+        split,
+        impressions: imp,
+        metrics,
+        logits,
+    })
 }

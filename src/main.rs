@@ -4,13 +4,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lifelong::checkpoint::ModelFile;
 use lifelong::config::Config;
-use lifelong::data::{self, ColumnNames, Dataset, PrepareConfig, Split, SynthConfig};
+use lifelong::data::{self, ColumnNames, PrepareConfig, Split, SynthConfig};
 use lifelong::plot;
-use lifelong::train::Trainer;
 use lifelong::{eval, serving};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 // Reuses freed large buffers instead of returning them to the OS each step (see Cargo.toml).
 #[global_allocator]
@@ -592,31 +590,13 @@ fn report_prepared(out: &Path, m: &data::Meta) {
 }
 
 fn train_cmd(cfg: Config, resume: bool) -> Result<()> {
-    let dev = candle_core::Device::Cpu;
-    let ds = Dataset::open(&cfg.data.dir).doing("opening", &cfg.data.dir)?;
-    let train_split = Arc::new(ds.load_split(Split::Train)?);
-    let valid = Arc::new(ds.load_split(Split::Valid)?);
     let run_dir = cfg.train.out.clone();
-    let mut trainer = if resume {
-        let t = Trainer::resume(&ds, &run_dir, &dev).doing("resuming from", &run_dir)?;
-        tracing::info!(
-            "resuming at epoch {}, batch {}, step {}",
-            t.state().epoch + 1,
-            t.state().batch,
-            t.state().step
-        );
-        t
-    } else {
-        Trainer::new(cfg, &ds, &run_dir, &dev)?
+    let data_dir = cfg.data.dir.clone();
+    let (verb, at) = match resume {
+        true => ("resuming from", &run_dir),
+        false => ("training on", &data_dir),
     };
-    let hist = ds.histories.clone();
-    tracing::info!(
-        "training on {} rows ({} valid) from {}",
-        train_split.len(),
-        valid.len(),
-        ds.dir.display()
-    );
-    let s = trainer.fit(hist, train_split, valid).context("training")?;
+    let s = lifelong::train::run(cfg, resume, &candle_core::Device::Cpu).doing(verb, at)?;
     println!(
         "trained {} steps ({} samples in {:.1}s, {:.0} samples/s); best valid AUC {} at step {}; checkpoints in {}",
         s.state.step,
@@ -645,22 +625,12 @@ fn eval_cmd(
     json: bool,
     predictions: Option<&Path>,
 ) -> Result<()> {
-    let dev = candle_core::Device::Cpu;
-    let mf = ModelFile::open(checkpoint, &dev)?;
-    let ds = Dataset::open(data_dir).doing("opening", data_dir)?;
-    mf.check_dataset(&ds)?;
-    let imp = Arc::new(ds.load_split(split)?);
-    anyhow::ensure!(
-        !imp.is_empty(),
-        "{}: the {} split has no rows",
-        ds.dir.display(),
-        split.name()
-    );
-    let hist = ds.histories.clone();
-    let (m, logits) = eval::evaluate(&mf.model, &hist, &imp, mf.config.train.eval_batch_size)?;
+    let ev =
+        eval::evaluate_checkpoint(checkpoint, data_dir, split).doing("evaluating on", data_dir)?;
     if let Some(p) = predictions {
-        eval::write_predictions(p, &ds, &imp, &logits)?;
+        eval::write_predictions(p, &ev.data, &ev.impressions, &ev.logits)?;
     }
+    let (m, ds, mf) = (&ev.metrics, &ev.data, &ev.model);
     let f = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     println!(
         "{} {} ({} rows) with {}: AUC {}  GAUC {}  logloss {:.4}",

@@ -526,3 +526,35 @@ fn console_is_tty() -> bool {
     use std::io::IsTerminal;
     std::io::stderr().is_terminal()
 }
+
+/// Trains `cfg` on its dataset (`data.dir`) into its run directory (`train.out`), or continues
+/// the run there with `resume`: what `lifelong train` runs.
+///
+/// # Errors
+/// Named errors for the dataset, the run directory's checkpoint when resuming, and training
+/// itself (a non-finite loss, an empty split).
+pub fn run(cfg: Config, resume: bool, device: &Device) -> Result<FitSummary> {
+    let ds = Dataset::open(&cfg.data.dir)?;
+    let train_split = Arc::new(ds.load_split(crate::data::Split::Train)?);
+    let valid = Arc::new(ds.load_split(crate::data::Split::Valid)?);
+    let run_dir = cfg.train.out.clone();
+    let mut trainer = if resume {
+        let t = Trainer::resume(&ds, &run_dir, device)?;
+        tracing::info!(
+            "resuming at epoch {}, batch {}, step {}",
+            t.state().epoch + 1,
+            t.state().batch,
+            t.state().step
+        );
+        t
+    } else {
+        Trainer::new(cfg, &ds, &run_dir, device)?
+    };
+    tracing::info!(
+        "training on {} rows ({} valid) from {}",
+        train_split.len(),
+        valid.len(),
+        ds.dir.display()
+    );
+    trainer.fit(ds.histories.clone(), train_split, valid)
+}

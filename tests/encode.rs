@@ -482,3 +482,199 @@ fn encoding_from_the_event_log_equals_encoding_the_prepared_histories() {
         }
     }
 }
+
+/// The fixture's event log as one record batch, its rows grouped by user and each user's rows
+/// newest first (so the encoder must order them by time itself); rows of equal timestamps keep
+/// the log's order (the order `prepare` keeps for ties).
+fn events_by_user_newest_first(f: &Fixture) -> arrow_array::RecordBatch {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    let path = f.root.join("events").join("events.parquet");
+    let batches: Vec<_> = lifelong::data::io::parquet_batches(&path, 4096)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let all = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let user = all
+        .column_by_name("user_id")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let ts = all
+        .column_by_name("ts")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    order.sort_by_key(|&r| {
+        let r = r as usize;
+        (user.value(r), std::cmp::Reverse(ts.value(r)), r)
+    });
+    let idx = arrow_array::UInt32Array::from(order);
+    arrow_select::take::take_record_batch(&all, &idx).unwrap()
+}
+
+#[test]
+fn batch_encoder_through_two_part_writers_equals_lifelong_encode() {
+    use lifelong::serving::{shards_of, BatchEncoder, PartWriter, Shard, StreamEncoder};
+    let f = fixture();
+    let events = events_by_user_newest_first(f);
+    for kind in ["sdim", "eta", "twin"] {
+        let run = f.run(kind);
+        let enc =
+            std::sync::Arc::new(BatchEncoder::open(&run, &f.data, Default::default()).unwrap());
+        let dir = f.root.join(format!("enc_{kind}_from_batches"));
+        let mut writers: Vec<PartWriter> = (0..2)
+            .map(|i| PartWriter::create(&dir, &enc, Shard { index: i, count: 2 }).unwrap())
+            .collect();
+        // A stream cut every 97 rows: users straddle batches and wait for their last rows.
+        let mut stream = StreamEncoder::new(enc.clone());
+        let mut write = |b: arrow_array::RecordBatch| {
+            let shard = shards_of(b.column(0).as_ref(), 2).unwrap();
+            for (i, w) in writers.iter_mut().enumerate() {
+                let mine = arrow_array::BooleanArray::from_iter(
+                    shard.iter().map(|&s| Some(s as usize == i)),
+                );
+                w.write(&arrow_select::filter::filter_record_batch(&b, &mine).unwrap())
+                    .unwrap();
+            }
+        };
+        let mut at = 0;
+        while at < events.num_rows() {
+            let n = 97.min(events.num_rows() - at);
+            if let Some(b) = stream.push(&events.slice(at, n)).unwrap() {
+                assert_eq!(b.schema(), enc.schema());
+                write(b);
+            }
+            at += n;
+        }
+        if let Some(b) = stream.finish().unwrap() {
+            write(b);
+        }
+        let users: usize = writers.iter().map(PartWriter::users).sum();
+        assert_eq!(users, 120, "{kind}");
+        for w in &mut writers {
+            w.finish().unwrap();
+        }
+        let want = read_all(&f.enc(kind), &run);
+        let got = read_all(&dir, &run);
+        assert_eq!(got.len(), want.len(), "{kind}");
+        for (id, w) in &want {
+            let g = &got[id];
+            assert_eq!(g.last_ts, w.last_ts, "{kind} user {id}");
+            assert_same_encoding(&format!("{kind} user {id}"), &g.enc, &w.enc);
+        }
+        // The Scorer opens it and scores as from `lifelong encode`'s directory.
+        let a = Scorer::open(&run, &f.enc(kind)).unwrap();
+        let b = Scorer::open(&run, &dir).unwrap();
+        let id = want.keys().next().unwrap().clone();
+        let cands: Vec<Candidate> = (0..5).map(|i| Candidate::item(RawId::Int(i))).collect();
+        assert_eq!(
+            a.score(&User::Id(id.clone()), &cands).unwrap(),
+            b.score(&User::Id(id), &cands).unwrap()
+        );
+        // One batch holding whole users encodes them all at once, in the same way.
+        let whole = enc.encode(&events).unwrap();
+        assert_eq!(whole.num_rows(), 120, "{kind}");
+    }
+}
+
+#[test]
+fn batch_encoder_and_part_writer_refuse_bad_input_by_name() {
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use lifelong::serving::{BatchEncoder, PartWriter, Shard};
+    use std::sync::Arc;
+    let f = fixture();
+    let enc = BatchEncoder::open(&f.run("sdim"), &f.data, Default::default()).unwrap();
+    let batch = |cols: Vec<(&str, ArrayRef)>| RecordBatch::try_from_iter(cols).unwrap();
+    let ints = |v: Vec<Option<i64>>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
+    let good = || {
+        vec![
+            ("user_id", ints(vec![Some(1_000_000), Some(1_000_000)])),
+            ("item_id", ints(vec![Some(5), Some(6)])),
+            ("cate_id", ints(vec![Some(1), Some(2)])),
+            ("ts", ints(vec![Some(10), Some(11)])),
+        ]
+    };
+    let err = |cols: Vec<(&str, ArrayRef)>| enc.encode(&batch(cols)).unwrap_err().to_string();
+    // A missing column, by name.
+    let mut cols = good();
+    cols.remove(3);
+    let e = err(cols);
+    assert!(e.contains("`ts`"), "{e}");
+    // A null, with its row.
+    let mut cols = good();
+    cols[1].1 = ints(vec![Some(5), None]);
+    let e = err(cols);
+    assert!(
+        e.contains("row 1") && e.contains("`item_id`") && e.contains("null"),
+        "{e}"
+    );
+    // String user ids against an integer vocabulary.
+    let mut cols = good();
+    cols[0].1 = Arc::new(StringArray::from(vec!["a", "a"]));
+    let e = err(cols);
+    assert!(
+        e.contains("`user_id`") && e.contains("string user ids"),
+        "{e}"
+    );
+    // A float timestamp.
+    let mut cols = good();
+    cols[3].1 = Arc::new(arrow_array::Float64Array::from(vec![1.0, 2.0]));
+    let e = err(cols);
+    assert!(e.contains("`ts`") && e.contains("Float64"), "{e}");
+    // The writer: a user of the other shard, a user twice, encodings of another model.
+    let ok_batch = enc.encode(&batch(good())).unwrap();
+    let home = lifelong::serving::shard_of(&RawId::Int(1_000_000), 2);
+    let dir = f.root.join("enc_refusals");
+    let mut other = PartWriter::create(
+        &dir,
+        &enc,
+        Shard {
+            index: 1 - home,
+            count: 2,
+        },
+    )
+    .unwrap();
+    let e = other.write(&ok_batch).unwrap_err().to_string();
+    assert!(e.contains("user 1000000 belongs to shard"), "{e}");
+    let mut mine = PartWriter::create(
+        &dir,
+        &enc,
+        Shard {
+            index: home,
+            count: 2,
+        },
+    )
+    .unwrap();
+    mine.write(&ok_batch).unwrap();
+    let e = mine.write(&ok_batch).unwrap_err().to_string();
+    assert!(e.contains("written twice"), "{e}");
+    let eta = BatchEncoder::open(&f.run("eta"), &f.data, Default::default()).unwrap();
+    let eta_batch = eta.encode(&batch(good())).unwrap();
+    let mut fresh = PartWriter::create(
+        &f.root.join("enc_refusals2"),
+        &enc,
+        Shard {
+            index: home,
+            count: 2,
+        },
+    )
+    .unwrap();
+    let e = fresh.write(&eta_batch).unwrap_err().to_string();
+    assert!(e.contains("columns") && e.contains("codes"), "{e}");
+    // A writer dropped without finishing leaves no part behind.
+    drop(other);
+    assert!(!dir
+        .join(
+            Shard {
+                index: 1 - home,
+                count: 2
+            }
+            .file_name()
+        )
+        .exists());
+    // A checkpoint with a foreign vocabulary directory is refused at open.
+    let e = BatchEncoder::open(&f.run("sdim"), &f.root, Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vocab"), "{e}");
+}

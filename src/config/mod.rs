@@ -209,7 +209,7 @@ impl Config {
     /// [`Error::Config`] naming a malformed override, a path through a non-table, or the same
     /// errors as [`Config::from_toml`].
     pub fn from_toml_with(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut doc: toml::Table = toml::from_str(text).map_err(|e| {
+        let doc: toml::Table = toml::from_str(text).map_err(|e| {
             // One line (toml's Display draws a multi-line snippet): "line N: message".
             let line = e
                 .span()
@@ -220,6 +220,22 @@ impl Config {
                 None => msg,
             })
         })?;
+        Self::from_table_with(doc, overrides)
+    }
+
+    /// [`Config::from_toml_with`] of a config given as JSON (the object a TOML file would
+    /// hold: `{"model": {"kind": "din"}, "train": {"seed": 3}}`), e.g. a Python dict.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for JSON that is not an object of TOML values (no nulls), and as
+    /// [`Config::from_toml_with`].
+    pub fn from_json_with(json: &str, overrides: &[String]) -> Result<Self> {
+        let doc: toml::Table = serde_json::from_str(json)
+            .map_err(|e| Error::Config(format!("a config object: {e}")))?;
+        Self::from_table_with(doc, overrides)
+    }
+
+    fn from_table_with(mut doc: toml::Table, overrides: &[String]) -> Result<Self> {
         for o in overrides {
             apply_override(&mut doc, o)?;
         }

@@ -28,12 +28,14 @@
 //! | [`reader`] | an encodings directory checked and read (the server's loader) |
 //! | `writer.rs` | the part-file writer thread, vocabularies beside the parts |
 //! | [`encode`] | offline encode of a prepared dataset or an event log |
+//! | [`batches`] | encode Arrow batches in memory (Spark, Ray, Python) and write them as a part file |
 //! | [`update`](mod@update) | the incremental update (`encode --update`) |
 //! | [`scorer`] | the [`Scorer`]: a checkpoint and its encodings (in memory, one shard, f16 sums), scoring from any thread |
 //! | [`store`] | encodings beyond RAM: a memory-mapped flat file built from the parts |
 //! | [`json`] | the JSON request format the HTTP service speaks |
 //! | [`http`] | `lifelong serve`: the HTTP service (axum), its limits, health, readiness and metrics |
 
+pub mod batches;
 pub mod encode;
 pub mod format;
 pub mod http;
@@ -44,6 +46,7 @@ pub mod store;
 pub mod update;
 pub(crate) mod writer;
 
+pub use batches::{shards_of, BatchEncoder, PartWriter, StreamEncoder};
 pub use encode::{encode_dataset, encode_events, EncodeSummary};
 pub use format::{check_footer, shard_of, EncodedUser, Shard, FORMAT};
 pub use http::{serve, ServeConfig};
