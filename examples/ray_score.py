@@ -40,7 +40,9 @@ def main(argv=None):
     import ray
     import pyarrow.parquet as pq
 
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    # One CPU per actor, and one for the tasks that read and write the blocks (with no CPU
+    # left for them the actors would wait forever for their input).
+    ray.init(num_cpus=args.workers + 1, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ckpt, enc = os.path.abspath(args.checkpoint), os.path.abspath(args.encodings)
     scored = ray.data.read_parquet(os.path.abspath(args.requests)).map_batches(
@@ -49,6 +51,7 @@ def main(argv=None):
         batch_format="pyarrow",
         batch_size=256,
         concurrency=args.workers,
+        num_cpus=1,
     )
     table = pa.concat_tables([pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
                               for b in scored.iter_batches(batch_format="pyarrow", batch_size=None)])

@@ -66,7 +66,7 @@ def world(tmp_path_factory) -> World:
 def run_example(name: str, *args) -> subprocess.CompletedProcess:
     r = subprocess.run(
         [sys.executable, str(ROOT / "examples" / name), *map(str, args)],
-        capture_output=True, text=True, cwd=ROOT, timeout=900,
+        capture_output=True, text=True, cwd=ROOT, timeout=400,
     )
     assert r.returncode == 0, f"{name} failed:\n{r.stdout}\n{r.stderr[-6000:]}"
     return r

@@ -171,7 +171,7 @@ def test_train_from_a_dict_with_overrides(world, tmp_path):
     assert 0.0 <= m["auc"] <= 1.0 and m["n"] > 0
     # The same run from the CLI with the same keys reaches the same weights: equal metrics.
     toml = tmp_path / "din.toml"
-    toml.write_text('[data]\nmax_len = 20\n[model]\nkind = "din"\n[model.embedding]\nitem_dim = 8\ncate_dim = 8\n')
+    toml.write_text('[data]\ndir = "unused"\nmax_len = 20\n[model]\nkind = "din"\n[model.embedding]\nitem_dim = 8\ncate_dim = 8\n')
     cli("train", "--config", toml, "--data", world.data, "--out", tmp_path / "din_cli",
         "--set", "train.max_steps=6", "--set", "train.batch_size=64", "--set", "train.eval_every=3",
         "--set", "train.seed=7")
