@@ -297,3 +297,29 @@ fn sdims_tau_is_stored_under_its_old_key() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_json_config_is_the_toml_config_with_the_same_keys() {
+    let toml =
+        "[data]\ndir = \"d\"\nmax_len = 30\n[model]\nkind = \"eta\"\n[model.search]\nk = 7\n\
+                [train]\nseed = 4\n";
+    let json = r#"{"data": {"dir": "d", "max_len": 30}, "model": {"kind": "eta", "search": {"k": 7}},
+                   "train": {"seed": 4}}"#;
+    let sets = ["train.batch_size=64".to_string()];
+    let a = Config::from_toml_with(toml, &sets).unwrap();
+    let b = Config::from_json_with(json, &sets).unwrap();
+    assert_eq!(a.to_json(), b.to_json());
+    assert_eq!(b.train.batch_size, 64);
+    // Not an object of TOML values: a null, a misspelt key.
+    let e = Config::from_json_with(r#"{"data": null}"#, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("config"), "{e}");
+    let e = Config::from_json_with(
+        r#"{"data": {"dir": "d"}, "model": {"kind": "eta", "search": {"k2": 1}}}"#,
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("k2"), "{e}");
+}
