@@ -74,10 +74,10 @@ def run(bin, *args):
     return r.stdout
 
 
-def config(path, kind, max_len, extra=""):
+def config(path, kind, max_len, batch=256):
     search = "" if kind in ("sdim", "din") else "[model.search]\nk = 50\n"
     path.write_text(f'[data]\ndir = "unused"\nmax_len = {max_len}\n[model]\nkind = "{kind}"\n{search}'
-                    f"[train]\nepochs = 1\nbatch_size = 256\nmax_steps = 3\nseed = 1\n{extra}")
+                    f"[train]\nepochs = 1\nbatch_size = {batch}\nmax_steps = 3\nseed = 1\n")
     return path
 
 
@@ -86,7 +86,7 @@ def encode_figures(a):
     events = work / "events" / "events.parquet"
     data = work / "prepared"
     if not events.exists():
-        run(a.bin, "synth", "--out", work / "events", "--users", a.users, "--len", a.len, "--items", 50000, "--cates", 500)
+        run(a.bin, "synth", "--out", work / "events", "--users", a.users, "--len", a.len, "--items", 200000, "--cates", 500)
     if not (data / "meta.json").exists():
         run(a.bin, "prepare", "--events", events, "--out", data)
     import pyarrow.parquet as pq
@@ -137,7 +137,7 @@ def scorer_figures(a):
     for kind in a.score_kinds.split(","):
         run_dir, enc = work / f"run_{kind}", work / f"enc_{kind}"
         if not (run_dir / "best.safetensors").exists() and not (run_dir / "last.safetensors").exists():
-            run(a.bin, "train", "--config", config(work / f"{kind}.toml", kind, L, "batch_size = 16\n"), "--data", data, "--out", run_dir)
+            run(a.bin, "train", "--config", config(work / f"{kind}.toml", kind, L, batch=16), "--data", data, "--out", run_dir)
         if not enc.exists():
             run(a.bin, "encode", "--checkpoint", run_dir, "--data", data, "--out", enc)
         scorer = lifelong.Scorer(run_dir, enc)
@@ -164,7 +164,7 @@ def main():
     ap.add_argument("--kinds", default="sdim,eta")
     ap.add_argument("--engines", default="ray,spark")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--parts", type=int, default=8)
+    ap.add_argument("--parts", type=int, default=64)
     ap.add_argument("--score-kinds", default="sdim,eta,twin,dare")
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--skip-encode", action="store_true")

@@ -31,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="encodings directory to write")
     ap.add_argument("--parts", type=int, default=4, help="part files (shards) to write")
     ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--driver-memory", default="4g", help="the driver JVM's heap (in local mode it runs the tasks)")
     ap.add_argument("--user-col", default="user_id")
     ap.add_argument("--ts-col", default="ts")
     ap.add_argument("--order-col", default=None,
@@ -47,6 +48,7 @@ def main(argv=None):
         SparkSession.builder.master(args.master)
         .appName("lifelong-encode")
         .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", args.driver_memory)
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "65536")
         .config("spark.sql.shuffle.partitions", str(args.parts))
         .getOrCreate()
