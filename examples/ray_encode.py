@@ -44,28 +44,21 @@ def main(argv=None):
     ray.data.DataContext.get_current().enable_progress_bars = False
     ckpt, vocab, out = (os.path.abspath(p) for p in (args.checkpoint, args.vocab, args.out))
     n, user, ts = args.parts, args.user_col, args.ts_col
-    order = [(args.order_col, "ascending")] if args.order_col else []
+    order = [args.order_col] if args.order_col else []
     t0 = time.time()
 
-    def add_shard(b: pa.Table) -> pa.Table:
-        return b.append_column("shard", pa.array(lifelong.shard_of(b.column(user), n), pa.int32()))
-
     def encode_part(table: pa.Table) -> pa.Table:
-        shard = table.column("shard")[0].as_py()
-        table = table.sort_by([(user, "ascending"), (ts, "ascending")] + order)
-        r = lifelong.write_encodings(out, ckpt, vocab, table, shard=(shard, n), user_col=user, ts_col=ts)
-        return pa.table({"shard": [shard], "users": [r["users"]], "file": [r["file"]]})
+        r = lifelong.write_shard(out, ckpt, vocab, table, n, order_cols=order, user_col=user, ts_col=ts)
+        return pa.table({"shard": [r["shard"]], "users": [r["users"]], "file": [r["file"]]})
 
     events = ray.data.read_parquet(os.path.abspath(args.events))
     rows = (
-        events.map_batches(add_shard, batch_format="pyarrow")
+        events.map_batches(lambda b: lifelong.add_shard(b, n, user_col=user), batch_format="pyarrow")
         .groupby("shard")
         .map_groups(encode_part, batch_format="pyarrow")
         .take_all()
     )
-    done = {r["shard"] for r in rows}
-    for s in sorted(set(range(n)) - done):  # shards without users: empty parts
-        lifelong.EncodingsWriter(out, ckpt, vocab, shard=(s, n)).close()
+    lifelong.complete_encodings(out, ckpt, vocab, n, [r["shard"] for r in rows])  # shards without users
     users = sum(r["users"] for r in rows)
     secs = time.time() - t0
     ray.shutdown()

@@ -55,24 +55,22 @@ def main(argv=None):
     )
     ckpt, vocab, out = (os.path.abspath(p) for p in (args.checkpoint, args.vocab, args.out))
     n, user, ts = args.parts, args.user_col, args.ts_col
-    order = [(args.order_col, "ascending")] if args.order_col else []
+    order = [args.order_col] if args.order_col else []
     t0 = time.time()
 
     events = spark.read.parquet(os.path.abspath(args.events))
 
     def add_shard(batches):
         for b in batches:
-            yield b.append_column("shard", pa.array(lifelong.shard_of(b.column(user), n), pa.int32()))
+            yield lifelong.add_shard(b, n, user_col=user)
 
     schema = StructType(events.schema.fields + [StructField("shard", IntegerType(), False)])
     with_shard = events.mapInArrow(add_shard, schema)
 
     def encode_part(table: pa.Table) -> pa.Table:
-        shard = table.column("shard")[0].as_py()
-        table = table.sort_by([(user, "ascending"), (ts, "ascending")] + order)
-        r = lifelong.write_encodings(out, ckpt, vocab, table, shard=(shard, n), user_col=user, ts_col=ts)
+        r = lifelong.write_shard(out, ckpt, vocab, table, n, order_cols=order, user_col=user, ts_col=ts)
         return pa.table({
-            "shard": pa.array([shard], pa.int32()),
+            "shard": pa.array([r["shard"]], pa.int32()),
             "users": pa.array([r["users"]], pa.int64()),
             "file": pa.array([r["file"]]),
         })
@@ -80,9 +78,7 @@ def main(argv=None):
     rows = with_shard.groupBy("shard").applyInArrow(encode_part, "shard int, users long, file string").collect()
     # A shard that no event hashes to has no user: its part is written empty, so the directory
     # is complete (the Scorer refuses a directory with a part missing).
-    done = {r["shard"] for r in rows}
-    for s in sorted(set(range(n)) - done):
-        lifelong.EncodingsWriter(out, ckpt, vocab, shard=(s, n)).close()
+    lifelong.complete_encodings(out, ckpt, vocab, n, [r["shard"] for r in rows])
     users = sum(r["users"] for r in rows)
     secs = time.time() - t0
     spark.stop()

@@ -91,6 +91,23 @@ pub(crate) fn fixture() -> &'static Fixture {
     })
 }
 
+/// Asserts that the encodings of `got` equal those of `want` user by user; `want`'s rows.
+fn assert_same_dirs(
+    got: &Path,
+    want: &Path,
+    run: &Path,
+    kind: &str,
+) -> HashMap<RawId, EncodedUser> {
+    let (want, got) = (read_all(want, run), read_all(got, run));
+    assert_eq!(got.len(), want.len(), "{kind}");
+    for (id, w) in &want {
+        let g = &got[id];
+        assert_eq!(g.last_ts, w.last_ts, "{kind} user {id}");
+        assert_same_encoding(&format!("{kind} user {id}"), &g.enc, &w.enc);
+    }
+    want
+}
+
 /// Every row of an encodings directory, by raw user id.
 fn read_all(dir: &Path, run: &Path) -> HashMap<RawId, EncodedUser> {
     let mf = ModelFile::open(run, &candle_core::Device::Cpu).unwrap();
@@ -472,14 +489,7 @@ fn encoding_from_the_event_log_equals_encoding_the_prepared_histories() {
             );
             assert!(out.contains("encoded"), "{out}");
         }
-        let want = read_all(&f.enc(kind), &run);
-        let got = read_all(&dir, &run);
-        assert_eq!(got.len(), want.len(), "{kind}");
-        for (id, w) in &want {
-            let g = &got[id];
-            assert_eq!(g.last_ts, w.last_ts, "{kind} user {id}");
-            assert_same_encoding(&format!("{kind} user {id}"), &g.enc, &w.enc);
-        }
+        assert_same_dirs(&dir, &f.enc(kind), &run, kind);
     }
 }
 
@@ -554,14 +564,7 @@ fn batch_encoder_through_two_part_writers_equals_lifelong_encode() {
         for w in &mut writers {
             w.finish().unwrap();
         }
-        let want = read_all(&f.enc(kind), &run);
-        let got = read_all(&dir, &run);
-        assert_eq!(got.len(), want.len(), "{kind}");
-        for (id, w) in &want {
-            let g = &got[id];
-            assert_eq!(g.last_ts, w.last_ts, "{kind} user {id}");
-            assert_same_encoding(&format!("{kind} user {id}"), &g.enc, &w.enc);
-        }
+        let want = assert_same_dirs(&dir, &f.enc(kind), &run, kind);
         // The Scorer opens it and scores as from `lifelong encode`'s directory.
         let a = Scorer::open(&run, &f.enc(kind)).unwrap();
         let b = Scorer::open(&run, &dir).unwrap();

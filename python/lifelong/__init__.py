@@ -56,6 +56,9 @@ __all__ = [
     "EncodingsWriter",
     "write_encodings",
     "shard_of",
+    "add_shard",
+    "write_shard",
+    "complete_encodings",
     "LifelongError",
     "IoError",
     "CorruptError",
@@ -271,3 +274,33 @@ def write_encodings(out_dir, checkpoint, vocab_dir, events, shard=(0, 1), **colu
         for b in encode_batches(enc, vocab_dir, events):
             w.write(b)
     return {"file": w.file, "users": w.users}
+
+
+def add_shard(batch, count: int, user_col: str = "user_id", name: str = "shard"):
+    """``batch`` (a RecordBatch or Table of events) with a column ``name``: each row's user's
+    shard among ``count`` (:func:`shard_of`). The first step of an engine's encode: the engine
+    then groups the events by this column."""
+    return batch.append_column(name, pa.array(shard_of(batch.column(user_col), count), pa.int32()))
+
+
+def write_shard(out_dir, checkpoint, vocab_dir, events: pa.Table, count: int, *, shard_col: str = "shard",
+                order_cols=(), **columns) -> dict:
+    """Encodes every event of one shard (a group of an engine's group-by on the shard column of
+    :func:`add_shard`) and writes its part of ``out_dir``. The events are sorted by user, then
+    time, then ``order_cols`` (a column that orders events of equal timestamps, such as the log's
+    row number: engines do not keep the log's order). Returns ``{"shard", "users", "file"}``."""
+    shard = events.column(shard_col)[0].as_py()
+    user, ts = columns.get("user_col", "user_id"), columns.get("ts_col", "ts")
+    keys = [(user, "ascending"), (ts, "ascending")] + [(c, "ascending") for c in order_cols]
+    r = write_encodings(out_dir, checkpoint, vocab_dir, events.sort_by(keys), shard=(shard, count), **columns)
+    return {"shard": shard, **r}
+
+
+def complete_encodings(out_dir, checkpoint, vocab_dir, count: int, written) -> list:
+    """Writes an empty part for every shard of ``range(count)`` not in ``written`` (the shards an
+    engine's job wrote: a shard no event hashed to has no user), so the directory holds parts
+    ``0..count`` as the readers require. Returns the shards it wrote."""
+    missing = sorted(set(range(count)) - {int(s) for s in written})
+    for s in missing:
+        EncodingsWriter(out_dir, checkpoint, vocab_dir, shard=(s, count)).close()
+    return missing

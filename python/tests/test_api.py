@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
@@ -176,3 +177,48 @@ def test_train_from_a_dict_with_overrides(world, tmp_path):
         "--set", "train.max_steps=6", "--set", "train.batch_size=64", "--set", "train.eval_every=3",
         "--set", "train.seed=7")
     assert lifelong.evaluate(tmp_path / "din_cli", world.data, split="valid") == m
+
+
+def test_write_shard_and_complete_encodings_make_a_directory_the_scorer_opens(world, tmp_path):
+    # Three users' events only, into 8 parts: most shards get no user and an empty part.
+    events = pq.read_table(world.events)
+    users = events.column("user_id").unique().to_pylist()[:3]
+    mask = pa.compute.is_in(events.column("user_id"), value_set=pa.array(users))
+    table = lifelong.add_shard(events.filter(mask), 8)
+    out = tmp_path / "enc"
+    written = []
+    for s in sorted(set(table.column("shard").to_pylist())):
+        group = table.filter(pa.compute.equal(table.column("shard"), s))
+        # Newest first: write_shard orders each user's events by time (then the log's order).
+        r = lifelong.write_shard(out, world.run("sdim"), world.data, group.take(list(range(group.num_rows))[::-1]),
+                                 8, order_cols=["seq"])
+        assert r["shard"] == s
+        written.append(s)
+    empty = lifelong.complete_encodings(out, world.run("sdim"), world.data, 8, written)
+    assert sorted(empty + written) == list(range(8)) and len(written) <= 3
+    scorer = lifelong.Scorer(world.run("sdim"), out)
+    ref = lifelong.Scorer(world.run("sdim"), world.enc("sdim"))
+    assert scorer.num_users == 3
+    items = np.arange(1_000, 1_050, dtype=np.int64)
+    for u in users:
+        np.testing.assert_array_equal(scorer.score(u, items), ref.score(u, items))
+
+
+def test_history_tables_encode_as_their_events(world, tmp_path):
+    # One row per user, the history as three lists (what groupBy(user).agg(collect_list) writes).
+    events = pq.read_table(world.events).sort_by([("user_id", "ascending"), ("ts", "ascending"), ("seq", "ascending")])
+    hist = events.group_by("user_id", use_threads=False).aggregate(
+        [("item_id", "list"), ("cate_id", "list"), ("ts", "list")]
+    ).rename_columns(["user_id", "item_id", "cate_id", "ts"])
+    out = tmp_path / "enc"
+    with lifelong.EncodingsWriter(out, world.run("eta"), world.data) as w:
+        for b in lifelong.encode_batches(world.run("eta"), world.data, hist.to_batches(max_chunksize=7)):
+            w.write(b)
+    assert w.users == hist.num_rows
+    got = {r["user_id"]: r for r in pq.read_table(out / "part-00000-of-00001.parquet").to_pylist()}
+    want = {r["user_id"]: r for r in pq.read_table(world.enc("eta") / "part-00000-of-00001.parquet").to_pylist()}
+    assert got == want
+    # A history whose lists differ in length names the user's row.
+    bad = hist.set_column(2, "cate_id", pa.array([c[:-1] if i == 4 else c for i, c in enumerate(hist.column("cate_id").to_pylist())]))
+    with pytest.raises(lifelong.DataError, match="row 4"):
+        list(lifelong.encode_batches(world.run("eta"), world.data, bad))

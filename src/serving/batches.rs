@@ -6,7 +6,9 @@
 //! - [`BatchEncoder::encode`] turns a batch of events (the columns `prepare` reads: user, item,
 //!   category, timestamp, optional label; label-0 rows are impressions, not behaviors) into one
 //!   encodings row per user of the batch, every behavior of a user in the batch, ordered by
-//!   timestamp (a stable sort: ties keep the batch's order).
+//!   timestamp (a stable sort: ties keep the batch's order). A per-user history table (the item,
+//!   category and timestamp columns as lists, or a list of structs, one row per user) is
+//!   exploded into its events first, as `prepare` reads one ([`crate::data::history_table`]).
 //! - [`StreamEncoder`] does the same over a stream whose users are contiguous but may straddle
 //!   batch boundaries (a partition sorted by user): the last user of each batch waits for the
 //!   next.
@@ -20,6 +22,7 @@
 use super::format::*;
 use super::writer::copy_vocab;
 use crate::checkpoint::{self, ModelFile};
+use crate::data::history_table;
 use crate::data::io::{self, Column, Kind, RawIds};
 use crate::data::vocab::{RawId, Vocab};
 use crate::data::ColumnNames;
@@ -93,9 +96,19 @@ impl BatchEncoder {
     /// [`Error::Schema`] for a missing or mistyped column or user ids of another type than the
     /// vocabulary's; [`Error::Value`] for a null or a label other than 0/1 (the row named).
     pub fn encode(&self, events: &RecordBatch) -> Result<RecordBatch> {
-        let ev = self.read(events)?;
+        let (events, source) = self.explode(events)?;
+        let ev = self
+            .read(&events)
+            .map_err(|e| history_table::locate(e, 0, &source))?;
         let encoded = self.encode_users(&ev, &group(&ev.users))?;
         to_batch(&self.schema, &self.layout, &encoded)
+    }
+
+    /// A history table's events (each with the row it comes from); events as they are.
+    fn explode(&self, batch: &RecordBatch) -> Result<(RecordBatch, Vec<u32>)> {
+        let c = &self.columns;
+        let wanted = [&c.user, &c.item, &c.cate, &c.ts, &c.label].map(|s| s.to_string());
+        history_table::explode(Path::new(SOURCE), 0, batch, &wanted)
     }
 
     /// The columns of `events`, checked as `prepare` checks a log's.
@@ -242,15 +255,17 @@ impl StreamEncoder {
     /// which is held; `None` when nothing is complete yet.
     ///
     /// # Errors
-    /// As [`BatchEncoder::encode`]; a batch of another schema than the held rows'.
+    /// As [`BatchEncoder::encode`] (rows counted from the first held row); a batch of another
+    /// schema than the held rows'.
     pub fn push(&mut self, events: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let (events, _) = self.encoder.explode(events)?;
         let all = match self.held.take() {
             Some(h) => {
-                arrow_select::concat::concat_batches(&h.schema(), [&h, events]).map_err(|e| {
+                arrow_select::concat::concat_batches(&h.schema(), [&h, &events]).map_err(|e| {
                     Error::schema(SOURCE, "*", format!("batches of different schemas: {e}"))
                 })?
             }
-            None => events.clone(),
+            None => events,
         };
         if all.num_rows() == 0 {
             return Ok(None);
