@@ -117,24 +117,11 @@ impl BatchEncoder {
         let source = Path::new(SOURCE);
         let schema = events.schema();
         let column = |name: &str, kind: Kind, required: bool| -> Result<Option<Column>> {
-            let Ok(i) = schema.index_of(name) else {
-                return if required {
-                    Err(io::missing_column(source, name, &schema))
-                } else {
-                    Ok(None)
-                };
-            };
-            let arr = events.column(i);
-            if !kind.accepts(arr.data_type()) {
-                return Err(Error::schema(
-                    source,
-                    name,
-                    format!("expected {}, got {}", kind.expected(), arr.data_type()),
-                ));
+            match schema.index_of(name) {
+                Ok(i) => column_of(events.column(i), name, &kind).map(Some),
+                Err(_) if required => Err(io::missing_column(source, name, &schema)),
+                Err(_) => Ok(None),
             }
-            let mut out = Column::empty(&kind, arr.data_type());
-            io::append_array(source, name, 0, &kind, arr, &mut out)?;
-            Ok(Some(out))
         };
         let raw = |name: &str| -> Result<RawIds> {
             Ok(column(name, Kind::RawId, true)?
@@ -186,14 +173,8 @@ impl BatchEncoder {
                     .filter(|&r| ev.label.as_ref().is_none_or(|l| l[r] == 1))
                     .collect();
                 rows.sort_by_key(|&r| ev.ts[r]); // stable: ties keep the batch's order
-                let items: Vec<u32> = rows
-                    .iter()
-                    .map(|&r| self.items.lookup(&ev.items.get(r)))
-                    .collect();
-                let cates: Vec<u32> = rows
-                    .iter()
-                    .map(|&r| self.cates.lookup(&ev.cates.get(r)))
-                    .collect();
+                let items = lookup(&self.items, &ev.items, &rows);
+                let cates = lookup(&self.cates, &ev.cates, &rows);
                 let enc = model
                     .encode_user(self.users.lookup(id), &items, &cates)
                     .map_err(|e| Error::InvalidArgument(format!("{SOURCE}: user {id}: {e}")))?;
@@ -205,6 +186,28 @@ impl BatchEncoder {
             })
             .collect()
     }
+}
+
+/// The vocabulary indices of `rows` of `ids` (no per-id allocation for string ids).
+fn lookup(vocab: &Vocab, ids: &RawIds, rows: &[usize]) -> Vec<u32> {
+    match ids {
+        RawIds::Int(v) => rows.iter().map(|&r| vocab.lookup_int(v[r])).collect(),
+        RawIds::Str(s) => rows.iter().map(|&r| vocab.lookup_str(s.get(r))).collect(),
+    }
+}
+
+/// An array read as `kind` with the checks and named errors of the parquet reader.
+fn column_of(arr: &arrow_array::ArrayRef, name: &str, kind: &Kind) -> Result<Column> {
+    if !kind.accepts(arr.data_type()) {
+        return Err(Error::schema(
+            SOURCE,
+            name,
+            format!("expected {}, got {}", kind.expected(), arr.data_type()),
+        ));
+    }
+    let mut out = Column::empty(kind, arr.data_type());
+    io::append_array(Path::new(SOURCE), name, 0, kind, arr, &mut out)?;
+    Ok(out)
 }
 
 /// A batch's event columns.
@@ -452,26 +455,7 @@ pub fn shards_of(ids: &dyn Array, count: usize) -> Result<Vec<u32>> {
         return Err(Error::InvalidArgument("a shard count of 0".into()));
     }
     let arr = arrow_array::make_array(ids.to_data());
-    if !Kind::RawId.accepts(arr.data_type()) {
-        return Err(Error::schema(
-            SOURCE,
-            "user_id",
-            format!(
-                "expected {}, got {}",
-                Kind::RawId.expected(),
-                arr.data_type()
-            ),
-        ));
-    }
-    let mut out = Column::empty(&Kind::RawId, arr.data_type());
-    io::append_array(
-        Path::new(SOURCE),
-        "user_id",
-        0,
-        &Kind::RawId,
-        &arr,
-        &mut out,
-    )?;
+    let out = column_of(&arr, "user_id", &Kind::RawId)?;
     let ids = out.into_raw_ids().unwrap_or(RawIds::Int(Vec::new()));
     Ok((0..ids.len())
         .map(|r| shard_of(&ids.get(r), count) as u32)
