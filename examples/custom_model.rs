@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         ],
         head: preset(Preset::Din).head,
         dice: Default::default(),
+        ops: Default::default(),
     };
     let cfg = Config {
         data: DataConfig {

@@ -35,6 +35,7 @@ pub(crate) mod cpu;
 pub mod error;
 pub(crate) mod seed;
 pub mod config;
+pub mod device;
 // The pipeline, in data-flow order.
 pub mod data;
 pub mod embedding;

@@ -21,6 +21,8 @@ mod fuzz;
 // Model pieces: Dice, DIN, BCE against references; every preset's gradient check, padding
 // invariance, DARE's decoupling.
 mod models;
+// The generic path (candle ops, any device) against the fused CPU ops, every preset; devices.
+mod generic;
 // SimHash, top-k, SDIM buckets and full-attention pooling against brute force.
 mod search;
 // The kernel ops' CPU twins against brute force; every kernel source through NVRTC.

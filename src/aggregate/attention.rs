@@ -37,6 +37,7 @@ pub struct TargetAttention {
     /// `[d_k]` column scales of the parameter-free score.
     scale: Vec<f32>,
     product: bool,
+    generic: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +85,21 @@ impl TargetAttention {
             proj,
             scale,
             product,
+            generic: ps.generic(),
         })
+    }
+
+    /// `x·wᵀ`: the fused CPU op, or a matmul on the generic path.
+    fn lin(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        Ok(if self.generic || !x.device().is_cpu() {
+            x.matmul(&w.t()?)?
+        } else {
+            linear(x, w)?
+        })
+    }
+
+    fn generic_on(&self, x: &Tensor) -> bool {
+        self.generic || !x.device().is_cpu()
     }
 
     /// Width of what it gives the head: `d_v`, doubled with the product.
@@ -166,6 +181,10 @@ impl TargetAttention {
         mask: &Mask,
         target_v: &Tensor,
     ) -> Result<Tensor> {
+        if self.generic_on(target_k) {
+            let m = Tensor::from_slice(&mask.data, (mask.b, mask.k), target_k.device())?;
+            return self.forward_reference(target_k, keys, values, &m, target_v);
+        }
         let (kp, vp) = if mask.k == 0 {
             (keys.clone(), values.clone())
         } else {
@@ -183,8 +202,8 @@ impl TargetAttention {
         match &self.proj {
             None => Ok((keys.clone(), values.clone())),
             Some(p) => Ok((
-                linear(keys, p.wk.as_tensor())?,
-                linear(values, p.wv.as_tensor())?,
+                self.lin(keys, p.wk.as_tensor())?,
+                self.lin(values, p.wv.as_tensor())?,
             )),
         }
     }
@@ -210,9 +229,9 @@ impl TargetAttention {
                 }
                 Some(p) => {
                     let dh = (self.dim / self.heads) as f32;
-                    let q = linear(target_k, p.wq.as_tensor())?;
+                    let q = self.lin(target_k, p.wq.as_tensor())?;
                     let o = attend(&q, kp, vp, mask, self.heads, 1.0 / dh.sqrt())?;
-                    linear(&o, p.wo.as_tensor())?
+                    self.lin(&o, p.wo.as_tensor())?
                 }
             }
         };
@@ -254,7 +273,7 @@ impl TargetAttention {
         let o = o.reshape((b, ()))?;
         let out = match &self.proj {
             None => o,
-            Some(p) => linear(&o, p.wo.as_tensor())?,
+            Some(p) => self.lin(&o, p.wo.as_tensor())?,
         };
         self.with_product(out, target_v)
     }
@@ -284,6 +303,14 @@ impl TargetAttention {
                 "attention row {bad} outside a window of {l}"
             )));
         }
+        if self.generic_on(target_k) {
+            let o = self.attend_indexed_generic(&q, scale, kp, vp, rows)?;
+            let out = match &self.proj {
+                None => o,
+                Some(p) => self.lin(&o, p.wo.as_tensor())?,
+            };
+            return self.with_product(out, target_v);
+        }
         let mut o = vec![0f32; b * dv];
         // The projected window is read in place (no copy of `[L, dim]` per request).
         with_data(&q, |qv| {
@@ -303,9 +330,51 @@ impl TargetAttention {
         let o = Tensor::from_vec(o, (b, dv), target_k.device())?;
         let out = match &self.proj {
             None => o,
-            Some(p) => linear(&o, p.wo.as_tensor())?,
+            Some(p) => self.lin(&o, p.wo.as_tensor())?,
         };
         self.with_product(out, target_v)
+    }
+
+    /// [`TargetAttention::forward_indexed`]'s attention with candle ops: each candidate's rows
+    /// gathered into a padded `[B, K]` layout with a mask.
+    fn attend_indexed_generic(
+        &self,
+        q: &Tensor,
+        scale: f32,
+        kp: &Tensor,
+        vp: &Tensor,
+        rows: &[Vec<u32>],
+    ) -> Result<Tensor> {
+        let (b, dev) = (rows.len(), q.device());
+        let (h, dq, dv) = (self.heads, q.dim(1)?, vp.dim(1)?);
+        let k = rows.iter().map(Vec::len).max().unwrap_or(0);
+        if k == 0 {
+            return Ok(Tensor::zeros((b, dv), q.dtype(), dev)?);
+        }
+        let mut idx = vec![0u32; b * k];
+        let mut mask = vec![0f32; b * k];
+        for (i, r) in rows.iter().enumerate() {
+            idx[i * k..i * k + r.len()].copy_from_slice(r);
+            mask[i * k..i * k + r.len()]
+                .iter_mut()
+                .for_each(|m| *m = 1.0);
+        }
+        let idx = Tensor::from_vec(idx, b * k, dev)?;
+        let mask = Tensor::from_vec(mask, (b, k, 1), dev)?
+            .broadcast_as((b, k, h))?
+            .contiguous()?;
+        let (dh, dvh) = (dq / h, dv / h);
+        let kg = kp.index_select(&idx, 0)?.reshape((b, k, h, dh))?;
+        let s = (kg
+            .broadcast_mul(&q.reshape((b, 1, h, dh))?)?
+            .sum(D::Minus1)?
+            * scale as f64)?;
+        let w = masked_softmax_dim1(&s, &mask)?; // [B, K, H]
+        let vg = vp.index_select(&idx, 0)?.reshape((b, k, h, dvh))?;
+        Ok(vg
+            .broadcast_mul(&w.unsqueeze(3)?)?
+            .sum(1)?
+            .reshape((b, dv))?)
     }
 
     /// The query and the score scale: `(W_q t, 1/√d_h)`, or `(t ⊙ scale, 1)` without projections.
@@ -317,7 +386,7 @@ impl TargetAttention {
             }
             Some(p) => {
                 let dh = (self.dim / self.heads) as f32;
-                (linear(target_k, p.wq.as_tensor())?, 1.0 / dh.sqrt())
+                (self.lin(target_k, p.wq.as_tensor())?, 1.0 / dh.sqrt())
             }
         })
     }
@@ -331,8 +400,8 @@ impl TargetAttention {
         }
     }
 
-    /// [`TargetAttention::forward`] op by op with candle (any device; the tests' reference).
-    #[cfg(any(test, feature = "testing"))]
+    /// [`TargetAttention::forward`] op by op with candle (any device): the generic path and the
+    /// tests' reference.
     pub fn forward_reference(
         &self,
         target_k: &Tensor,

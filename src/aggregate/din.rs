@@ -33,6 +33,7 @@ pub struct ActivationUnit {
     out: Linear,
     softmax: bool,
     dim: usize,
+    generic: bool,
 }
 
 impl ActivationUnit {
@@ -72,6 +73,7 @@ impl ActivationUnit {
             out,
             softmax,
             dim,
+            generic: ps.generic(),
         })
     }
 
@@ -125,6 +127,9 @@ impl ActivationUnit {
             // No sample has any history: the interest is zero.
             return Ok(target.zeros_like()?);
         }
+        if self.generic || !seq.device().is_cpu() {
+            return self.forward_composite(target, seq, packed, train);
+        }
         if let Some(dice) = self.one_dice_layer() {
             return self.forward_fused(target, seq, History::Dense, packed, dice, train);
         }
@@ -170,7 +175,9 @@ impl ActivationUnit {
             )));
         }
         match self.one_dice_layer() {
-            Some(dice) if packed.rows() > 0 => {
+            Some(dice)
+                if packed.rows() > 0 && !self.generic && leaves.tensor().device().is_cpu() =>
+            {
                 let source = History::Leaf {
                     index: window.clone(),
                     grad: leaves.accumulator().clone(),
@@ -235,8 +242,7 @@ impl ActivationUnit {
         Ok(u)
     }
 
-    /// [`ActivationUnit::forward_t`] with candle ops only (any device).
-    #[cfg(any(test, feature = "testing"))]
+    /// [`ActivationUnit::forward_t`] with candle ops only (any device): the generic path.
     pub fn forward_composite(
         &self,
         target: &Tensor,
@@ -253,13 +259,14 @@ impl ActivationUnit {
         let seg = packed.seg(dev)?;
         let mut a = self.scores(target, seq, &seg, train)?; // [n]
         if self.softmax {
-            let (l, pos) = (packed.len(), packed.pos(dev)?);
-            let padded = Tensor::zeros(b * l, a.dtype(), dev)?.index_add(&pos, &a, 0)?;
-            let p = crate::nn::masked_softmax(&padded.reshape((b, l))?, &packed.mask(dev)?)?;
-            a = p.flatten_all()?.index_select(&pos, 0)?;
+            a = packed.softmax(&a)?;
         }
         let weighted = seq.broadcast_mul(&a.unsqueeze(1)?)?; // [n, d]
-        Ok(Tensor::zeros((b, d), seq.dtype(), dev)?.index_add(&seg, &weighted, 0)?)
+        debug_assert_eq!(weighted.dims(), [n, d]);
+        packed.sum_rows(&weighted).map(|u| {
+            debug_assert_eq!(u.dim(0).ok(), Some(b));
+            u
+        })
     }
 
     /// Reference implementation without the trick or packing: the paper's formula on padded

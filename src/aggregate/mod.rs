@@ -121,4 +121,26 @@ impl Packed {
         }
         Ok(Tensor::from_vec(v, (self.batch(), l), dev)?)
     }
+
+    /// The softmax of `a [n]` within each sample's rows (candle ops, any device).
+    pub fn softmax(&self, a: &Tensor) -> Result<Tensor> {
+        let (b, l, dev) = (self.batch(), self.len(), a.device());
+        if self.rows() == 0 {
+            return Ok(a.clone());
+        }
+        let pos = self.pos(dev)?;
+        let padded = Tensor::zeros(b * l, a.dtype(), dev)?.index_add(&pos, a, 0)?;
+        let p = crate::nn::masked_softmax(&padded.reshape((b, l))?, &self.mask(dev)?)?;
+        Ok(p.flatten_all()?.index_select(&pos, 0)?)
+    }
+
+    /// `[B, d]`: each sample's sum of its rows of `x [n, d]` (candle ops, any device).
+    pub fn sum_rows(&self, x: &Tensor) -> Result<Tensor> {
+        let (d, dev) = (x.dim(1)?, x.device());
+        let z = Tensor::zeros((self.batch(), d), x.dtype(), dev)?;
+        if self.rows() == 0 {
+            return Ok(z);
+        }
+        Ok(z.index_add(&self.seg(dev)?, x, 0)?)
+    }
 }

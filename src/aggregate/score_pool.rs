@@ -216,6 +216,25 @@ impl CustomOp2 for ScorePool {
     }
 }
 
+/// [`score_pool`] with candle ops (any device) on the window's gathered keys and values.
+///
+/// # Shapes
+/// query `[B, d_k]`, keys `[n, d_k]`, values `[n, d_v]` over `packed` → `[B, d_v]`
+pub fn score_pool_generic(
+    query: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    packed: &Packed,
+    softmax: bool,
+) -> crate::Result<Tensor> {
+    let seg = packed.seg(query.device())?;
+    let r = keys
+        .mul(&query.index_select(&seg, 0)?)?
+        .sum(candle_core::D::Minus1)?; // [n]
+    let w = if softmax { packed.softmax(&r)? } else { r };
+    packed.sum_rows(&values.broadcast_mul(&w.unsqueeze(1)?)?)
+}
+
 /// The same function with candle ops on gathered, padded tokens (the tests' reference).
 ///
 /// # Shapes

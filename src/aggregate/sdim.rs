@@ -73,6 +73,58 @@ impl Sdim {
     }
 }
 
+impl Sdim {
+    /// [`Sdim::forward`] with candle ops (any device) on the window's gathered values: which
+    /// rows match their target's signature in each group is decided on the host (the
+    /// signatures carry no gradient), the sums are one `index_add`.
+    ///
+    /// # Shapes
+    /// values `[m, d_v]` over the window `packed` → `[B, d_v]`
+    pub fn forward_generic(
+        &self,
+        values: &Tensor,
+        packed: &Packed,
+        sigs: &Signatures,
+    ) -> crate::Result<Tensor> {
+        let (b, m, g) = (packed.batch(), packed.rows(), self.groups);
+        let (d, dev) = (values.dim(1)?, values.device());
+        if values.dim(0)? != m || sigs.rows.len() != m * g || sigs.target.len() != b * g {
+            return Err(crate::Error::InvalidArgument(format!(
+                "sdim: {} value rows, {} signatures, {} target signatures for B = {b}, m = {m}, G = {g}",
+                values.dim(0)?,
+                sigs.rows.len(),
+                sigs.target.len()
+            )));
+        }
+        let seg = super::sample_of_rows(packed.offsets());
+        let hit: Vec<f32> = (0..m * g)
+            .map(|i| {
+                let (j, q) = (i / g, i % g);
+                (sigs.rows[i] == sigs.target[seg[j] as usize * g + q]) as u8 as f32
+            })
+            .collect();
+        let hit = Tensor::from_vec(hit, (m, g, 1), dev)?;
+        let contrib = values
+            .unsqueeze(1)?
+            .broadcast_mul(&hit)?
+            .reshape((m, g * d))?;
+        let sums = packed.sum_rows(&contrib)?.reshape((b, g, d))?;
+        let a = if self.normalize {
+            // 1/‖S‖ where the bucket holds anything; an empty bucket's sum is 0 either way.
+            let inv = sums
+                .sqr()?
+                .sum_keepdim(2)?
+                .maximum(1e-24)?
+                .sqrt()?
+                .recip()?;
+            sums.broadcast_mul(&inv)?
+        } else {
+            sums
+        };
+        Ok(a.mean(1)?)
+    }
+}
+
 /// Every bucket of every group (BSE): `out[g][s] = Σ_{j: sig[j][g] = s} values[j]`.
 ///
 /// # Shapes

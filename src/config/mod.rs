@@ -166,6 +166,8 @@ pub struct TrainConfig {
     pub out: PathBuf,
     /// Stop after this many steps in total (0 = no limit); for smoke tests and benchmarks.
     pub max_steps: u64,
+    /// Where the run computes: `cpu`, `cuda` or `cuda:N` (`--device` overrides it).
+    pub device: crate::device::DeviceSpec,
 }
 
 impl Default for TrainConfig {
@@ -187,6 +189,7 @@ impl Default for TrainConfig {
             eval_batch_size: 4096,
             out: PathBuf::from("runs/din"),
             max_steps: 0,
+            device: Default::default(),
         }
     }
 }

@@ -33,6 +33,10 @@ pub struct ModelConfig {
     /// Dice settings shared by every Dice layer.
     #[serde(default)]
     pub dice: DiceConfig,
+    /// The parts' implementation: `fused` CPU ops (the default) or `generic` candle ops (any
+    /// device; every part takes it on a GPU). See [`crate::device::Ops`].
+    #[serde(default)]
+    pub ops: crate::device::Ops,
 }
 
 /// Model presets (`kind`).

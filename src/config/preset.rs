@@ -168,6 +168,7 @@ pub fn preset(kind: Preset) -> ModelConfig {
         aggregate,
         head,
         dice: DiceConfig::default(),
+        ops: Default::default(),
     }
 }
 

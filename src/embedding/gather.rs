@@ -13,10 +13,63 @@ use std::sync::Arc;
 /// # Shapes
 /// leaf `[Σ u_t·d_t]` → `[index.rows, index.width]` (zero rows where the index has no token)
 pub fn gather(leaves: &Leaves, index: &Arc<TokenIndex>) -> crate::Result<Tensor> {
+    if leaves.generic() {
+        return gather_generic(leaves.tensor(), index);
+    }
     Ok(leaves.tensor().apply_op1(Gather {
         index: index.clone(),
         grad: leaves.accumulator().clone(),
     })?)
+}
+
+/// [`gather`] through candle ops (any device; candle's autograd carries the gradient to the
+/// leaf): per field, its segment of the flat buffer as a `[rows, dim]` matrix with a zero row
+/// after it (the padding's), rows selected by `index_select`, fields side by side.
+pub fn gather_generic(flat: &Tensor, index: &TokenIndex) -> crate::Result<Tensor> {
+    let dev = flat.device();
+    let mut fields: Vec<_> = index.fields.iter().collect();
+    fields.sort_by_key(|f| f.col);
+    let mut parts = Vec::with_capacity(fields.len());
+    let mut col = 0;
+    for f in fields {
+        if f.col != col || f.seg_offset + f.seg_rows * f.dim > flat.dim(0)? {
+            return Err(crate::Error::InvalidArgument(format!(
+                "token-gather: field {:?} at column {} of a token of width {} (expected {col}), \
+                 or outside the leaf",
+                f.field, f.col, index.width
+            )));
+        }
+        let seg = flat
+            .narrow(0, f.seg_offset, f.seg_rows * f.dim)?
+            .reshape((f.seg_rows, f.dim))?;
+        let seg = Tensor::cat(&[&seg, &Tensor::zeros((1, f.dim), flat.dtype(), dev)?], 0)?;
+        let pad = f.seg_rows as u32;
+        let ids: Vec<u32> = f
+            .local
+            .iter()
+            .map(|&l| {
+                if l == crate::data::batch::NONE {
+                    pad
+                } else {
+                    l
+                }
+            })
+            .collect();
+        let ids = Tensor::from_vec(ids, index.rows, dev)?;
+        parts.push(seg.index_select(&ids, 0)?);
+        col += f.dim;
+    }
+    if col != index.width {
+        return Err(crate::Error::InvalidArgument(format!(
+            "token-gather: fields cover {col} of a token's {} columns",
+            index.width
+        )));
+    }
+    Ok(match parts.len() {
+        0 => Tensor::zeros((index.rows, 0), flat.dtype(), dev)?,
+        1 => parts.pop().expect("one part"),
+        _ => Tensor::cat(&parts, 1)?,
+    })
 }
 
 struct Gather {

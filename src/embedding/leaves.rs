@@ -295,6 +295,7 @@ pub struct Leaves {
     var: Option<Var>,
     segments: Vec<Segment>,
     grad: Arc<GradAccumulator>,
+    generic: bool,
 }
 
 /// The gradient of one table's rows.
@@ -309,6 +310,16 @@ pub struct RowGrad {
 }
 
 impl Leaves {
+    /// Whether tokens are read from it through candle ops ([`crate::device::Ops::Generic`]; always
+    /// on a device other than the CPU) rather than the fused gather.
+    pub fn generic(&self) -> bool {
+        self.generic
+    }
+    /// The leaf read through candle ops when `on` (it always is off the CPU).
+    pub fn into_generic(mut self, on: bool) -> Self {
+        self.generic |= on;
+        self
+    }
     /// The flat buffer (a variable's tensor when built for gradients).
     pub fn tensor(&self) -> &Tensor {
         &self.flat
@@ -627,6 +638,7 @@ impl<'a> LeafBuilder<'a> {
                     len: offset,
                     buf: Default::default(),
                 }),
+                generic: !device.is_cpu(),
             },
             indices,
         ))

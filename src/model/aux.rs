@@ -4,7 +4,7 @@
 
 use super::part::{Aggregation, Ctx, PartLookup};
 use super::search::Search;
-use crate::aggregate::score_pool::score_pool;
+use crate::aggregate::score_pool::{score_pool, score_pool_generic};
 use crate::aggregate::Packed;
 use crate::config::{AuxConfig, AuxPooling, DiceConfig, View};
 use crate::data::Batch;
@@ -85,14 +85,13 @@ impl AuxHead {
                 "an auxiliary head needs an attention search".into(),
             ))
         })?;
-        let pooled = score_pool(
-            &q,
-            leaves,
-            ix(1),
-            ix(2),
-            &Packed::new(batch.offsets.clone())?,
-            self.softmax,
-        )?;
+        let packed = Packed::new(batch.offsets.clone())?;
+        let pooled = if leaves.generic() {
+            let (keys, values) = (gather(leaves, ix(1))?, gather(leaves, ix(2))?);
+            score_pool_generic(&q, &keys, &values, &packed, self.softmax)?
+        } else {
+            score_pool(&q, leaves, ix(1), ix(2), &packed, self.softmax)?
+        };
         let mut x = vec![t_rep.clone(), pooled.clone()];
         if self.product {
             x.push((t_rep * &pooled)?);

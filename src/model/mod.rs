@@ -109,6 +109,7 @@ pub struct CtrModel {
     max_len: usize,
     vocab: VocabSizes,
     device: Device,
+    ops: crate::device::Ops,
     params: ParamStore,
     tables: Tables,
     search: Option<Box<dyn Search>>,
@@ -147,7 +148,8 @@ impl CtrModel {
     ) -> Result<Self> {
         cfg.validate(max_len).map_err(Error::Config)?;
         let tables = Tables::new(&cfg.embedding, vocab, max_len, seed)?;
-        let mut ps = ParamStore::new(device.clone(), seed);
+        let ops = cfg.ops.on(device);
+        let mut ps = ParamStore::new(device.clone(), seed).with_ops(ops);
         let cx = Ctx {
             tables: &tables,
             device,
@@ -176,6 +178,7 @@ impl CtrModel {
             max_len,
             vocab,
             device: device.clone(),
+            ops,
             params: ps,
             tables,
             search,
@@ -290,6 +293,7 @@ impl CtrModel {
             .and_then(|s| s.aux())
             .map(|a| a.request(&cx, &mut lb));
         let (leaves, indices) = lb.build(&self.device, grad)?;
+        let leaves = leaves.into_generic(self.ops.generic());
         Ok((
             leaves,
             Lookups {

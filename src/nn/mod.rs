@@ -27,6 +27,7 @@ use std::sync::Arc;
 pub struct ParamStore {
     device: Device,
     seed: u64,
+    ops: crate::device::Ops,
     params: BTreeMap<String, Var>,
     buffers: BTreeMap<String, Var>,
 }
@@ -37,9 +38,19 @@ impl ParamStore {
         Self {
             device,
             seed,
+            ops: Default::default(),
             params: BTreeMap::new(),
             buffers: BTreeMap::new(),
         }
+    }
+    /// The store with modules built from it taking `ops` (see [`crate::device::Ops`]).
+    pub fn with_ops(mut self, ops: crate::device::Ops) -> Self {
+        self.ops = ops;
+        self
+    }
+    /// Whether modules built from this store take the generic path.
+    pub fn generic(&self) -> bool {
+        self.ops.generic()
     }
     /// The seed of the named piece `name` (parameters, SimHash projections).
     pub fn seed_of(&self, name: &str) -> u64 {
@@ -214,6 +225,7 @@ pub struct Dice {
     pub running_var: Var,
     pub(crate) eps: f32,
     momentum: f32,
+    generic: bool,
 }
 
 impl Dice {
@@ -231,6 +243,7 @@ impl Dice {
             running_var: ps.buffer(&format!("{prefix}.running_var"), &[dim], 1.0)?,
             eps,
             momentum,
+            generic: ps.generic(),
         })
     }
 
@@ -241,6 +254,9 @@ impl Dice {
     /// `[n, dim]` → `[n, dim]`
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let (n, _) = xs.dims2()?;
+        if self.generic || !xs.device().is_cpu() {
+            return self.forward_generic(xs, train);
+        }
         let fixed = if train {
             None
         } else {
@@ -258,6 +274,20 @@ impl Dice {
         let out = xs.contiguous()?.apply_op2(self.alpha.as_tensor(), op)?;
         if let (true, Some(s)) = (train && n > 0, batch.get()) {
             self.fold_stats(&s, n)?;
+        }
+        Ok(out)
+    }
+
+    /// [`Dice::forward_t`] through candle ops ([`dice_reference`]): any device.
+    fn forward_generic(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let n = xs.dim(0)?;
+        if n == 0 {
+            return Ok(xs.clone());
+        }
+        let fixed = (!train).then(|| (self.running_mean.as_tensor(), self.running_var.as_tensor()));
+        let (out, batch) = dice_reference(xs, self.alpha.as_tensor(), fixed, self.eps)?;
+        if let Some((m, v)) = batch {
+            self.fold(&m, &v, n)?;
         }
         Ok(out)
     }
@@ -298,13 +328,13 @@ impl Dice {
     }
 }
 
-/// Dice written with candle ops (differentiable through candle's autograd). `fixed` = running
+/// Dice written with candle ops (differentiable through candle's autograd): the generic path
+/// and the tests' reference. `fixed` = running
 /// statistics for evaluation; `None` = batch statistics (biased variance), which are returned.
 ///
 /// # Shapes
 /// xs `[n, dim]`, alpha `[dim]` → `[n, dim]` (and batch mean, variance `[dim]`)
 #[allow(clippy::type_complexity)]
-#[cfg(any(test, feature = "testing"))]
 pub fn dice_reference(
     xs: &Tensor,
     alpha: &Tensor,

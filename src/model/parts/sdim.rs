@@ -141,12 +141,12 @@ impl Aggregation for SdimPart {
             .sigs
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("sdim without signatures".into()))?;
-        self.unit.forward(
-            x.leaves,
-            x.index(0),
-            &Packed::new(x.window.offsets.clone())?,
-            sigs,
-        )
+        let packed = Packed::new(x.window.offsets.clone())?;
+        if x.leaves.generic() {
+            let values = crate::embedding::gather(x.leaves, x.index(0))?;
+            return self.unit.forward_generic(&values, &packed, sigs);
+        }
+        self.unit.forward(x.leaves, x.index(0), &packed, sigs)
     }
 
     fn encoding_floats(&self, cx: &Ctx) -> usize {

@@ -1,0 +1,182 @@
+//! The generic path (`model.ops = "generic"`: every part composed of candle ops, the path a GPU
+//! runs) against the fused CPU ops, for every preset: the same plan to the bit, the same logits,
+//! the same gradients of every dense parameter and every leaf entry, the same Dice running
+//! statistics; and its own finite-difference check. (Its planted-data AUC floor is in
+//! `train.rs`.)
+
+use crate::common::{gradient_check, tiny_batch, tiny_config, MEAN_MODEL};
+use candle_core::{Device, Tensor};
+use lifelong::config::{Config, Preset};
+use lifelong::data::Batch;
+use lifelong::device::{DeviceSpec, Ops};
+use lifelong::model::CtrModel;
+use std::collections::BTreeMap;
+
+fn build(cfg: &Config, ops: Ops) -> CtrModel {
+    let mut m = cfg.model.clone();
+    m.ops = ops;
+    CtrModel::new(
+        &m,
+        cfg.data.max_len,
+        crate::common::TINY_VOCAB,
+        cfg.train.seed,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// Every model under test: the six presets and the model of parts (mean pooling, SIM hard).
+fn configs() -> Vec<(String, Config)> {
+    let mut v: Vec<(String, Config)> = Preset::ALL
+        .iter()
+        .map(|&p| (p.name().to_string(), tiny_config(p, "")))
+        .collect();
+    v.push(("mean".into(), tiny_config(Preset::Custom, MEAN_MODEL)));
+    v
+}
+
+fn vec_of(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// `|a − b| ≤ 1e-4·max(|a|, |b|) + 1e-5` entry by entry; names the first entry that is not.
+fn assert_close(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let tol = 1e-4 * x.abs().max(y.abs()) + 1e-5;
+        assert!(
+            (x - y).abs() <= tol,
+            "{what}[{i}]: fused {x:.7e}, generic {y:.7e}"
+        );
+    }
+}
+
+/// One training-mode forward and backward of a fixed probe: logits, aux logits, the leaf's
+/// gradient and every parameter's, and the buffers after the step (Dice's running statistics).
+struct Run {
+    logits: Vec<f32>,
+    aux: Vec<Vec<f32>>,
+    leaf: Vec<f32>,
+    params: BTreeMap<String, Vec<f32>>,
+    buffers: BTreeMap<String, Vec<f32>>,
+    eval: Vec<f32>,
+}
+
+fn run(model: &CtrModel, batch: &Batch) -> Run {
+    let plan = model.plan(batch).unwrap();
+    let (leaves, look) = model.leaves(batch, &plan, true).unwrap();
+    let out = model.forward(batch, &plan, &leaves, &look, true).unwrap();
+    let b = batch.size();
+    let coef: Vec<f32> = (0..b).map(|i| 1.0 - 0.37 * i as f32).collect();
+    let ct = Tensor::from_slice(&coef, b, &Device::Cpu).unwrap();
+    let mut probe = (&out.logits * &ct).unwrap().sum_all().unwrap();
+    for (w, a) in &out.aux {
+        let s = (a * &ct).unwrap().sum_all().unwrap();
+        probe = (probe + (s * *w).unwrap()).unwrap();
+    }
+    let grads = probe.backward().unwrap();
+    let leaf = leaves.take_grad(&grads).unwrap().unwrap_or_default();
+    let params = model
+        .params()
+        .params()
+        .iter()
+        .map(|(n, v)| {
+            let g = grads
+                .get(v.as_tensor())
+                .map(vec_of)
+                .unwrap_or_else(|| vec![0.0; v.elem_count()]);
+            (n.clone(), g)
+        })
+        .collect();
+    let buffers = model
+        .params()
+        .buffers()
+        .iter()
+        .map(|(n, v)| (n.clone(), vec_of(v.as_tensor())))
+        .collect();
+    Run {
+        logits: vec_of(&out.logits),
+        aux: out.aux.iter().map(|(_, a)| vec_of(a)).collect(),
+        leaf,
+        params,
+        buffers,
+        eval: model.predict(batch).unwrap(),
+    }
+}
+
+#[test]
+fn generic_path_equals_the_fused_ops_for_every_model() {
+    let batch = tiny_batch(6);
+    for (name, cfg) in configs() {
+        let (fused, generic) = (build(&cfg, Ops::Fused), build(&cfg, Ops::Generic));
+        // The plan (search and signatures) is the same to the bit.
+        let (pf, pg) = (fused.plan(&batch).unwrap(), generic.plan(&batch).unwrap());
+        assert_eq!(pf.retrieved, pg.retrieved, "{name}: retrieved");
+        assert_eq!(pf.windows, pg.windows, "{name}: windows");
+        for (a, b) in pf.parts.iter().zip(&pg.parts) {
+            assert_eq!(a.sigs, b.sigs, "{name}: signatures");
+        }
+        let (f, g) = (run(&fused, &batch), run(&generic, &batch));
+        assert_close(&format!("{name} logits"), &f.logits, &g.logits);
+        assert_eq!(f.aux.len(), g.aux.len(), "{name}: aux heads");
+        for (a, b) in f.aux.iter().zip(&g.aux) {
+            assert_close(&format!("{name} aux"), a, b);
+        }
+        assert!(
+            f.leaf.iter().any(|x| x.abs() > 1e-3),
+            "{name}: no leaf gradient"
+        );
+        assert_close(&format!("{name} leaf gradient"), &f.leaf, &g.leaf);
+        let mut moved = 0;
+        for (n, a) in &f.params {
+            assert_close(&format!("{name} ∂{n}"), a, &g.params[n]);
+            moved += a.iter().any(|x| x.abs() > 1e-4) as usize;
+        }
+        assert!(moved * 2 >= f.params.len(), "{name}: most gradients zero");
+        for (n, a) in &f.buffers {
+            assert_close(&format!("{name} buffer {n}"), a, &g.buffers[n]);
+        }
+        assert_close(&format!("{name} eval logits"), &f.eval, &g.eval);
+    }
+}
+
+/// The generic path's own gradients (candle's autograd through every part) against finite
+/// differences, every preset.
+#[test]
+fn generic_path_passes_a_gradient_check_for_every_model() {
+    let batch = tiny_batch(6);
+    for (name, cfg) in configs() {
+        let model = build(&cfg, Ops::Generic);
+        let (checked, biggest) = gradient_check(&model, &batch, 5e-5);
+        assert!(checked > 100, "{name}: only {checked} entries");
+        assert!(biggest > 0.01, "{name}: gradients all tiny ({biggest})");
+    }
+}
+
+/// Device names: parsed as documented, refused by name otherwise; a build without `cuda`
+/// refuses a CUDA device naming the feature (never a silent CPU run).
+#[test]
+fn devices_parse_and_a_build_without_cuda_refuses_one_by_name() {
+    assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+    assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+    assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+    for bad in ["gpu", "cuda:", "cuda:x", "CUDA", ""] {
+        let e = bad.parse::<DeviceSpec>().unwrap_err().to_string();
+        assert!(e.contains("cpu") && e.contains("cuda:N"), "{bad}: {e}");
+    }
+    assert!(DeviceSpec::Cpu.open().unwrap().is_cpu());
+    #[cfg(not(feature = "cuda"))]
+    {
+        let e = DeviceSpec::Cuda(1).open().unwrap_err().to_string();
+        assert!(e.contains("cuda:1") && e.contains("--features cuda"), "{e}");
+    }
+    // The config key, through the same parser.
+    let cfg = tiny_config(Preset::Din, "");
+    assert_eq!(cfg.train.device, DeviceSpec::Cpu);
+    let text = "[data]\ndir = \"x\"\n[model]\nkind = \"din\"\n[train]\ndevice = \"tpu\"\n";
+    let e = Config::from_toml(text).unwrap_err().to_string();
+    assert!(e.contains("train.device") && e.contains("tpu"), "{e}");
+    // Ops off the CPU are always generic; on it, as configured.
+    assert_eq!(Ops::Fused.on(&Device::Cpu), Ops::Fused);
+    assert_eq!(Ops::Generic.on(&Device::Cpu), Ops::Generic);
+}
