@@ -186,7 +186,20 @@ impl Evaluation {
 /// Named errors for a bad checkpoint or dataset, a dataset the checkpoint was not trained on,
 /// and an empty split.
 pub fn evaluate_checkpoint(checkpoint: &Path, data: &Path, split: Split) -> Result<Evaluation> {
-    let model = ModelFile::open(checkpoint, &candle_core::Device::Cpu)?;
+    evaluate_checkpoint_on(checkpoint, data, split, &candle_core::Device::Cpu)
+}
+
+/// [`evaluate_checkpoint`] with the model on `device`.
+///
+/// # Errors
+/// As [`evaluate_checkpoint`].
+pub fn evaluate_checkpoint_on(
+    checkpoint: &Path,
+    data: &Path,
+    split: Split,
+    device: &candle_core::Device,
+) -> Result<Evaluation> {
+    let model = ModelFile::open(checkpoint, device)?;
     let ds = Dataset::open(data)?;
     model.check_dataset(&ds)?;
     let imp = Arc::new(ds.load_split(split)?);

@@ -171,6 +171,10 @@ enum Command {
         /// selects a list element; values are TOML). Repeatable.
         #[arg(long = "set", value_name = "PATH=VALUE")]
         set: Vec<String>,
+        /// Where to compute: cpu, cuda or cuda:N (overrides the config's train.device; a build
+        /// without the `cuda` feature refuses CUDA by name).
+        #[arg(long)]
+        device: Option<lifelong::device::DeviceSpec>,
     },
     /// Score a split with a checkpoint and report AUC, GAUC and logloss.
     Eval {
@@ -189,6 +193,10 @@ enum Command {
         /// Write per-row predictions to this parquet file.
         #[arg(long)]
         predictions: Option<PathBuf>,
+        /// Where to compute: cpu, cuda or cuda:N (a build without the `cuda` feature refuses
+        /// CUDA by name).
+        #[arg(long, default_value = "cpu")]
+        device: lifelong::device::DeviceSpec,
     },
     /// Precompute every user's sequence encoding (SDIM's bucket sums, the search's SimHash
     /// codes, the recent window) for serving: from a prepared dataset (`--data`), from an event
@@ -217,6 +225,10 @@ enum Command {
         /// the users to encode from their behaviors in it.
         #[arg(long)]
         events: Option<PathBuf>,
+        /// Where to compute: cpu, cuda or cuda:N (a build without the `cuda` feature refuses
+        /// CUDA by name).
+        #[arg(long, default_value = "cpu")]
+        device: lifelong::device::DeviceSpec,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -257,6 +269,10 @@ enum Command {
         /// encodings on first start and whenever they change (a reload builds a new one).
         #[arg(long)]
         store: Option<PathBuf>,
+        /// Where to compute: cpu, cuda or cuda:N (a build without the `cuda` feature refuses
+        /// CUDA by name).
+        #[arg(long, default_value = "cpu")]
+        device: lifelong::device::DeviceSpec,
     },
     /// Describe a checkpoint: model and parts, config, vocabularies, parameter counts, step and
     /// best validation.
@@ -376,6 +392,7 @@ fn run(cmd: Command) -> Result<()> {
             out,
             resume,
             set,
+            device,
         } => {
             let mut cfg = Config::load_with(&config, &set)?;
             if let Some(d) = data {
@@ -383,6 +400,9 @@ fn run(cmd: Command) -> Result<()> {
             }
             if let Some(o) = out {
                 cfg.train.out = o;
+            }
+            if let Some(d) = device {
+                cfg.train.device = d;
             }
             train_cmd(cfg, resume)?;
         }
@@ -392,8 +412,17 @@ fn run(cmd: Command) -> Result<()> {
             split,
             json,
             predictions,
+            device,
         } => {
-            eval_cmd(&checkpoint, &data, split, json, predictions.as_deref())?;
+            let device = device.open()?;
+            eval_cmd(
+                &checkpoint,
+                &data,
+                split,
+                json,
+                predictions.as_deref(),
+                &device,
+            )?;
         }
         Command::Encode {
             checkpoint,
@@ -402,8 +431,18 @@ fn run(cmd: Command) -> Result<()> {
             shard,
             update,
             events,
+            device,
             log,
-        } => encode_cmd(&checkpoint, data, out, &shard, update, events, log)?,
+        } => encode_cmd(
+            &checkpoint,
+            data,
+            out,
+            &shard,
+            update,
+            events,
+            log,
+            &device.open()?,
+        )?,
         Command::Serve {
             checkpoint,
             encodings,
@@ -415,6 +454,7 @@ fn run(cmd: Command) -> Result<()> {
             shard,
             bucket_precision,
             store,
+            device,
         } => {
             serving::serve(serving::ServeConfig {
                 checkpoint,
@@ -428,6 +468,7 @@ fn run(cmd: Command) -> Result<()> {
                     shard: serving::Shard::parse(&shard)?,
                     buckets: bucket_precision.parse()?,
                     mapped: store,
+                    device,
                 },
             })?;
         }
@@ -456,6 +497,7 @@ fn run(cmd: Command) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn encode_cmd(
     checkpoint: &Path,
     data: Option<PathBuf>,
@@ -464,8 +506,9 @@ fn encode_cmd(
     update: Option<PathBuf>,
     events: Option<PathBuf>,
     log: LogArgs,
+    device: &candle_core::Device,
 ) -> Result<()> {
-    let mf = ModelFile::open(checkpoint, &candle_core::Device::Cpu)?;
+    let mf = ModelFile::open(checkpoint, device)?;
     let t0 = std::time::Instant::now();
     match (data, update, events) {
         (Some(data), None, None) => {
@@ -596,7 +639,8 @@ fn train_cmd(cfg: Config, resume: bool) -> Result<()> {
         true => ("resuming from", &run_dir),
         false => ("training on", &data_dir),
     };
-    let s = lifelong::train::run(cfg, resume, &candle_core::Device::Cpu).doing(verb, at)?;
+    let device = cfg.train.device.open()?;
+    let s = lifelong::train::run(cfg, resume, &device).doing(verb, at)?;
     println!(
         "trained {} steps ({} samples in {:.1}s, {:.0} samples/s); best valid AUC {} at step {}; checkpoints in {}",
         s.state.step,
@@ -624,9 +668,10 @@ fn eval_cmd(
     split: Split,
     json: bool,
     predictions: Option<&Path>,
+    device: &candle_core::Device,
 ) -> Result<()> {
-    let ev =
-        eval::evaluate_checkpoint(checkpoint, data_dir, split).doing("evaluating on", data_dir)?;
+    let ev = eval::evaluate_checkpoint_on(checkpoint, data_dir, split, device)
+        .doing("evaluating on", data_dir)?;
     if let Some(p) = predictions {
         eval::write_predictions(p, &ev.data, &ev.impressions, &ev.logits)?;
     }
@@ -670,5 +715,12 @@ fn demo(root: &Path) -> Result<()> {
     cfg.data.dir = prepared.clone();
     cfg.train.out = root.join("runs/demo");
     train_cmd(cfg.clone(), false)?;
-    eval_cmd(&cfg.train.out, &prepared, Split::Test, false, None)
+    eval_cmd(
+        &cfg.train.out,
+        &prepared,
+        Split::Test,
+        false,
+        None,
+        &candle_core::Device::Cpu,
+    )
 }

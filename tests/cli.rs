@@ -1284,3 +1284,59 @@ fn bad_csv_logs_are_named_by_file_and_line() {
         &["text.csv", "2 columns"],
     );
 }
+
+/// A CUDA device on a build without the `cuda` feature is refused by every command that takes
+/// `--device`, naming the device and the feature, before any work (status 2); a misspelt device
+/// is refused by name.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn every_device_taking_command_refuses_cuda_without_the_feature() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    let config = write_config(tmp, "");
+    let nowhere_path = tmp.join("nowhere");
+    let (nowhere, cfg) = (s(&nowhere_path), s(&config));
+    let commands: [Vec<&str>; 4] = [
+        vec!["train", "--config", cfg, "--device", "cuda"],
+        vec!["eval", "--checkpoint", nowhere, "--data", nowhere],
+        vec![
+            "encode",
+            "--checkpoint",
+            nowhere,
+            "--data",
+            nowhere,
+            "--out",
+            nowhere,
+        ],
+        vec!["serve", "--checkpoint", nowhere, "--encodings", nowhere],
+    ];
+    for (i, mut args) in commands.into_iter().enumerate() {
+        if i > 0 {
+            args.extend(["--device", "cuda:1"]);
+        }
+        let dev = if i == 0 { "cuda:0" } else { "cuda:1" };
+        fails(tmp, &args, &[dev, "--features cuda"]);
+    }
+    // The config key is read the same way.
+    fails(
+        tmp,
+        &["train", "--config", cfg, "--set", "train.device=\"cuda\""],
+        &["cuda:0", "--features cuda"],
+    );
+    // A misspelt device: clap's usage error (status 2) quoting it.
+    let o = lifelong(
+        tmp,
+        &[
+            "eval",
+            "--checkpoint",
+            nowhere,
+            "--data",
+            nowhere,
+            "--device",
+            "gpu",
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("`gpu`") && err.contains("cuda:N"), "{err}");
+}

@@ -116,6 +116,7 @@ fn lifelong_serve_one_shard_in_f16_serves_its_users_and_sends_others_away() {
         shard: Shard { index: 1, count: 2 },
         buckets: Precision::F16,
         mapped: None,
+        device: Default::default(),
     };
     let scorer = Scorer::open_with(&f.run("sdim"), &f.enc("sdim"), options).unwrap();
     let cands: Vec<RawId> = (2..6).map(|i| items.raw(i).unwrap()).collect();

@@ -823,6 +823,7 @@ fn the_mapped_store_scores_as_memory_and_is_rebuilt_when_stale_or_broken() {
                 shard,
                 buckets,
                 mapped: None,
+                device: Default::default(),
             };
             let mapped = StoreOptions {
                 mapped: Some(store.path().join(name)),

@@ -268,7 +268,10 @@ fn train(
     }
     let run_dir = cfg.train.out.clone();
     let s = py
-        .detach(|| lifelong::train::run(cfg, resume, &candle_core::Device::Cpu))
+        .detach(|| {
+            let device = cfg.train.device.open()?;
+            lifelong::train::run(cfg, resume, &device)
+        })
         .py()?;
     let summary = serde_json::json!({
         "steps": s.state.step,
@@ -392,7 +395,7 @@ impl Scorer {
 #[pymethods]
 impl Scorer {
     #[new]
-    #[pyo3(signature = (checkpoint, encodings, shard=None, bucket_precision="f32", store=None))]
+    #[pyo3(signature = (checkpoint, encodings, shard=None, bucket_precision="f32", store=None, device="cpu"))]
     fn new(
         py: Python<'_>,
         checkpoint: PathBuf,
@@ -400,11 +403,13 @@ impl Scorer {
         shard: Option<&str>,
         bucket_precision: &str,
         store: Option<PathBuf>,
+        device: &str,
     ) -> PyResult<Self> {
         let options = StoreOptions {
             shard: self::shard(shard)?,
             buckets: bucket_precision.parse().py()?,
             mapped: store,
+            device: device.parse().py()?,
         };
         let inner = py
             .detach(|| serving::Scorer::open_with(&checkpoint, &encodings, options))

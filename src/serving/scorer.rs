@@ -32,7 +32,6 @@ use crate::data::vocab::{RawId, Vocab, UNKNOWN};
 use crate::model::{CtrModel, UserEncoding};
 use crate::{Error, Result};
 use arc_swap::ArcSwap;
-use candle_core::Device;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,6 +84,8 @@ pub struct StoreOptions {
     /// Serve from a memory-mapped flat file in this directory ([`MappedStore`]: built from the
     /// parquet parts when missing or stale) instead of holding every encoding in memory.
     pub mapped: Option<PathBuf>,
+    /// Where the model scores (`--device`). Default: the CPU.
+    pub device: crate::device::DeviceSpec,
 }
 
 impl Default for StoreOptions {
@@ -93,6 +94,7 @@ impl Default for StoreOptions {
             shard: Shard::ALL,
             buckets: Precision::F32,
             mapped: None,
+            device: Default::default(),
         }
     }
 }
@@ -233,7 +235,7 @@ impl Scorer {
     /// # Errors
     /// As [`Scorer::open`].
     pub fn open_with(checkpoint: &Path, encodings: &Path, options: StoreOptions) -> Result<Self> {
-        let mf = ModelFile::open(checkpoint, &Device::Cpu)?;
+        let mf = ModelFile::open(checkpoint, &options.device.open()?)?;
         mf.check_vocab_dir(encodings)?;
         let vocab = |f: &str| Vocab::read(&encodings.join("vocab").join(format!("{f}.parquet")));
         let (users, cates) = (vocab("user")?, vocab("cate")?);
