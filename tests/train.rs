@@ -133,6 +133,17 @@ out = "{}"
 /// SDIM 0.862, SIM 0.874, ETA 0.879, TWIN 0.876, DARE 0.887.
 #[test]
 fn every_model_learns_planted_signal_above_history_blind() {
+    planted_signal_above_history_blind(lifelong::device::Ops::Fused);
+}
+
+/// The same floors on the generic path (`model.ops = "generic"`: every part as candle ops,
+/// what a GPU runs), trained on the CPU.
+#[test]
+fn every_model_learns_planted_signal_on_the_generic_path() {
+    planted_signal_above_history_blind(lifelong::device::Ops::Generic);
+}
+
+fn planted_signal_above_history_blind(ops: lifelong::device::Ops) {
     let dir = tempfile::tempdir().unwrap();
     let ds = prepared(dir.path(), 1500, 60);
     let (hist, tr, va, te) = splits(&ds);
@@ -143,7 +154,8 @@ fn every_model_learns_planted_signal_above_history_blind() {
                   name: &str|
      -> f64 {
         let run = dir.path().join(name);
-        let cfg = preset_config(preset, &ds.dir, &run, "epochs = 2\npatience = 0");
+        let mut cfg = preset_config(preset, &ds.dir, &run, "epochs = 2\npatience = 0");
+        cfg.model.ops = ops;
         let mut t = Trainer::new(cfg, &ds, &run, &Device::Cpu).unwrap();
         t.progress = false;
         t.fit(hist.clone(), tr, va).unwrap();
@@ -163,7 +175,7 @@ fn every_model_learns_planted_signal_above_history_blind() {
         table.push_str(&format!(", {} {a:.4}", p.name()));
         aucs.push((p, a));
     }
-    eprintln!("test AUC: {table}");
+    eprintln!("test AUC ({ops:?}): {table}");
     assert!(blind_auc < 0.72, "{table}");
     for (p, a) in aucs {
         assert!(a > 0.78 && a - blind_auc > 0.1, "{p:?}: {table}");
