@@ -180,3 +180,55 @@ fn devices_parse_and_a_build_without_cuda_refuses_one_by_name() {
     assert_eq!(Ops::Fused.on(&Device::Cpu), Ops::Fused);
     assert_eq!(Ops::Generic.on(&Device::Cpu), Ops::Generic);
 }
+
+/// The plan through the kernel ops (the generic path's: tokens assembled on the device,
+/// `simhash_codes`, `sdim_signatures`, `topk_hamming`, `topk_scores` and their CPU twins here)
+/// picks exactly the fused plan's behaviors and signatures, over whole training batches of
+/// synthetic histories (up to 60 behaviors, k = 10), for every model that searches or hashes.
+#[test]
+fn the_kernel_op_plan_equals_the_fused_plan_on_training_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = crate::train::prepared(dir.path(), 400, 60);
+    let train = ds.load_split(lifelong::data::Split::Train).unwrap();
+    let rows: Vec<u32> = (0..train.len().min(1024) as u32).collect();
+    for preset in [
+        Preset::Sdim,
+        Preset::Sim,
+        Preset::Eta,
+        Preset::Twin,
+        Preset::Dare,
+    ] {
+        let cfg = crate::train::preset_config(preset, &ds.dir, &dir.path().join("x"), "");
+        let model = |ops| {
+            let mut m = cfg.model.clone();
+            m.ops = ops;
+            let vocab = lifelong::embedding::VocabSizes {
+                users: ds.meta.n_users,
+                items: ds.meta.n_items,
+                cates: ds.meta.n_cates,
+            };
+            CtrModel::new(&m, cfg.data.max_len, vocab, 5, &Device::Cpu).unwrap()
+        };
+        let (fused, generic) = (model(Ops::Fused), model(Ops::Generic));
+        let (mut windows, mut sigs) = (0, 0);
+        for chunk in rows.chunks(256) {
+            let batch = lifelong::data::batcher::collate(
+                &ds.histories,
+                &train,
+                chunk,
+                cfg.data.max_len,
+                true,
+            );
+            let (pf, pg) = (fused.plan(&batch).unwrap(), generic.plan(&batch).unwrap());
+            assert_eq!(pf.retrieved, pg.retrieved, "{preset:?}: retrieved");
+            assert_eq!(pf.windows, pg.windows, "{preset:?}: windows");
+            windows += pf.retrieved.map_or(0, |w| w.rows.len());
+            for (a, b) in pf.parts.iter().zip(&pg.parts) {
+                assert_eq!(a.sigs, b.sigs, "{preset:?}: signatures");
+                sigs += a.sigs.as_ref().map_or(0, |s| s.rows.len());
+            }
+        }
+        eprintln!("{preset:?}: {windows} retrieved rows, {sigs} signatures equal");
+        assert!(windows + sigs > 5_000, "{preset:?}: too little compared");
+    }
+}

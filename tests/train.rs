@@ -14,7 +14,7 @@ use lifelong::Error;
 use std::path::Path;
 use std::sync::Arc;
 
-fn prepared(dir: &Path, users: usize, len: usize) -> Dataset {
+pub(crate) fn prepared(dir: &Path, users: usize, len: usize) -> Dataset {
     let cfg = SynthConfig {
         users,
         items: 2000,
@@ -75,7 +75,7 @@ fn splits(
 
 /// A small config of `preset` for the planted-signal data (histories up to 60): 8 dims per field,
 /// top-k 10 and short windows of 10, so the search and the windows select.
-fn preset_config(preset: Preset, data: &Path, out: &Path, extra_train: &str) -> Config {
+pub(crate) fn preset_config(preset: Preset, data: &Path, out: &Path, extra_train: &str) -> Config {
     let parts = match preset {
         Preset::Din => "[[model.aggregate]]\nhidden = [16]".to_string(),
         Preset::Sdim => {

@@ -154,6 +154,7 @@ impl CtrModel {
             tables: &tables,
             device,
             max_len,
+            generic: ops.generic(),
         };
         let mut head_in = tables.view(View::Representation).width + cfg.embedding.user_dim;
         let mut parts = Vec::with_capacity(cfg.aggregate.len());
@@ -192,6 +193,7 @@ impl CtrModel {
             tables: &self.tables,
             device: &self.device,
             max_len: self.max_len,
+            generic: self.ops.generic(),
         }
     }
 

@@ -30,6 +30,8 @@ pub(crate) struct Ctx<'a> {
     pub device: &'a Device,
     /// The longest history the model reads.
     pub max_len: usize,
+    /// The plan runs through the kernel ops on `device` ([`crate::device::Ops::Generic`]).
+    pub generic: bool,
 }
 
 impl Ctx<'_> {

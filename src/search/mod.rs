@@ -19,6 +19,7 @@
 //! alike, are `model/search/{hamming,attention,category}.rs`.
 
 pub mod simhash;
+pub mod tokens;
 pub mod topk;
 
 pub use simhash::{hamming, signature, token_codes, SimHash};

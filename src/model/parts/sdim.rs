@@ -8,10 +8,12 @@ use crate::aggregate::{Packed, Sdim};
 use crate::config::{SdimAggregate, View, WindowConfig};
 use crate::data::Batch;
 use crate::embedding::LeafBuilder;
+use crate::kernels;
 use crate::model::part::{Aggregation, Ctx, Extension, PartInput, PartLookup, PartPlan};
 use crate::model::request::{Request, ServingWindow};
 use crate::model::{positional, simhash_of};
 use crate::nn::ParamStore;
+use crate::search::tokens::view_tokens;
 use crate::search::{history_tokens, signature, token_codes, SimHash};
 use crate::window::Window;
 use crate::{Error, Result};
@@ -105,6 +107,42 @@ impl SdimPart {
     }
 }
 
+impl SdimPart {
+    /// The signatures through the kernel ops on the model's device (`simhash_codes`, then
+    /// `sdim_signatures`); the window's `[m, G]` and the targets' `[B, G]` come to the host.
+    fn plan_kernels(&self, cx: &Ctx, batch: &Batch, window: &Window) -> Result<PartPlan> {
+        let vt = view_tokens(cx.tables, cx.tables.view(self.keys), batch, cx.device)?;
+        let (g, tau, proj) = (self.unit.groups, self.unit.tau, self.proj.as_tensor());
+        let sigs = |x: &Tensor| -> Result<Tensor> {
+            kernels::sdim_signatures(&kernels::simhash_codes(x, proj)?, g, tau)
+        };
+        let target = sigs(&vt.targets)?;
+        let rows = if window.all {
+            vt.history
+        } else {
+            let n = window.rows.len();
+            let pick = Tensor::from_slice(&window.rows, n, cx.device)?;
+            vt.history.index_select(&pick, 0)?
+        };
+        let rows = sigs(&rows)?;
+        let host = |t: Tensor| -> Result<Arc<Vec<u16>>> {
+            Ok(Arc::new(
+                t.flatten_all()?
+                    .to_vec1::<u32>()?
+                    .into_iter()
+                    .map(|s| s as u16)
+                    .collect(),
+            ))
+        };
+        Ok(PartPlan {
+            sigs: Some(Signatures {
+                target: host(target)?,
+                rows: host(rows)?,
+            }),
+        })
+    }
+}
+
 impl Aggregation for SdimPart {
     fn out_dim(&self) -> usize {
         self.out_width
@@ -117,6 +155,9 @@ impl Aggregation for SdimPart {
     }
 
     fn plan(&self, cx: &Ctx, batch: &Batch, window: &Window) -> Result<PartPlan> {
+        if cx.generic {
+            return self.plan_kernels(cx, batch, window);
+        }
         let hash = simhash_of(&self.proj)?;
         let (tc, hc) = token_codes(cx.tables, cx.tables.view(self.keys), &hash, batch)?;
         let (words, g, tau) = (hash.words(), self.unit.groups, self.unit.tau);

@@ -3,10 +3,13 @@
 //! (TWIN) or a scaled dot product on the attention tables (DARE); the top-k by score.
 
 use super::{Search, Searched};
+use crate::aggregate::Packed;
 use crate::config::{AttentionSearch as AttentionConfig, DiceConfig, SearchScorer, View};
+use crate::kernels;
 use crate::model::aux::AuxHead;
 use crate::model::part::{Aggregation, Ctx};
 use crate::nn::ParamStore;
+use crate::search::tokens::{view_tokens, window_of_topk};
 use crate::search::{query_scores, target_tokens, topk_row};
 use crate::window::Window;
 use crate::{Error, Result};
@@ -86,8 +89,44 @@ impl AttentionSearch {
     }
 }
 
+impl AttentionSearch {
+    /// Training's search through the kernel ops on the model's device: the scores
+    /// `⟨q'_b, e_j⟩` of every behavior as tensor ops, each sample's top-k by `topk_scores`
+    /// over the padded `[B, L]` scores; only the `[B, k]` positions come back to the host.
+    fn retrieve_kernels(
+        &self,
+        cx: &Ctx,
+        parts: &[Box<dyn Aggregation>],
+        batch: &crate::data::Batch,
+    ) -> Result<Window> {
+        let (b, dev) = (batch.size(), cx.device);
+        let vt = view_tokens(cx.tables, cx.tables.view(self.view), batch, dev)?;
+        let q = self.query_of(parts, &vt.targets)?;
+        let packed = Packed::new(batch.offsets.clone())?;
+        let l = packed.len();
+        if l == 0 {
+            return Ok(Window::from_rows(vec![Vec::new(); b]));
+        }
+        let seg = packed.seg(dev)?;
+        let scores = vt
+            .history
+            .mul(&q.index_select(&seg, 0)?)?
+            .sum(candle_core::D::Minus1)?; // [n]
+        let pos = packed.pos(dev)?;
+        let padded = Tensor::zeros(b * l, scores.dtype(), dev)?
+            .index_add(&pos, &scores, 0)?
+            .reshape((b, l))?;
+        let mask = packed.mask(dev)?.to_dtype(candle_core::DType::U8)?;
+        let top = kernels::topk_scores(&padded, Some(&mask), self.k)?;
+        window_of_topk(&top, &batch.offsets)
+    }
+}
+
 impl Search for AttentionSearch {
     fn retrieve(&self, cx: &Ctx, parts: &[Box<dyn Aggregation>], s: &Searched) -> Result<Window> {
+        if cx.generic && std::ptr::eq(s.targets, s.hist) {
+            return self.retrieve_kernels(cx, parts, s.hist);
+        }
         let (tables, v) = (cx.tables, cx.tables.view(self.view));
         let w = v.width;
         let t = target_tokens(tables, v, s.targets)?;

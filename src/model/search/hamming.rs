@@ -4,9 +4,11 @@
 use super::{Search, Searched};
 use crate::config::{HammingSearch as HammingConfig, View};
 use crate::data::Batch;
+use crate::kernels;
 use crate::model::part::{Aggregation, Ctx};
 use crate::model::{positional, simhash_of};
 use crate::nn::ParamStore;
+use crate::search::tokens::{view_tokens, window_of_topk};
 use crate::search::{token_codes, topk_hamming_codes, SimHash};
 use crate::window::Window;
 use crate::{Error, Result};
@@ -35,12 +37,31 @@ impl HammingSearch {
     }
 }
 
+impl HammingSearch {
+    /// Training's search through the kernel ops on the model's device: the codes of every
+    /// token (`simhash_codes`), each sample's top-k by Hamming distance (`topk_hamming`); only
+    /// the `[B, k]` positions come back to the host.
+    fn retrieve_kernels(&self, cx: &Ctx, batch: &Batch) -> Result<Window> {
+        let view = cx.tables.view(self.view);
+        let vt = view_tokens(cx.tables, view, batch, cx.device)?;
+        let proj = self.proj.as_tensor();
+        let tc = kernels::simhash_codes(&vt.targets, proj)?;
+        let hc = kernels::simhash_codes(&vt.history, proj)?;
+        let offsets: Vec<u32> = batch.offsets.iter().map(|&o| o as u32).collect();
+        let top = kernels::topk_hamming(&tc, &hc, &offsets, self.k)?;
+        window_of_topk(&top, &batch.offsets)
+    }
+}
+
 impl Search for HammingSearch {
     fn reads_all(&self) -> bool {
         true
     }
 
     fn retrieve(&self, cx: &Ctx, _parts: &[Box<dyn Aggregation>], s: &Searched) -> Result<Window> {
+        if cx.generic && std::ptr::eq(s.targets, s.hist) {
+            return self.retrieve_kernels(cx, s.hist);
+        }
         let hash = simhash_of(&self.proj)?;
         let (tables, view, words) = (cx.tables, cx.tables.view(self.view), hash.words());
         let (tc, hc): (Vec<u64>, Cow<[u64]>) = if std::ptr::eq(s.targets, s.hist) {
