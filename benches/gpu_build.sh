@@ -6,7 +6,8 @@
 #     same sonames, are on the GPU machine),
 #   - CUDA_COMPUTE_CAP=90 (the lent card is an H200).
 # First run: ~20 minutes on 2 cores (candle-kernels' build script is most of it).
-# Output: target/gpu-carry/{integration,bench_kernels}.xz (carry `target/gpu-carry`).
+# Output: target/gpu-carry/{integration,bench_kernels,bench_models,device_check}.xz (carry
+# `target/gpu-carry`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD/target/cuda-toolkit
@@ -36,7 +37,8 @@ done
 export CUDA_HOME=$home PATH=$home/bin:$PATH CUDA_COMPUTE_CAP=90
 export LIBRARY_PATH=$home/lib/stubs:$home/lib RUSTFLAGS="-L $home/lib/stubs -L $home/lib"
 tgt=$PWD/target/cuda
-cargo build --release --features cuda --example bench_kernels --target-dir "$tgt"
+cargo build --release --features cuda --example bench_kernels --example bench_models \
+  --example device_check --target-dir "$tgt"
 bin=$(cargo test --release --features cuda --no-run --target-dir "$tgt" --message-format json 2>/dev/null \
   | python3 -c 'import json,sys
 for l in sys.stdin:
@@ -45,9 +47,9 @@ for l in sys.stdin:
         print(m["executable"])')
 mkdir -p target/gpu-carry
 cp "$bin" target/gpu-carry/integration
-cp "$tgt/release/examples/bench_kernels" target/gpu-carry/
-# The device tool carries 64 MiB in all: stripped and xz-compressed the two come to ~16 MB
-# (74 + 40 MB stripped, uncompressed).
-strip target/gpu-carry/integration target/gpu-carry/bench_kernels
-xz -T2 -6 -f target/gpu-carry/integration target/gpu-carry/bench_kernels
+for e in bench_kernels bench_models device_check; do cp "$tgt/release/examples/$e" target/gpu-carry/; done
+# The device tool carries 64 MiB in all: stripped and xz-compressed, each binary is ~8 MB.
+bins=(integration bench_kernels bench_models device_check)
+for b in "${bins[@]}"; do strip "target/gpu-carry/$b"; done
+(cd target/gpu-carry && xz -T2 -6 -f "${bins[@]}")
 ls -la target/gpu-carry

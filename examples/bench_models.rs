@@ -58,6 +58,12 @@ struct Args {
     /// A TOML config to run instead of the built-in one (its data and train.out are ignored).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Where to train: cpu, cuda or cuda:N (CUDA needs a `--features cuda` build).
+    #[arg(long, default_value = "cpu")]
+    device: lifelong::device::DeviceSpec,
+    /// The parts' implementation: fused (CPU ops) or generic (candle ops; always on a GPU).
+    #[arg(long, default_value = "fused")]
+    ops: String,
     /// Run directory (checkpoints are written at the end of the epoch).
     #[arg(long, default_value = "target/bench-models")]
     out: PathBuf,
@@ -145,6 +151,11 @@ fn config(args: &Args, name: &str) -> anyhow::Result<Config> {
     };
     cfg.data.max_len = args.len;
     cfg.train.out = args.out.join(name);
+    cfg.model.ops = match args.ops.as_str() {
+        "fused" => lifelong::device::Ops::Fused,
+        "generic" => lifelong::device::Ops::Generic,
+        o => anyhow::bail!("--ops {o}: fused or generic"),
+    };
     cfg.train.epochs = 1;
     cfg.train.batch_size = args.batch;
     // Validation batches no larger than training ones, so the peak RSS is the training step's.
@@ -236,24 +247,22 @@ fn main() -> anyhow::Result<()> {
         history: Vec::new(),
     });
     let (hist, imp) = (Arc::new(hist), Arc::new(imp));
+    let device = args.device.open()?;
     let mut rows = Vec::new();
     for name in &args.models {
         let cfg = config(&args, name)?;
-        let mut t = Trainer::from_parts(
-            cfg.clone(),
-            vocab,
-            "bench".into(),
-            &cfg.train.out,
-            &candle_core::Device::Cpu,
-        )
-        .with_context(|| format!("building {name}"))?;
+        let mut t =
+            Trainer::from_parts(cfg.clone(), vocab, "bench".into(), &cfg.train.out, &device)
+                .with_context(|| format!("building {name}"))?;
         t.progress = false;
         let s = t.fit(hist.clone(), imp.clone(), valid.clone())?;
         let tm = t.times;
         let steps = s.state.step.max(1) as f64;
         println!(
-            "{name} L={}: {:.0} samples/s; per step (ms): wait {:.1}, search {:.1}, gather {:.1}, forward {:.1}, backward {:.1}, update {:.1}; peak RSS so far {:.0} MB",
+            "{name} L={} ({} {}): {:.0} samples/s; per step (ms): wait {:.1}, search {:.1}, gather {:.1}, forward {:.1}, backward {:.1}, update {:.1}; peak RSS so far {:.0} MB",
             args.len,
+            args.device,
+            cfg.model.ops.on(&device).name(),
             s.samples_per_sec(),
             1e3 * tm.wait / steps,
             1e3 * tm.search / steps,
@@ -263,13 +272,17 @@ fn main() -> anyhow::Result<()> {
             1e3 * tm.update / steps,
             peak_rss_mb()
         );
-        rows.push((name.clone(), s.samples_per_sec(), peak_rss_mb()));
+        let ops = cfg.model.ops.on(&device).name();
+        rows.push((name.clone(), s.samples_per_sec(), peak_rss_mb(), ops));
     }
     // VmHWM is the process's peak: run one model per process for its own memory figure.
-    println!("\n| model | L | samples/s | peak RSS MB (cumulative) |");
-    println!("|---|---|---|---|");
-    for (n, sps, rss) in rows {
-        println!("| {n} | {} | {sps:.0} | {rss:.0} |", args.len);
+    println!("\n| model | L | device | ops | samples/s | peak RSS MB (cumulative) |");
+    println!("|---|---|---|---|---|---|");
+    for (n, sps, rss, ops) in rows {
+        println!(
+            "| {n} | {} | {} | {ops} | {sps:.0} | {rss:.0} |",
+            args.len, args.device
+        );
     }
     Ok(())
 }

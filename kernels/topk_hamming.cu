@@ -76,6 +76,9 @@ extern "C" __global__ void topk_hamming(const u32 *__restrict__ target,
         if (valid && lane == __ffs(peers) - 1) {
             hist[warp][d] += __popc(peers);  // one leader per distance: no two write one bin
         }
+        // The next iteration's leader for the same distance may be another lane: order the
+        // read-modify-writes (__match_any_sync is no memory fence).
+        __syncwarp();
     }
     __syncthreads();
 

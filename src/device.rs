@@ -127,4 +127,11 @@ impl Ops {
     pub fn generic(self) -> bool {
         self == Self::Generic
     }
+    /// `fused` or `generic`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fused => "fused",
+            Self::Generic => "generic",
+        }
+    }
 }

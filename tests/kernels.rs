@@ -541,6 +541,15 @@ mod gpu {
         Device::new_cuda(0).expect("the cuda tests need a GPU")
     }
 
+    /// Asserts `got == want`, naming the case and the first differing index with both values
+    /// (a whole-vector message would not fit the device tool's output tail).
+    fn same(got: &[u32], want: &[u32], case: &str) {
+        assert_eq!(got.len(), want.len(), "{case}: lengths");
+        if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+            panic!("{case}: entry {i}: gpu {} cpu {}", got[i], want[i]);
+        }
+    }
+
     /// Fills and frees a buffer of `n` u32 with a poison value first, so an output the kernel
     /// forgets to write shows up (the stream-ordered allocator hands the same memory back).
     fn poison(dev: &Device, n: usize) {
@@ -601,10 +610,10 @@ mod gpu {
                 poison(&dev, want.len());
                 let got =
                     kernels::sdim_signatures(&codes.to_device(&dev).unwrap(), g, tau).unwrap();
-                assert_eq!(
-                    u32s(&got.to_device(&Device::Cpu).unwrap()),
-                    want,
-                    "signatures G={g} τ={tau}"
+                same(
+                    &u32s(&got.to_device(&Device::Cpu).unwrap()),
+                    &want,
+                    &format!("signatures G={g} τ={tau}"),
                 );
             }
         }
@@ -647,10 +656,10 @@ mod gpu {
                     let want = u32s(&kernels::topk_hamming(&tt, &ct, &offsets, k).unwrap());
                     poison(&dev, want.len());
                     let got = kernels::topk_hamming(&tg, &cg, &offsets, k).unwrap();
-                    assert_eq!(
-                        u32s(&got.to_device(&Device::Cpu).unwrap()),
-                        want,
-                        "{b}×{len} w={w} k={k}"
+                    same(
+                        &u32s(&got.to_device(&Device::Cpu).unwrap()),
+                        &want,
+                        &format!("{b}×{len} w={w} k={k}"),
                     );
                 }
             }
@@ -686,10 +695,10 @@ mod gpu {
                         let want = u32s(&kernels::topk_scores(&st, m(&mt).as_ref(), k).unwrap());
                         poison(&dev, want.len());
                         let got = kernels::topk_scores(&sg, m(&mg).as_ref(), k).unwrap();
-                        assert_eq!(
-                            u32s(&got.to_device(&Device::Cpu).unwrap()),
-                            want,
-                            "{b}×{len} k={k} ties={ties} masked={masked}"
+                        same(
+                            &u32s(&got.to_device(&Device::Cpu).unwrap()),
+                            &want,
+                            &format!("{b}×{len} k={k} ties={ties} masked={masked}"),
                         );
                     }
                 }

@@ -553,11 +553,18 @@ impl CustomOp2 for SdimBucketTable {
         let values = storage::<f32>(s1, l1, "sdim values")?;
         let sigs = storage::<u32>(s2, l2, "sdim sigs")?;
         let nb = 1usize << self.tau;
-        if let Some(j) = sigs.iter().position(|&s| s as usize >= nb) {
+        // The kernel's rule: the signatures of the packed rows the offsets cover (rows outside
+        // them are never read on either device).
+        let (first, last) = (
+            self.offsets[0] as usize * g,
+            *self.offsets.last().unwrap_or(&0) as usize * g,
+        );
+        let covered = &sigs[first.min(last)..last];
+        if let Some(j) = covered.iter().position(|&s| s as usize >= nb) {
             candle_core::bail!(
                 "sdim_bucket_table: signature {} of packed row {} is ≥ 2^τ = {nb}",
-                sigs[j],
-                j / g
+                covered[j],
+                (first + j) / g
             );
         }
         let rows = self.offsets.len() - 1;
