@@ -76,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         head: preset(Preset::Din).head,
         dice: Default::default(),
         ops: Default::default(),
+        precision: Default::default(),
     };
     let cfg = Config {
         data: DataConfig {

@@ -96,6 +96,30 @@ fn open_cuda(n: usize) -> Result<Device> {
     )))
 }
 
+/// The dtype the generic path computes in (`model.precision`): `f32`, or `bf16` activations and
+/// tokens with f32 master weights (the tables, the dense parameters, their optimisers), f32
+/// statistics in Dice and an f32 loss. Needs the generic path (a GPU, or `model.ops =
+/// "generic"`); on the CPU it is for testing, not speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// bf16 activations, f32 master weights.
+    Bf16,
+}
+
+impl Precision {
+    /// The activations' dtype.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::F32 => candle_core::DType::F32,
+            Self::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
 /// Which implementation the model's parts run (`model.ops`).
 ///
 /// - `fused`: the hand-written CPU ops (one op per unit with its own backward, reading the

@@ -232,3 +232,82 @@ fn the_kernel_op_plan_equals_the_fused_plan_on_training_batches() {
         assert!(windows + sigs > 5_000, "{preset:?}: too little compared");
     }
 }
+
+fn build_bf16(cfg: &Config) -> CtrModel {
+    let mut m = cfg.model.clone();
+    m.ops = Ops::Generic;
+    m.precision = lifelong::device::Precision::Bf16;
+    CtrModel::new(
+        &m,
+        cfg.data.max_len,
+        crate::common::TINY_VOCAB,
+        cfg.train.seed,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// bf16 on the generic path: the tokens the parts read are the f32 rows rounded to bf16 (to
+/// the bit), the logits stay within bf16's rounding of the f32 path's, every gradient lands in
+/// the f32 master weights (f32, pointing the same way), and asking for bf16 on the fused ops is
+/// refused by name.
+#[test]
+fn bf16_tokens_logits_and_gradients_against_f32() {
+    use candle_core::DType;
+    let batch = tiny_batch(6);
+    for (name, cfg) in configs() {
+        let (f32m, bf16m) = (build(&cfg, Ops::Generic), build_bf16(&cfg));
+        // The conversion: gathered tokens are the f32 rows rounded to nearest-even bf16.
+        let plan = bf16m.plan(&batch).unwrap();
+        let (lb, _) = bf16m.leaves(&batch, &plan, false).unwrap();
+        assert_eq!(lb.compute_dtype(), DType::BF16);
+        let flat = vec_of(lb.tensor());
+        let rounded: Vec<f32> = flat
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect();
+        let via = lb
+            .tensor()
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert_eq!(vec_of(&via), rounded, "{name}: bf16 rounding");
+        assert!(
+            flat.iter().zip(&rounded).any(|(a, b)| a != b),
+            "{name}: the rows are exactly representable, the check says nothing"
+        );
+        let (a, b) = (run(&f32m, &batch), run(&bf16m, &batch));
+        for (i, (x, y)) in a.logits.iter().zip(&b.logits).enumerate() {
+            assert!(
+                (x - y).abs() <= 0.03 * x.abs().max(1.0),
+                "{name} logit {i}: f32 {x} bf16 {y}"
+            );
+        }
+        assert_ne!(a.logits, b.logits, "{name}: bf16 changed nothing");
+        // Gradients: f32 (the master weights'), and the same direction.
+        let cos = |u: &[f32], v: &[f32]| {
+            let dot: f64 = u.iter().zip(v).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let n = |w: &[f32]| w.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+            dot / (n(u) * n(v)).max(1e-30)
+        };
+        assert!(
+            cos(&a.leaf, &b.leaf) > 0.99,
+            "{name}: leaf gradient direction"
+        );
+        for (n, g) in &a.params {
+            if g.iter().any(|x| x.abs() > 1e-3) {
+                let c = cos(g, &b.params[n]);
+                assert!(c > 0.95, "{name} ∂{n}: cosine {c}");
+            }
+        }
+    }
+    // On the fused ops: refused by name.
+    let mut m = tiny_config(Preset::Din, "").model;
+    m.precision = lifelong::device::Precision::Bf16;
+    let e = CtrModel::new(&m, 6, crate::common::TINY_VOCAB, 1, &Device::Cpu).unwrap_err();
+    assert!(
+        e.to_string().contains("precision") && e.to_string().contains("generic"),
+        "{e}"
+    );
+}

@@ -22,7 +22,7 @@
 use super::attention_op::attend;
 pub use super::attention_op::Mask;
 use crate::cpu::{linear, with_data};
-use crate::nn::ParamStore;
+use crate::nn::{like, ParamStore};
 use crate::Result;
 use candle_core::{Tensor, Var, D};
 
@@ -92,7 +92,7 @@ impl TargetAttention {
     /// `x·wᵀ`: the fused CPU op, or a matmul on the generic path.
     fn lin(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         Ok(if self.generic || !x.device().is_cpu() {
-            x.matmul(&w.t()?)?
+            x.matmul(&w.to_dtype(x.dtype())?.t()?)?
         } else {
             linear(x, w)?
         })
@@ -119,13 +119,14 @@ impl TargetAttention {
     pub fn query(&self, target_k: &Tensor) -> Result<Tensor> {
         match &self.proj {
             None => {
-                let scale = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
+                let scale = Tensor::from_slice(&self.scale, self.dk, target_k.device())?
+                    .to_dtype(target_k.dtype())?;
                 Ok(target_k.broadcast_mul(&scale)?)
             }
             Some(p) => {
                 let dh = (self.dim / self.heads) as f64;
-                let q = target_k.matmul(&p.wq.as_tensor().t()?)?;
-                Ok((q.matmul(p.wk.as_tensor())? / dh.sqrt())?)
+                let q = target_k.matmul(&like(&p.wq, target_k)?.t()?)?;
+                Ok((q.matmul(&like(&p.wk, target_k)?)? / dh.sqrt())?)
             }
         }
     }
@@ -146,7 +147,8 @@ impl TargetAttention {
         }
         match &self.proj {
             None => {
-                let scale = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
+                let scale = Tensor::from_slice(&self.scale, self.dk, target_k.device())?
+                    .to_dtype(target_k.dtype())?;
                 let q = target_k.broadcast_mul(&scale)?; // [B, dk]
                 let kk = keys.reshape((b, k, self.dk))?;
                 let s = kk.broadcast_mul(&q.unsqueeze(1)?)?.sum(D::Minus1)?; // [B, K]
@@ -155,10 +157,10 @@ impl TargetAttention {
             Some(p) => {
                 let (h, dh) = (self.heads, self.dim / self.heads);
                 let q = target_k
-                    .matmul(&p.wq.as_tensor().t()?)?
+                    .matmul(&like(&p.wq, target_k)?.t()?)?
                     .reshape((b, 1, h, dh))?;
                 let kp = keys
-                    .matmul(&p.wk.as_tensor().t()?)?
+                    .matmul(&like(&p.wk, target_k)?.t()?)?
                     .reshape((b, k, h, dh))?;
                 let s = (kp.broadcast_mul(&q)?.sum(D::Minus1)? / (dh as f64).sqrt())?; // [B, K, H]
                 let m3 = mask.unsqueeze(2)?.broadcast_as((b, k, h))?.contiguous()?;
@@ -381,7 +383,8 @@ impl TargetAttention {
     fn scaled_query(&self, target_k: &Tensor) -> Result<(Tensor, f32)> {
         Ok(match &self.proj {
             None => {
-                let s = Tensor::from_slice(&self.scale, self.dk, target_k.device())?;
+                let s = Tensor::from_slice(&self.scale, self.dk, target_k.device())?
+                    .to_dtype(target_k.dtype())?;
                 (target_k.broadcast_mul(&s)?, 1.0)
             }
             Some(p) => {
@@ -423,10 +426,11 @@ impl TargetAttention {
                 Some(p) => {
                     let (h, dh) = (self.heads, self.dim / self.heads);
                     let vp = values
-                        .matmul(&p.wv.as_tensor().t()?)?
+                        .matmul(&like(&p.wv, values)?.t()?)?
                         .reshape((b, k, h, dh))?;
                     let o = vp.broadcast_mul(&w.unsqueeze(3)?)?.sum(1)?; // [B, H, dh]
-                    o.reshape((b, self.dim))?.matmul(&p.wo.as_tensor().t()?)?
+                    o.reshape((b, self.dim))?
+                        .matmul(&like(&p.wo, values)?.t()?)?
                 }
             }
         };
@@ -441,10 +445,10 @@ pub(crate) fn masked_softmax(s: &Tensor, mask: &Tensor) -> Result<Tensor> {
 
 /// Softmax over dimension 1 of `[B, K, H]` where `mask` (`[B, K, H]`) is 1.
 fn masked_softmax_dim1(s: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let fill = Tensor::full(-1e9f32, s.shape(), s.device())?;
+    let fill = Tensor::full(-1e9f32, s.shape(), s.device())?.to_dtype(s.dtype())?;
     let x = mask.ne(0f32)?.where_cond(s, &fill)?;
     let p = candle_nn::ops::softmax(&x, 1)?;
-    Ok((p * mask)?)
+    Ok((p * mask.to_dtype(s.dtype())?)?)
 }
 
 /// The shape of one candidate's attention in [`TargetAttention::forward_indexed`].

@@ -89,7 +89,7 @@ impl ActivationUnit {
         train: bool,
     ) -> Result<Tensor> {
         let d = self.dim;
-        let w = self.w0.as_tensor();
+        let w = &crate::nn::like(&self.w0, target)?;
         let (w1, w2) = (w.narrow(1, 0, d)?, w.narrow(1, d, d)?);
         let (w3, w4) = (w.narrow(1, 2 * d, d)?, w.narrow(1, 3 * d, d)?);
         let wt = (w1 + &w3)?; // [h, d]
@@ -97,7 +97,7 @@ impl ActivationUnit {
                               // t-term once per sample: [B, h]
         let t_term = target
             .matmul(&wt.t()?)?
-            .broadcast_add(self.b0.as_tensor())?;
+            .broadcast_add(&crate::nn::like(&self.b0, target)?)?;
         let t_rows = target.index_select(seg, 0)?; // [n, d]
         let prod = (&t_rows * seq)?; // [n, d]
         let h =

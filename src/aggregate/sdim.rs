@@ -103,7 +103,7 @@ impl Sdim {
                 (sigs.rows[i] == sigs.target[seg[j] as usize * g + q]) as u8 as f32
             })
             .collect();
-        let hit = Tensor::from_vec(hit, (m, g, 1), dev)?;
+        let hit = Tensor::from_vec(hit, (m, g, 1), dev)?.to_dtype(values.dtype())?;
         let contrib = values
             .unsqueeze(1)?
             .broadcast_mul(&hit)?

@@ -37,6 +37,10 @@ pub struct ModelConfig {
     /// device; every part takes it on a GPU). See [`crate::device::Ops`].
     #[serde(default)]
     pub ops: crate::device::Ops,
+    /// The generic path's activations: `f32` or `bf16` (f32 master weights). See
+    /// [`crate::device::Precision`].
+    #[serde(default)]
+    pub precision: crate::device::Precision,
 }
 
 /// Model presets (`kind`).

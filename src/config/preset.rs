@@ -169,6 +169,7 @@ pub fn preset(kind: Preset) -> ModelConfig {
         head,
         dice: DiceConfig::default(),
         ops: Default::default(),
+        precision: Default::default(),
     }
 }
 

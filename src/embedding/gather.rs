@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// leaf `[Σ u_t·d_t]` → `[index.rows, index.width]` (zero rows where the index has no token)
 pub fn gather(leaves: &Leaves, index: &Arc<TokenIndex>) -> crate::Result<Tensor> {
     if leaves.generic() {
-        return gather_generic(leaves.tensor(), index);
+        return Ok(gather_generic(leaves.tensor(), index)?.to_dtype(leaves.compute_dtype())?);
     }
     Ok(leaves.tensor().apply_op1(Gather {
         index: index.clone(),

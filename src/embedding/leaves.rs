@@ -296,6 +296,7 @@ pub struct Leaves {
     segments: Vec<Segment>,
     grad: Arc<GradAccumulator>,
     generic: bool,
+    compute: candle_core::DType,
 }
 
 /// The gradient of one table's rows.
@@ -319,6 +320,24 @@ impl Leaves {
     pub fn into_generic(mut self, on: bool) -> Self {
         self.generic |= on;
         self
+    }
+    /// The leaf with its tokens handed to the parts in `dtype` (bf16: the generic path's
+    /// reduced precision; the leaf itself, the master copy of the rows, stays f32).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a reduced precision without the generic path.
+    pub fn computing_in(mut self, dtype: candle_core::DType) -> Result<Self> {
+        if dtype != candle_core::DType::F32 && !self.generic {
+            return Err(Error::Config(format!(
+                "{dtype:?} activations need the generic path (model.ops = \"generic\", or a GPU)"
+            )));
+        }
+        self.compute = dtype;
+        Ok(self)
+    }
+    /// The dtype the parts compute in.
+    pub fn compute_dtype(&self) -> candle_core::DType {
+        self.compute
     }
     /// The flat buffer (a variable's tensor when built for gradients).
     pub fn tensor(&self) -> &Tensor {
@@ -639,6 +658,7 @@ impl<'a> LeafBuilder<'a> {
                     buf: Default::default(),
                 }),
                 generic: !device.is_cpu(),
+                compute: candle_core::DType::F32,
             },
             indices,
         ))

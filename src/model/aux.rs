@@ -100,6 +100,6 @@ impl AuxHead {
             .head
             .forward_t(&Tensor::cat(&x, 1)?, train)?
             .squeeze(1)?;
-        Ok((self.weight, logit))
+        Ok((self.weight, logit.to_dtype(candle_core::DType::F32)?))
     }
 }

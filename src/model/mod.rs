@@ -149,6 +149,12 @@ impl CtrModel {
         cfg.validate(max_len).map_err(Error::Config)?;
         let tables = Tables::new(&cfg.embedding, vocab, max_len, seed)?;
         let ops = cfg.ops.on(device);
+        if cfg.precision != crate::device::Precision::F32 && !ops.generic() {
+            return Err(Error::Config(format!(
+                "model.precision = {:?} needs the generic path: set model.ops = \"generic\" (a GPU always runs it)",
+                cfg.precision
+            )));
+        }
         let mut ps = ParamStore::new(device.clone(), seed).with_ops(ops);
         let cx = Ctx {
             tables: &tables,
@@ -295,7 +301,9 @@ impl CtrModel {
             .and_then(|s| s.aux())
             .map(|a| a.request(&cx, &mut lb));
         let (leaves, indices) = lb.build(&self.device, grad)?;
-        let leaves = leaves.into_generic(self.ops.generic());
+        let leaves = leaves
+            .into_generic(self.ops.generic())
+            .computing_in(self.cfg.precision.dtype())?;
         Ok((
             leaves,
             Lookups {
@@ -359,7 +367,12 @@ impl CtrModel {
             head_in.push(gather(leaves, &look.indices[u])?);
         }
         let x = Tensor::cat(&head_in, 1)?;
-        let logits = self.head.forward_t(&x, train)?.squeeze(1)?;
+        // The loss is taken in f32 whatever the activations' dtype.
+        let logits = self
+            .head
+            .forward_t(&x, train)?
+            .squeeze(1)?
+            .to_dtype(candle_core::DType::F32)?;
         let mut aux = Vec::new();
         if let (Some(s), Some(l)) = (&self.search, &look.aux) {
             if let Some(h) = s.aux() {

@@ -142,6 +142,12 @@ impl ParamStore {
     }
 }
 
+/// A parameter in the dtype of the activations `x` it meets (f32 master weights used in bf16 on
+/// the generic path; no copy when the dtypes agree).
+pub fn like(v: &Var, x: &Tensor) -> Result<Tensor> {
+    Ok(v.as_tensor().to_dtype(x.dtype())?)
+}
+
 /// `y = x·Wᵀ + b`, weight `[out, in]`, initialised U(±1/sqrt(in)) as PyTorch's.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -162,7 +168,9 @@ impl Linear {
     /// # Shapes
     /// `[n, in]` → `[n, out]`
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+        Ok(xs
+            .matmul(&like(&self.weight, xs)?.t()?)?
+            .broadcast_add(&like(&self.bias, xs)?)?)
     }
 }
 
@@ -206,7 +214,7 @@ impl Act {
             Act::Prelu(a) => {
                 let pos = xs.relu()?;
                 let neg = xs.minimum(0f32)?;
-                Ok((pos + neg.broadcast_mul(a)?)?)
+                Ok((pos + neg.broadcast_mul(&like(a, xs)?)?)?)
             }
             Act::Relu => Ok(xs.relu()?),
             Act::Sigmoid => Ok(candle_nn::ops::sigmoid(xs)?),
@@ -285,11 +293,13 @@ impl Dice {
             return Ok(xs.clone());
         }
         let fixed = (!train).then(|| (self.running_mean.as_tensor(), self.running_var.as_tensor()));
-        let (out, batch) = dice_reference(xs, self.alpha.as_tensor(), fixed, self.eps)?;
+        // Statistics and the gate in f32 whatever the activations' dtype (bf16 on a GPU).
+        let x32 = xs.to_dtype(DType::F32)?;
+        let (out, batch) = dice_reference(&x32, self.alpha.as_tensor(), fixed, self.eps)?;
         if let Some((m, v)) = batch {
             self.fold(&m, &v, n)?;
         }
-        Ok(out)
+        Ok(out.to_dtype(xs.dtype())?)
     }
 
     /// Folds batch statistics (over `n` rows) into the running ones.
@@ -635,8 +645,8 @@ pub fn bce_with_logits(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// scores `[b, l]`, mask `[b, l]` (1 = real) → `[b, l]`
 pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let fill = Tensor::full(-1e9f32, scores.shape(), scores.device())?;
+    let fill = Tensor::full(-1e9f32, scores.shape(), scores.device())?.to_dtype(scores.dtype())?;
     let s = mask.ne(0f32)?.where_cond(scores, &fill)?;
     let p = candle_nn::ops::softmax(&s, D::Minus1)?;
-    Ok((p * mask)?)
+    Ok((p * mask.to_dtype(scores.dtype())?)?)
 }

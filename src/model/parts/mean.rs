@@ -17,7 +17,7 @@ use crate::model::request::{Request, ServingWindow};
 use crate::search::history_tokens;
 use crate::window::Window;
 use crate::Result;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 #[derive(Debug)]
 pub(crate) struct MeanPart {
@@ -81,14 +81,15 @@ impl Aggregation for MeanPart {
         let dev = x.leaves.tensor().device();
         let packed = Packed::new(x.window.offsets.clone())?;
         let b = packed.batch();
-        let sums = Tensor::zeros((b, self.width), DType::F32, dev)?;
+        let dt = x.leaves.compute_dtype();
+        let sums = Tensor::zeros((b, self.width), dt, dev)?;
         if packed.is_empty() {
             return Ok(sums);
         }
         let tokens = gather(x.leaves, x.index(0))?;
         let sums = sums.index_add(&packed.seg(dev)?, &tokens, 0)?;
         let counts: Vec<f32> = x.window.lens().iter().map(|&n| n.max(1) as f32).collect();
-        let counts = Tensor::from_vec(counts, (b, 1), dev)?;
+        let counts = Tensor::from_vec(counts, (b, 1), dev)?.to_dtype(dt)?;
         Ok(sums.broadcast_div(&counts)?)
     }
 

@@ -8,7 +8,7 @@ use crate::config::{AttentionSearch as AttentionConfig, DiceConfig, SearchScorer
 use crate::kernels;
 use crate::model::aux::AuxHead;
 use crate::model::part::{Aggregation, Ctx};
-use crate::nn::ParamStore;
+use crate::nn::{like, ParamStore};
 use crate::search::tokens::{view_tokens, window_of_topk};
 use crate::search::{query_scores, target_tokens, topk_row};
 use crate::window::Window;
@@ -73,12 +73,13 @@ impl AttentionSearch {
     fn query_of(&self, parts: &[Box<dyn Aggregation>], target: &Tensor) -> Result<Tensor> {
         match &self.query {
             Query::Dot(scale) => {
-                let s = Tensor::from_slice(scale, scale.len(), target.device())?;
+                let s = Tensor::from_slice(scale, scale.len(), target.device())?
+                    .to_dtype(target.dtype())?;
                 Ok(target.broadcast_mul(&s)?)
             }
             Query::Own { wq, wk, dim } => {
-                let q = target.matmul(&wq.as_tensor().t()?)?;
-                Ok((q.matmul(wk.as_tensor())? / (*dim as f64).sqrt())?)
+                let q = target.matmul(&like(wq, target)?.t()?)?;
+                Ok((q.matmul(&like(wk, target)?)? / (*dim as f64).sqrt())?)
             }
             Query::Exact(i) => parts[*i].query(target).unwrap_or_else(|| {
                 Err(Error::Config(
