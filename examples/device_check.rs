@@ -1,6 +1,12 @@
 //! Every preset trained for the same steps on two devices (or two implementations), step by
 //! step on the same batches from the same initial weights: the loss curves side by side, and a
-//! non-zero exit when any step's losses differ by more than `--tol`.
+//! non-zero exit when they part.
+//!
+//! The rule: over the first fifth of the steps the losses agree within `--tol-early` (one
+//! step's rounding differences are ~1e-7; Adam's normalised updates, top-k and hash buckets
+//! then amplify them, so free-running curves part slowly: measured on the CPU, fused against
+//! generic, the first 12 steps of DARE agree to the bit and step 49 differs by 2e-2); the
+//! means of the last tenth agree within `--tol-mean`; and every curve comes down.
 //!
 //! On a GPU machine (a `--features cuda` build; `benches/gpu_check.sh` runs it):
 //!   `device_check --device cuda --against cpu`   (both on the generic path, the only one a GPU has)
@@ -43,11 +49,14 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     len: usize,
     /// Batch size.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     batch: usize,
-    /// Largest |loss − reference loss| allowed at any step.
-    #[arg(long, default_value_t = 2e-3)]
-    tol: f64,
+    /// Largest |loss − reference loss| over the first fifth of the steps.
+    #[arg(long, default_value_t = 1e-3)]
+    tol_early: f64,
+    /// Largest difference of the two curves' means over the last tenth.
+    #[arg(long, default_value_t = 3e-2)]
+    tol_mean: f64,
     /// Presets (repeatable; default all six).
     #[arg(long = "model")]
     models: Vec<String>,
@@ -105,7 +114,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?
     };
     println!(
-        "{} ({}) against {} ({}): {} steps of {} at L = {}, tolerance {:.0e}",
+        "{} ({}) against {} ({}): {} steps of {} at L = {}; early steps within {:.0e}, last tenth's means within {:.0e}",
         args.device,
         ops_a.name(),
         args.against,
@@ -113,14 +122,18 @@ fn main() -> anyhow::Result<()> {
         args.steps,
         args.batch,
         args.len,
-        args.tol
+        args.tol_early,
+        args.tol_mean
     );
-    println!("\n| model | first tenth's loss | last tenth's loss | max abs diff | at step | {} s | {} s |", args.device, args.against);
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "\n| model | first tenth's loss | last tenth's loss | reference's last tenth | max diff, first fifth | max diff, all | {} s | {} s |",
+        args.device, args.against
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     let mut failed = Vec::new();
     for p in models {
         let text = format!(
-            "[data]\ndir = \"{}\"\nmax_len = {}\n[model]\nkind = \"{}\"\n[train]\nbatch_size = {}\nseed = 7\n",
+            "[data]\ndir = \"{}\"\nmax_len = {}\n[model]\nkind = \"{}\"\n[train]\nbatch_size = {}\nseed = 7\nlr = 0.002\nsparse_lr = 0.02\n",
             data.display(),
             args.len,
             p.name(),
@@ -134,44 +147,51 @@ fn main() -> anyhow::Result<()> {
             trainers.push(Trainer::new(cfg, &ds, &out, d)?);
         }
         let full = trainers[0].model().needs_full_ids();
-        let (mut worst, mut at) = (0f64, 0usize);
-        let mut curve = Vec::with_capacity(args.steps);
+        let mut curves = [
+            Vec::with_capacity(args.steps),
+            Vec::with_capacity(args.steps),
+        ];
         let mut secs = [0f64; 2];
         for s in 0..args.steps {
             let rows: Vec<u32> = ((s * args.batch) as u32..((s + 1) * args.batch) as u32).collect();
             let batch = collate(&ds.histories, &train, &rows, args.len, full);
-            let mut losses = [0f32; 2];
             for (i, t) in trainers.iter_mut().enumerate() {
                 let t0 = Instant::now();
-                losses[i] = t.train_step(&batch)?;
+                curves[i].push(t.train_step(&batch)? as f64);
                 secs[i] += t0.elapsed().as_secs_f64();
             }
-            let d = (losses[0] as f64 - losses[1] as f64).abs();
-            if d > worst || !d.is_finite() {
-                (worst, at) = (if d.is_finite() { d } else { f64::INFINITY }, s);
-            }
-            curve.push(losses[0] as f64);
         }
-        // Means of the first and the last tenth: the curve must come down.
-        let tenth = (args.steps / 10).max(1);
-        let first = curve[..tenth].iter().sum::<f64>() / tenth as f64;
-        let last = curve[curve.len() - tenth..].iter().sum::<f64>() / tenth as f64;
+        let diff = |r: std::ops::Range<usize>| {
+            r.map(|s| (curves[0][s] - curves[1][s]).abs())
+                .fold(
+                    0f64,
+                    |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+                )
+        };
+        let n = args.steps;
+        let (early, all) = (diff(0..(n / 5).max(1)), diff(0..n));
+        let tenth = (n / 10).max(1);
+        let mean = |c: &[f64], r: std::ops::Range<usize>| {
+            c[r.clone()].iter().sum::<f64>() / r.len() as f64
+        };
+        let (first, last, ref_last) = (
+            mean(&curves[0], 0..tenth),
+            mean(&curves[0], n - tenth..n),
+            mean(&curves[1], n - tenth..n),
+        );
         println!(
-            "| {} | {first:.5} | {last:.5} | {worst:.2e} | {at} | {:.2} | {:.2} |",
+            "| {} | {first:.5} | {last:.5} | {ref_last:.5} | {early:.2e} | {all:.2e} | {:.2} | {:.2} |",
             p.name(),
             secs[0],
             secs[1]
         );
-        if worst > args.tol || first <= last {
+        if early > args.tol_early || (last - ref_last).abs() > args.tol_mean || first <= last {
             failed.push(p.name());
         }
     }
     if !failed.is_empty() {
-        bail!(
-            "loss curves apart by more than {:.0e} (or not decreasing): {failed:?}",
-            args.tol
-        );
+        bail!("loss curves apart (or not coming down): {failed:?}");
     }
-    println!("\nall curves within {:.0e}", args.tol);
+    println!("\nall curves within the tolerances");
     Ok(())
 }

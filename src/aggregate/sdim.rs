@@ -76,7 +76,7 @@ impl Sdim {
 impl Sdim {
     /// [`Sdim::forward`] with candle ops (any device) on the window's gathered values: which
     /// rows match their target's signature in each group is decided on the host (the
-    /// signatures carry no gradient), the sums are one `index_add`.
+    /// signatures carry no gradient), the sums are one batched matrix product.
     ///
     /// # Shapes
     /// values `[m, d_v]` over the window `packed` → `[B, d_v]`
@@ -96,19 +96,27 @@ impl Sdim {
                 sigs.target.len()
             )));
         }
-        let seg = super::sample_of_rows(packed.offsets());
-        let hit: Vec<f32> = (0..m * g)
-            .map(|i| {
-                let (j, q) = (i / g, i % g);
-                (sigs.rows[i] == sigs.target[seg[j] as usize * g + q]) as u8 as f32
-            })
-            .collect();
-        let hit = Tensor::from_vec(hit, (m, g, 1), dev)?.to_dtype(values.dtype())?;
-        let contrib = values
-            .unsqueeze(1)?
-            .broadcast_mul(&hit)?
-            .reshape((m, g * d))?;
-        let sums = packed.sum_rows(&contrib)?.reshape((b, g, d))?;
+        if m == 0 {
+            return Ok(Tensor::zeros((b, d), values.dtype(), dev)?);
+        }
+        // Per sample, `S = Hᵀ V`: H says which of its behaviors match the target in each group
+        // (0 on padding), V holds their values; one batched product `[B, G, L] × [B, L, d]`.
+        let l = packed.len();
+        let mut hit = vec![0f32; b * g * l];
+        for (s, w) in packed.offsets().windows(2).enumerate() {
+            for (p, j) in (w[0]..w[1]).enumerate() {
+                for q in 0..g {
+                    if sigs.rows[j * g + q] == sigs.target[s * g + q] {
+                        hit[(s * g + q) * l + p] = 1.0;
+                    }
+                }
+            }
+        }
+        let hit = Tensor::from_vec(hit, (b, g, l), dev)?.to_dtype(values.dtype())?;
+        let padded = Tensor::zeros((b * l, d), values.dtype(), dev)?
+            .index_add(&packed.pos(dev)?, values, 0)?
+            .reshape((b, l, d))?;
+        let sums = hit.matmul(&padded)?; // [B, G, d]
         let a = if self.normalize {
             // 1/‖S‖ where the bucket holds anything; an empty bucket's sum is 0 either way.
             let inv = sums
