@@ -41,6 +41,16 @@ pub struct Signatures {
     pub rows: Arc<Vec<u16>>,
 }
 
+/// Hash signatures of a window kept on the model's device (the generic path's plan): the
+/// targets' `[B, G]` and the window rows' `[m, G]`, u32.
+#[derive(Debug, Clone)]
+pub struct DeviceSignatures {
+    /// `[B, G]`.
+    pub target: Tensor,
+    /// `[m, G]`, in window order.
+    pub rows: Tensor,
+}
+
 impl Sdim {
     /// The interest `u` of every sample.
     ///
@@ -84,16 +94,16 @@ impl Sdim {
         &self,
         values: &Tensor,
         packed: &Packed,
-        sigs: &Signatures,
+        sigs: &DeviceSignatures,
     ) -> crate::Result<Tensor> {
         let (b, m, g) = (packed.batch(), packed.rows(), self.groups);
         let (d, dev) = (values.dim(1)?, values.device());
-        if values.dim(0)? != m || sigs.rows.len() != m * g || sigs.target.len() != b * g {
+        if values.dim(0)? != m || sigs.rows.dims() != [m, g] || sigs.target.dims() != [b, g] {
             return Err(crate::Error::InvalidArgument(format!(
-                "sdim: {} value rows, {} signatures, {} target signatures for B = {b}, m = {m}, G = {g}",
+                "sdim: {} value rows, signatures {:?}, target signatures {:?} for B = {b}, m = {m}, G = {g}",
                 values.dim(0)?,
-                sigs.rows.len(),
-                sigs.target.len()
+                sigs.rows.dims(),
+                sigs.target.dims()
             )));
         }
         if m == 0 {
@@ -101,20 +111,18 @@ impl Sdim {
         }
         // Per sample, `S = Hᵀ V`: H says which of its behaviors match the target in each group
         // (0 on padding), V holds their values; one batched product `[B, G, L] × [B, L, d]`.
+        // H is built where the signatures are (the device): nothing crosses the bus.
         let l = packed.len();
-        let mut hit = vec![0f32; b * g * l];
-        for (s, w) in packed.offsets().windows(2).enumerate() {
-            for (p, j) in (w[0]..w[1]).enumerate() {
-                for q in 0..g {
-                    if sigs.rows[j * g + q] == sigs.target[s * g + q] {
-                        hit[(s * g + q) * l + p] = 1.0;
-                    }
-                }
-            }
-        }
-        let hit = Tensor::from_vec(hit, (b, g, l), dev)?.to_dtype(values.dtype())?;
+        let pos = packed.pos(dev)?;
+        let their_target = sigs.target.index_select(&packed.seg(dev)?, 0)?; // [m, G]
+        let hit = sigs.rows.eq(&their_target)?.to_dtype(values.dtype())?; // [m, G]
+        let hit = Tensor::zeros((b * l, g), values.dtype(), dev)?
+            .index_add(&pos, &hit, 0)?
+            .reshape((b, l, g))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let padded = Tensor::zeros((b * l, d), values.dtype(), dev)?
-            .index_add(&packed.pos(dev)?, values, 0)?
+            .index_add(&pos, values, 0)?
             .reshape((b, l, d))?;
         let sums = hit.matmul(&padded)?; // [B, G, d]
         let a = if self.normalize {

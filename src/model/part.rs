@@ -9,7 +9,7 @@
 
 use super::parts::{attention::AttentionPart, din::DinPart, mean::MeanPart, sdim::SdimPart};
 use super::request::{Request, ServingWindow};
-use crate::aggregate::sdim::Signatures;
+use crate::aggregate::sdim::{DeviceSignatures, Signatures};
 use crate::config::{AggregateConfig, DiceConfig, WindowConfig};
 use crate::data::Batch;
 use crate::embedding::{LeafBuilder, Leaves, Tables, TokenIndex};
@@ -47,8 +47,11 @@ impl Ctx<'_> {
 /// A part's share of the plan (decisions without gradient).
 #[derive(Debug, Clone, Default)]
 pub struct PartPlan {
-    /// SDIM's hash signatures of the targets and the window's behaviors.
+    /// SDIM's hash signatures of the targets and the window's behaviors (the fused path's, on
+    /// the host).
     pub sigs: Option<Signatures>,
+    /// The same signatures left on the model's device (the generic path's).
+    pub device_sigs: Option<DeviceSignatures>,
 }
 
 /// Where a part's tokens are in the step's leaf: the requests it made of the

@@ -3,7 +3,7 @@
 //! target's signature. At serving time the user's bucket sums (BSE) replace the behaviors.
 
 use super::window_tokens;
-use crate::aggregate::sdim::{add_to_buckets, Signatures};
+use crate::aggregate::sdim::{add_to_buckets, DeviceSignatures, Signatures};
 use crate::aggregate::{Packed, Sdim};
 use crate::config::{SdimAggregate, View, WindowConfig};
 use crate::data::Batch;
@@ -124,21 +124,12 @@ impl SdimPart {
             let pick = Tensor::from_slice(&window.rows, n, cx.device)?;
             vt.history.index_select(&pick, 0)?
         };
-        let rows = sigs(&rows)?;
-        let host = |t: Tensor| -> Result<Arc<Vec<u16>>> {
-            Ok(Arc::new(
-                t.flatten_all()?
-                    .to_vec1::<u32>()?
-                    .into_iter()
-                    .map(|s| s as u16)
-                    .collect(),
-            ))
-        };
         Ok(PartPlan {
-            sigs: Some(Signatures {
-                target: host(target)?,
-                rows: host(rows)?,
+            device_sigs: Some(DeviceSignatures {
+                target,
+                rows: sigs(&rows)?,
             }),
+            ..Default::default()
         })
     }
 }
@@ -166,6 +157,7 @@ impl Aggregation for SdimPart {
                 target: Arc::new(signatures(&tc, words, None, g, tau)),
                 rows: Arc::new(signatures(&hc, words, Some(&window.rows), g, tau)),
             }),
+            ..Default::default()
         })
     }
 
@@ -177,16 +169,14 @@ impl Aggregation for SdimPart {
     }
 
     fn forward(&self, x: &PartInput, _train: bool) -> Result<Tensor> {
-        let sigs = x
-            .plan
-            .sigs
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("sdim without signatures".into()))?;
+        let missing = || Error::InvalidArgument("sdim without signatures".into());
         let packed = Packed::new(x.window.offsets.clone())?;
         if x.leaves.generic() {
             let values = crate::embedding::gather(x.leaves, x.index(0))?;
+            let sigs = x.plan.device_sigs.as_ref().ok_or_else(missing)?;
             return self.unit.forward_generic(&values, &packed, sigs);
         }
+        let sigs = x.plan.sigs.as_ref().ok_or_else(missing)?;
         self.unit.forward(x.leaves, x.index(0), &packed, sigs)
     }
 
