@@ -131,6 +131,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|");
     let mut failed = Vec::new();
+    let mut leaf_mb = Vec::new();
     for p in models {
         let text = format!(
             "[data]\ndir = \"{}\"\nmax_len = {}\n[model]\nkind = \"{}\"\n[train]\nbatch_size = {}\nseed = 7\nlr = 0.002\nsparse_lr = 0.02\n",
@@ -147,6 +148,15 @@ fn main() -> anyhow::Result<()> {
             trainers.push(Trainer::new(cfg, &ds, &out, d)?);
         }
         let full = trainers[0].model().needs_full_ids();
+        {
+            // What the first step's leaf sends to the device and its gradient brings back.
+            let rows: Vec<u32> = (0..args.batch as u32).collect();
+            let batch = collate(&ds.histories, &train, &rows, args.len, full);
+            let m = trainers[0].model();
+            let plan = m.plan(&batch)?;
+            let (leaves, _) = m.leaves(&batch, &plan, true)?;
+            leaf_mb.push((p.name(), 4.0 * leaves.len() as f64 / 1e6, batch.n_packed()));
+        }
         let mut curves = [
             Vec::with_capacity(args.steps),
             Vec::with_capacity(args.steps),
@@ -188,6 +198,13 @@ fn main() -> anyhow::Result<()> {
         if early > args.tol_early || (last - ref_last).abs() > args.tol_mean || first <= last {
             failed.push(p.name());
         }
+    }
+    println!(
+        "\n| model | behaviors in the first batch | leaf MB (up; its gradient, the same, down) |"
+    );
+    println!("|---|---|---|");
+    for (m, mb, n) in leaf_mb {
+        println!("| {m} | {n} | {mb:.2} |");
     }
     if !failed.is_empty() {
         bail!("loss curves apart (or not coming down): {failed:?}");

@@ -148,6 +148,13 @@ def test_bad_input_raises_our_exceptions(world, tmp_path):
     with pytest.raises(lifelong.CheckpointError):
         lifelong.Scorer(bad, enc)
     assert issubclass(lifelong.CheckpointError, lifelong.LifelongError)
+    # A device the build cannot use, or one that does not exist, is refused by name.
+    with pytest.raises(lifelong.ConfigError, match="cuda:0.*--features cuda"):
+        lifelong.Scorer(world.run("sdim"), enc, device="cuda")
+    with pytest.raises(lifelong.ConfigError, match="`tpu`"):
+        lifelong.Scorer(world.run("sdim"), enc, device="tpu")
+    with pytest.raises(lifelong.ConfigError, match="cuda:0.*--features cuda"):
+        lifelong.train({"model": {"kind": "din"}, "train": {"device": "cuda"}}, data=world.data, out=tmp_path / "r")
 
 
 def test_shard_of_matches_lifelong_encode_shards(world, tmp_path):
