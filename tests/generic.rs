@@ -13,8 +13,13 @@ use lifelong::model::CtrModel;
 use std::collections::BTreeMap;
 
 fn build(cfg: &Config, ops: Ops) -> CtrModel {
+    build_as(cfg, ops, lifelong::device::Precision::F32)
+}
+
+fn build_as(cfg: &Config, ops: Ops, precision: lifelong::device::Precision) -> CtrModel {
     let mut m = cfg.model.clone();
     m.ops = ops;
+    m.precision = precision;
     CtrModel::new(
         &m,
         cfg.data.max_len,
@@ -250,20 +255,6 @@ fn the_kernel_op_plan_equals_the_fused_plan_on_training_batches() {
     }
 }
 
-fn build_bf16(cfg: &Config) -> CtrModel {
-    let mut m = cfg.model.clone();
-    m.ops = Ops::Generic;
-    m.precision = lifelong::device::Precision::Bf16;
-    CtrModel::new(
-        &m,
-        cfg.data.max_len,
-        crate::common::TINY_VOCAB,
-        cfg.train.seed,
-        &Device::Cpu,
-    )
-    .unwrap()
-}
-
 /// bf16 on the generic path: the tokens the parts read are the f32 rows rounded to bf16 (to
 /// the bit), the logits stay within bf16's rounding of the f32 path's, every gradient lands in
 /// the f32 master weights (f32, pointing the same way), and asking for bf16 on the fused ops is
@@ -273,7 +264,10 @@ fn bf16_tokens_logits_and_gradients_against_f32() {
     use candle_core::DType;
     let batch = tiny_batch(6);
     for (name, cfg) in configs() {
-        let (f32m, bf16m) = (build(&cfg, Ops::Generic), build_bf16(&cfg));
+        let (f32m, bf16m) = (
+            build(&cfg, Ops::Generic),
+            build_as(&cfg, Ops::Generic, lifelong::device::Precision::Bf16),
+        );
         // The conversion: gathered tokens are the f32 rows rounded to nearest-even bf16.
         let plan = bf16m.plan(&batch).unwrap();
         let (lb, _) = bf16m.leaves(&batch, &plan, false).unwrap();
