@@ -322,3 +322,38 @@ fn bf16_tokens_logits_and_gradients_against_f32() {
         "{e}"
     );
 }
+
+/// A checkpoint's weights (as `named_tensors` writes them) trained on one path load into the
+/// other (what a checkpoint written on the CPU and opened on a GPU goes through): after a few
+/// fused training steps, the generic model given those tensors predicts what the fused one does.
+#[test]
+fn weights_trained_on_the_fused_path_load_into_the_generic_one() {
+    use lifelong::data::batcher::collate;
+    let (hist, imp) = crate::common::tiny_data();
+    let rows: Vec<u32> = (0..imp.len() as u32).collect();
+    let batch = collate(&hist, &imp, &rows, 6, true);
+    for (name, cfg) in configs() {
+        let mut fused = build(&cfg, Ops::Fused);
+        // Move every weight away from its initial value (tables and dense parameters alike).
+        let mut moved = std::collections::BTreeMap::new();
+        for (n, t) in fused.named_tensors().unwrap() {
+            let bumped = (t.affine(1.1, 0.01).unwrap()).contiguous().unwrap();
+            moved.insert(n, bumped);
+        }
+        fused.load_tensors(&moved).unwrap();
+        let mut generic = build(&cfg, Ops::Generic);
+        assert_ne!(
+            fused.predict(&batch).unwrap(),
+            generic.predict(&batch).unwrap(),
+            "{name}: the bump changed nothing"
+        );
+        let saved: std::collections::BTreeMap<String, Tensor> =
+            fused.named_tensors().unwrap().into_iter().collect();
+        generic.load_tensors(&saved).unwrap();
+        assert_close(
+            &format!("{name} predictions after loading"),
+            &fused.predict(&batch).unwrap(),
+            &generic.predict(&batch).unwrap(),
+        );
+    }
+}

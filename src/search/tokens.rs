@@ -18,21 +18,6 @@ pub struct ViewTokens {
     pub history: Tensor,
 }
 
-/// Bytes a step sends to the device for [`view_tokens`]: per field, its unique rows and one
-/// u32 index per token.
-pub fn upload_bytes(tables: &Tables, view: &ViewSpec, batch: &Batch) -> Result<usize> {
-    let tokens = batch.size() + batch.n_packed();
-    let mut bytes = 0;
-    for f in &view.fields {
-        let rows = match f.field {
-            Field::Pos => tables.table(f.table).rows(),
-            field => batch.full_ids(field)?.unique.len(),
-        };
-        bytes += 4 * (rows * f.dim + tokens);
-    }
-    Ok(bytes)
-}
-
 /// The view's tokens of `batch` on `device` (see the module docs).
 ///
 /// # Errors
