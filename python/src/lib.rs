@@ -520,6 +520,7 @@ struct Encoder {
 #[pymethods]
 impl Encoder {
     #[new]
+    #[allow(clippy::too_many_arguments)] // the Python signature's keyword arguments
     #[pyo3(signature = (checkpoint, vocab_dir, user_col="user_id", item_col="item_id", cate_col="cate_id", ts_col="ts", label_col="label"))]
     fn new(
         py: Python<'_>,

@@ -263,10 +263,9 @@ impl ActivationUnit {
         }
         let weighted = seq.broadcast_mul(&a.unsqueeze(1)?)?; // [n, d]
         debug_assert_eq!(weighted.dims(), [n, d]);
-        packed.sum_rows(&weighted).map(|u| {
-            debug_assert_eq!(u.dim(0).ok(), Some(b));
-            u
-        })
+        let u = packed.sum_rows(&weighted)?; // [B, d]
+        debug_assert_eq!(u.dims(), [b, d]);
+        Ok(u)
     }
 
     /// Reference implementation without the trick or packing: the paper's formula on padded
