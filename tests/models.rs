@@ -394,16 +394,33 @@ fn every_model_is_padding_invariant() {
     }
 }
 
-/// A batch in which no sample has any history (n = 0) trains for every preset: the loss is
-/// finite and the targets get a gradient.
+/// A batch in which no sample has any history (n = 0) trains for every preset, on both paths
+/// (fused and generic, f32 and bf16): the loss is finite and the targets get a gradient.
 #[test]
 fn every_model_handles_a_batch_without_any_history() {
+    use lifelong::device::{Ops, Precision};
     let (hist, mut imp) = tiny_data();
     imp.seq_len.iter_mut().for_each(|s| *s = 0);
     let batch = collate(&hist, &imp, &[0, 1, 2, 3], 6, true);
     assert_eq!((batch.len, batch.n_packed()), (0, 0));
-    for preset in Preset::ALL {
-        let (_, model) = tiny_model(preset, "");
+    let paths = [
+        (Ops::Fused, Precision::F32),
+        (Ops::Generic, Precision::F32),
+        (Ops::Generic, Precision::Bf16),
+    ];
+    for (preset, (ops, precision)) in Preset::ALL.into_iter().flat_map(|p| paths.map(|x| (p, x))) {
+        let (cfg, _) = tiny_model(preset, "");
+        let mut m = cfg.model.clone();
+        (m.ops, m.precision) = (ops, precision);
+        let model = lifelong::model::CtrModel::new(
+            &m,
+            cfg.data.max_len,
+            crate::common::TINY_VOCAB,
+            cfg.train.seed,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let preset = format!("{preset:?} {ops:?} {precision:?}");
         let step = model.step(&batch, true).unwrap();
         let labels = Tensor::from_slice(&batch.label, batch.size(), &Device::Cpu).unwrap();
         let loss = bce_with_logits(&step.out.logits, &labels).unwrap();
