@@ -23,7 +23,8 @@ fn model_of(cfg: &Config) -> CtrModel {
 }
 
 /// Every preset, plus SDIM and ETA with the position field in their hashed tokens (the
-/// encodings that shift with every new behavior) and DIN over a recent window.
+/// encodings that shift with every new behavior), the model of parts, and every preset on the
+/// generic path.
 fn models() -> Vec<(String, CtrModel)> {
     let mut out: Vec<(String, CtrModel)> = Preset::ALL
         .iter()
@@ -37,6 +38,12 @@ fn models() -> Vec<(String, CtrModel)> {
     }
     let mean = tiny_config(Preset::Custom, crate::common::MEAN_MODEL);
     out.push(("mean".into(), model_of(&mean)));
+    // The generic path (a GPU's): serving through its forms of every part.
+    for p in Preset::ALL {
+        let mut cfg = tiny_config(p, "");
+        cfg.model.ops = lifelong::device::Ops::Generic;
+        out.push((format!("{p:?} generic"), model_of(&cfg)));
+    }
     let mut mean_pos = mean.clone();
     mean_pos.model.embedding.pos_dim = 2;
     out.push(("mean+pos".into(), model_of(&mean_pos)));
