@@ -323,11 +323,12 @@ fn bf16_tokens_logits_and_gradients_against_f32() {
     );
 }
 
-/// A checkpoint's weights (as `named_tensors` writes them) trained on one path load into the
-/// other (what a checkpoint written on the CPU and opened on a GPU goes through): after a few
-/// fused training steps, the generic model given those tensors predicts what the fused one does.
+/// A checkpoint's weights (as `named_tensors` writes them) from one path load into the other
+/// (what a checkpoint written on the CPU and opened on a GPU goes through): every weight of the
+/// fused model moved off its initial value, the generic model given those tensors predicts what
+/// the fused one does.
 #[test]
-fn weights_trained_on_the_fused_path_load_into_the_generic_one() {
+fn weights_of_the_fused_model_load_into_the_generic_one() {
     use lifelong::data::batcher::collate;
     let (hist, imp) = crate::common::tiny_data();
     let rows: Vec<u32> = (0..imp.len() as u32).collect();
@@ -356,4 +357,65 @@ fn weights_trained_on_the_fused_path_load_into_the_generic_one() {
             &generic.predict(&batch).unwrap(),
         );
     }
+}
+
+/// The generic token lookup against a loop over the flat buffer: two fields side by side from
+/// their segments, padding rows (`NONE`) zero, gradients summed into the rows read and none into
+/// a row only padding points at.
+#[test]
+fn the_generic_gather_reads_rows_and_zeroes_padding() {
+    use lifelong::embedding::gather::gather_generic;
+    use lifelong::embedding::leaves::FieldIndex;
+    use lifelong::embedding::{Field, TokenIndex, NONE};
+    use std::sync::Arc;
+    // Segment A: 4 rows of 3 at offset 0; segment B: 3 rows of 2 at offset 12.
+    let flat: Vec<f32> = (0..18).map(|i| 1.0 + i as f32 * 0.5).collect();
+    let a = [2u32, NONE, 0, 2, NONE];
+    let b = [1u32, 2, NONE, 0, NONE];
+    let field = |f, col, dim, off, seg_rows, local: &[u32]| FieldIndex {
+        field: f,
+        col,
+        dim,
+        seg_offset: off,
+        seg_rows,
+        local: Arc::new(local.to_vec()),
+    };
+    let index = TokenIndex::new(
+        5,
+        5,
+        vec![
+            field(Field::Item, 0, 3, 0, 4, &a),
+            field(Field::Cate, 3, 2, 12, 3, &b),
+        ],
+    );
+    let var = candle_core::Var::from_slice(&flat, 18, &Device::Cpu).unwrap();
+    let got = gather_generic(var.as_tensor(), &index).unwrap();
+    let mut want = Vec::new();
+    for r in 0..5 {
+        for (ids, dim, off) in [(&a, 3usize, 0usize), (&b, 2, 12)] {
+            for c in 0..dim {
+                want.push(match ids[r] {
+                    NONE => 0.0,
+                    i => flat[off + i as usize * dim + c],
+                });
+            }
+        }
+    }
+    assert_eq!(vec_of(&got), want);
+    // Gradient of Σ out·w: each row read gets the sum of its readers' weights.
+    let w: Vec<f32> = (0..25).map(|i| 0.1 * i as f32).collect();
+    let wt = Tensor::from_slice(&w, (5, 5), &Device::Cpu).unwrap();
+    let g = (got * wt).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = vec_of(g.get(var.as_tensor()).unwrap());
+    let mut want_g = vec![0f32; 18];
+    for r in 0..5 {
+        for (ids, dim, off, col) in [(&a, 3usize, 0usize, 0usize), (&b, 2, 12, 3)] {
+            if ids[r] != NONE {
+                for c in 0..dim {
+                    want_g[off + ids[r] as usize * dim + c] += w[r * 5 + col + c];
+                }
+            }
+        }
+    }
+    assert_close("gather gradient", &want_g, &g);
 }

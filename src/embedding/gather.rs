@@ -23,9 +23,11 @@ pub fn gather(leaves: &Leaves, index: &Arc<TokenIndex>) -> crate::Result<Tensor>
 }
 
 /// [`gather`] through candle ops (any device; candle's autograd carries the gradient to the
-/// leaf): per field, its segment of the flat buffer as a `[rows, dim]` matrix with a zero row
-/// after it (the padding's), rows selected by `index_select`, fields side by side.
+/// leaf): per field, its segment of the flat buffer viewed as a `[rows, dim]` matrix, rows
+/// selected by `index_select`, fields side by side. Padding rows (no token) read row 0 and are
+/// zeroed by a mask, only when the index has any (nothing of the segment's size is copied).
 pub fn gather_generic(flat: &Tensor, index: &TokenIndex) -> crate::Result<Tensor> {
+    use crate::data::batch::NONE;
     let dev = flat.device();
     let mut fields: Vec<_> = index.fields.iter().collect();
     fields.sort_by_key(|f| f.col);
@@ -39,25 +41,29 @@ pub fn gather_generic(flat: &Tensor, index: &TokenIndex) -> crate::Result<Tensor
                 f.field, f.col, index.width
             )));
         }
+        col += f.dim;
+        let padded = f.local.iter().any(|&l| l == NONE);
+        if f.seg_rows == 0 {
+            // Nothing to read: every row is padding.
+            parts.push(Tensor::zeros((index.rows, f.dim), flat.dtype(), dev)?);
+            continue;
+        }
         let seg = flat
             .narrow(0, f.seg_offset, f.seg_rows * f.dim)?
             .reshape((f.seg_rows, f.dim))?;
-        let seg = Tensor::cat(&[&seg, &Tensor::zeros((1, f.dim), flat.dtype(), dev)?], 0)?;
-        let pad = f.seg_rows as u32;
         let ids: Vec<u32> = f
             .local
             .iter()
-            .map(|&l| {
-                if l == crate::data::batch::NONE {
-                    pad
-                } else {
-                    l
-                }
-            })
+            .map(|&l| if l == NONE { 0 } else { l })
             .collect();
-        let ids = Tensor::from_vec(ids, index.rows, dev)?;
-        parts.push(seg.index_select(&ids, 0)?);
-        col += f.dim;
+        let rows = seg.index_select(&Tensor::from_vec(ids, index.rows, dev)?, 0)?;
+        parts.push(if padded {
+            let keep: Vec<f32> = f.local.iter().map(|&l| (l != NONE) as u8 as f32).collect();
+            let keep = Tensor::from_vec(keep, (index.rows, 1), dev)?.to_dtype(flat.dtype())?;
+            rows.broadcast_mul(&keep)?
+        } else {
+            rows
+        });
     }
     if col != index.width {
         return Err(crate::Error::InvalidArgument(format!(

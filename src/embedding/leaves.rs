@@ -139,7 +139,9 @@ pub struct TokenIndex {
 }
 
 impl TokenIndex {
-    fn new(rows: usize, width: usize, fields: Vec<FieldIndex>) -> Self {
+    /// An index of `rows` tokens of `width` columns read through `fields` (the leaf builder
+    /// makes them; tests build them by hand).
+    pub fn new(rows: usize, width: usize, fields: Vec<FieldIndex>) -> Self {
         Self {
             rows,
             width,
