@@ -26,7 +26,7 @@
 //!
 //! Start with [`model::CtrModel`], [`train::Trainer`], [`data::Dataset`] and
 //! [`serving::Scorer`]; the `lifelong` binary wraps them (`synth`, `prepare`, `train`, `eval`,
-//! `encode`, `demo`, …).
+//! `encode`, `sweep`, `demo`, …).
 #![warn(missing_docs)]
 
 // Foundations.
@@ -54,6 +54,7 @@ pub mod serving;
 // Tools around runs.
 pub mod inspect;
 pub mod plot;
+pub mod sweep;
 
 pub use cpu::tune_runtime;
 pub use error::{Error, Result};

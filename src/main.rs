@@ -6,6 +6,7 @@ use lifelong::checkpoint::ModelFile;
 use lifelong::config::Config;
 use lifelong::data::{self, ColumnNames, PrepareConfig, Split, SynthConfig};
 use lifelong::plot;
+use lifelong::sweep;
 use lifelong::{eval, serving};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -293,6 +294,41 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Hyperparameter search: train the config under every combination of the `--grid` values
+    /// (or `--random N` of them), each trial a run directory OUT/trial-NNN trained by a `lifelong
+    /// train` process; ranks them by best validation AUC into OUT/results.tsv and draws their
+    /// curves into OUT/curves.svg. Rerunning the same command continues an interrupted sweep.
+    Sweep {
+        /// The base TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// A key and its values: `--grid train.sparse_lr=0.01,0.03,0.1`; values are TOML as for
+        /// `--set` and split on top-level commas only (`--grid 'model.head.hidden=[200, 80],[64]'`
+        /// has two). Repeatable: the trials are the Cartesian product.
+        #[arg(long = "grid", value_name = "PATH=V1,V2,...", required = true)]
+        grid: Vec<String>,
+        /// Override a key of every trial (as `train --set`). Repeatable.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        /// Run N trials sampled (without replacement, seeded) from the grid instead of all.
+        #[arg(long, value_name = "N")]
+        random: Option<usize>,
+        /// Seed of --random (default 0).
+        #[arg(long, requires = "random")]
+        seed: Option<u64>,
+        /// Trials trained at a time (each with RAYON_NUM_THREADS = cores / jobs).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// The sweep's directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Prepared dataset directory (overrides the config's data.dir).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where every trial computes: cpu, cuda or cuda:N.
+        #[arg(long)]
+        device: Option<lifelong::device::DeviceSpec>,
+    },
     /// The whole pipeline on the bundled sample: prepare data/sample, train examples/din.toml,
     /// evaluate on the test split. Paths are relative to --root (default: the current
     /// directory, so run it from a checkout): it reads ROOT/data/sample/events.parquet and
@@ -492,6 +528,28 @@ fn run(cmd: Command) -> Result<()> {
             plot::plot_runs(&curves, &out)?;
             println!("wrote {}", out.display());
         }
+        Command::Sweep {
+            config,
+            grid,
+            set,
+            random,
+            seed,
+            jobs,
+            out,
+            data,
+            device,
+        } => sweep_cmd(sweep::SweepOptions {
+            config,
+            data,
+            device,
+            sets: set,
+            grid,
+            random,
+            seed,
+            jobs,
+            out,
+            exe: std::env::current_exe().context("locating the lifelong executable")?,
+        })?,
         Command::Demo { root } => demo(&root)?,
     }
     Ok(())
@@ -658,6 +716,39 @@ fn train_cmd(cfg: Config, resume: bool) -> Result<()> {
             Ok(()) => println!("curves in {}", svg.display()),
             Err(e) => tracing::warn!("no curves drawn: {e}"),
         }
+    }
+    Ok(())
+}
+
+fn sweep_cmd(opts: sweep::SweepOptions) -> Result<()> {
+    let r = sweep::run(&opts)?;
+    print!("\n{}", sweep::format_pretty(&r.axes, &r.rows));
+    println!("results in {}", r.table.display());
+    if let Some(c) = &r.curves {
+        println!("curves in {}", c.display());
+    }
+    match r.best() {
+        Some(b) => println!(
+            "best: {} (valid AUC {:.4}) with {} in {}",
+            b.trial.name,
+            b.best_auc.unwrap_or(f64::NAN),
+            b.trial.overrides.join(" "),
+            b.dir.display()
+        ),
+        None => println!("best: none (no trial finished with a validation AUC)"),
+    }
+    let failed = r.failed();
+    anyhow::ensure!(
+        failed < r.rows.len(),
+        "all {failed} trials failed; their logs are OUT/trial-NNN/{} (see {})",
+        sweep::LOG_FILE,
+        r.table.display()
+    );
+    if failed > 0 {
+        println!(
+            "{failed} of {} trials failed (see the status column)",
+            r.rows.len()
+        );
     }
     Ok(())
 }

@@ -33,6 +33,9 @@ mod optim;
 mod train;
 // The `lifelong` binary end to end: pipeline, --help, bad input → status 2 with a named error.
 mod cli;
+// `lifelong sweep`: grid parsing and expansion, sampling, the resume spec, the results table;
+// end to end with parallel trials, resume, a failing trial and refused configs.
+mod sweep;
 // Serving from encodings: equal to eval for every model; incremental encodings.
 mod serving;
 // `lifelong encode` (shards, --update) and the serving Scorer against eval, end to end.
