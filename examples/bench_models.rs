@@ -245,6 +245,7 @@ fn main() -> anyhow::Result<()> {
         cate: imp.cate[..n_valid].to_vec(),
         seq_len: imp.seq_len[..n_valid].to_vec(),
         history: Vec::new(),
+        ts: Vec::new(),
     });
     let (hist, imp) = (Arc::new(hist), Arc::new(imp));
     let device = args.device.open()?;

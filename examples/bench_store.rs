@@ -70,6 +70,7 @@ fn random_encoding(m: &CtrModel, rng: &mut ChaCha8Rng) -> UserEncoding {
         user: 1,
         items,
         cates,
+        ts: Vec::new(),
         codes: Vec::new(),
         buckets,
     }

@@ -68,6 +68,7 @@ fn main() -> lifelong::Result<()> {
             cate: imp.cate[..n].to_vec(),
             seq_len: imp.seq_len[..n].to_vec(),
             history: imp.history.get(..n).map_or_else(Vec::new, <[u32]>::to_vec),
+            ts: imp.ts.get(..n).map_or_else(Vec::new, <[i64]>::to_vec),
         };
         let eval = lifelong::eval::predict(m, &ds.histories, &std::sync::Arc::new(sub), 4096)?;
         let (f32s, f16s): (Vec<f32>, Vec<f32>) = rows.into_iter().unzip();

@@ -49,6 +49,8 @@ fn main() -> anyhow::Result<()> {
                 activation: Activation::Dice,
                 softmax: false,
                 product: false,
+                batch_norm: false,
+                dropout: 0.0,
             }),
             AggregateConfig::Sdim(SdimAggregate {
                 window: WindowConfig::All,

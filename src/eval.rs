@@ -18,6 +18,7 @@ pub fn predict(
     imp: &Arc<Impressions>,
     batch_size: usize,
 ) -> Result<Vec<f32>> {
+    model.check_times(imp)?;
     let batcher = Batcher::new(
         hist.clone(),
         imp.clone(),
@@ -28,6 +29,7 @@ pub fn predict(
             seed: 0,
             prefetch: 2,
             full_ids: model.needs_full_ids(),
+            time: model.time_buckets().cloned(),
         },
     );
     let mut out = Vec::with_capacity(imp.len());

@@ -7,6 +7,16 @@
 //! moment arrays are allocated zeroed for the whole table (the OS maps untouched pages lazily, so
 //! resident memory grows with the rows actually touched). Row-wise Adagrad keeps one
 //! accumulator per row (`acc += mean(g²)`), as TorchRec's.
+//!
+//! **Lazy or caught up.** A dense Adam over a table (what PyTorch peers run) moves every row on
+//! every step: a row the batch did not touch has a zero gradient, but its moments decay and its
+//! weights keep moving by `lr·m̂/(√v̂ + ε)`. Row-wise ("lazy") Adam skips such rows entirely.
+//! With `catch_up`, a row touched again after `k` skipped steps first gets those steps exactly as
+//! dense Adam would have applied them (moments decayed by `β^j`, the weights moved by each
+//! skipped step's update, bias corrections at the global step), so the trajectory is dense
+//! Adam's while the work stays proportional to the touched rows. The moved distance shrinks
+//! geometrically (by `β₁/√β₂` ≈ 0.9 a step), so skipped steps past [`CATCH_UP_STEPS`] only decay
+//! the moments (their movement is below 1e-9 of the first step's).
 
 use crate::config::SparseOptimizer;
 use crate::cpu::SendPtr;
@@ -142,6 +152,9 @@ impl Adam {
     }
 }
 
+/// Skipped steps replayed in full by the catch-up (see the module docs); older ones only decay.
+pub const CATCH_UP_STEPS: u64 = 200;
+
 /// State of one table under a row-wise optimiser.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowState {
@@ -151,7 +164,7 @@ pub enum RowState {
         m: Vec<f32>,
         /// Second moments `[rows · dim]`.
         v: Vec<f32>,
-        /// Updates applied to each row.
+        /// Lazy: updates applied to each row. Caught up: the global step the row is current at.
         steps: Vec<u32>,
     },
     /// One accumulator per row.
@@ -167,6 +180,8 @@ pub struct RowWise {
     kind: SparseOptimizer,
     params: AdamParams,
     states: BTreeMap<String, RowState>,
+    catch_up: bool,
+    step: u64,
 }
 
 impl RowWise {
@@ -176,7 +191,23 @@ impl RowWise {
             kind,
             params,
             states: BTreeMap::new(),
+            catch_up: false,
+            step: 0,
         }
+    }
+
+    /// With `on`, Adam replays the steps a row skipped before updating it, as dense Adam would
+    /// have moved it (see the module docs); bias corrections count global steps. Call
+    /// [`RowWise::begin_step`] once per training step.
+    pub fn with_catch_up(mut self, on: bool) -> Self {
+        self.catch_up = on;
+        self
+    }
+
+    /// Starts training step `step` (1-based, the trainer's count after this step): the global
+    /// step the catch-up brings rows up to.
+    pub fn begin_step(&mut self, step: u64) {
+        self.step = step;
     }
 
     fn state_for(&mut self, table: &EmbeddingTable) -> &mut RowState {
@@ -227,6 +258,12 @@ impl RowWise {
         table.check_ids(ids)?;
         let p = self.params;
         let (b1, b2, eps, lr) = (p.beta1 as f32, p.beta2 as f32, p.eps as f32, p.lr as f32);
+        let (catch_up, now) = (self.catch_up, self.step.max(1));
+        if catch_up && now > u64::from(u32::MAX) {
+            return Err(Error::InvalidArgument(format!(
+                "step {now}: the catch-up counts steps in 32 bits"
+            )));
+        }
         // The padding row (when the table has one) stays zero; a position table's row 0 is the
         // target's position and is trained like any other.
         let pad = table.has_padding();
@@ -254,8 +291,17 @@ impl RowWise {
                                 &mut *sp.0.add(id as usize),
                             )
                         };
-                        *s += 1;
-                        let t = *s as i32;
+                        let t = if catch_up {
+                            let last = u64::from(*s);
+                            if last > 0 && now > last + 1 {
+                                replay_skipped(w, m, v, &p, last, now);
+                            }
+                            *s = now as u32;
+                            now.min(i32::MAX as u64) as i32
+                        } else {
+                            *s += 1;
+                            *s as i32
+                        };
                         let bc1 = 1.0 - (p.beta1).powi(t);
                         let bc2 = 1.0 - (p.beta2).powi(t);
                         let step = (lr as f64 / bc1) as f32;
@@ -300,6 +346,11 @@ impl RowWise {
             }
         }
         Ok(())
+    }
+
+    /// Whether the catch-up is on.
+    pub fn catches_up(&self) -> bool {
+        self.catch_up
     }
 
     /// State tensors (`optim/sparse/<table>/{m,v,steps}` or `/acc`) for a checkpoint.
@@ -381,5 +432,43 @@ impl RowWise {
             }
         }
         Ok(())
+    }
+}
+
+/// Applies to one row (current at global step `last`) the dense-Adam steps `last + 1 .. now`
+/// it skipped with a zero gradient: `m ← β₁m`, `v ← β₂v`, `w ← w − lr·(m/bc₁)/(√(v/bc₂) + ε)`
+/// each step, the first [`CATCH_UP_STEPS`] of them in full and the rest as a decay only.
+fn replay_skipped(
+    w: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    p: &AdamParams,
+    last: u64,
+    now: u64,
+) {
+    let skipped = now - last - 1;
+    let full = skipped.min(CATCH_UP_STEPS);
+    let (b1, b2, eps) = (p.beta1 as f32, p.beta2 as f32, p.eps as f32);
+    if m.iter().all(|&x| x == 0.0) && v.iter().all(|&x| x == 0.0) {
+        return; // never updated: dense Adam would not have moved it either
+    }
+    for j in 1..=full {
+        let t = (last + j).min(i32::MAX as u64) as i32;
+        let step = (p.lr / (1.0 - p.beta1.powi(t))) as f32;
+        let bc2s = (1.0 - p.beta2.powi(t)).sqrt() as f32;
+        for k in 0..w.len() {
+            m[k] *= b1;
+            v[k] *= b2;
+            w[k] -= step * m[k] / (v[k].sqrt() / bc2s + eps);
+        }
+    }
+    let rest = skipped - full;
+    if rest > 0 {
+        let (d1, d2) = (
+            p.beta1.powf(rest as f64) as f32,
+            p.beta2.powf(rest as f64) as f32,
+        );
+        m.iter_mut().for_each(|x| *x *= d1);
+        v.iter_mut().for_each(|x| *x *= d2);
     }
 }

@@ -19,7 +19,7 @@ use crate::embedding::VocabSizes;
 use crate::eval::evaluate;
 use crate::metrics::Metrics;
 use crate::model::CtrModel;
-use crate::nn::bce_with_logits;
+use crate::nn::{bce_with_logits, ParamStore};
 use crate::optim::{Adam, AdamParams, RowWise};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -163,7 +163,8 @@ impl Trainer {
         let model = build_model(&cfg, vocab, device)?;
         let t = &cfg.train;
         let dense = dense_optimizer(&model, &cfg)?;
-        let sparse = RowWise::new(t.sparse_optimizer, AdamParams::with_lr(t.sparse_lr));
+        let sparse = RowWise::new(t.sparse_optimizer, AdamParams::with_lr(t.sparse_lr))
+            .with_catch_up(t.sparse_catch_up);
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         RunDir::new(run_dir).remove_stale_temps();
         Ok(Self {
@@ -233,6 +234,8 @@ impl Trainer {
     /// [`Error::NonFiniteLoss`] when the loss is NaN or infinite (no weight is changed).
     pub fn train_step(&mut self, batch: &Batch) -> Result<f32> {
         let t0 = Instant::now();
+        // Dropout masks are drawn for this step (a resumed run draws an uninterrupted one's).
+        self.model.params().set_step(self.state.step);
         let plan = self.model.plan(batch)?;
         let ts = Instant::now();
         let (leaves, look) = self.model.leaves(batch, &plan, true)?;
@@ -256,6 +259,12 @@ impl Trainer {
         let l2 = self.cfg.train.embedding_l2;
         if l2 > 0.0 {
             loss = (loss + (leaves.tensor().sqr()?.sum_all()? * l2)?)?;
+        }
+        let dense_l2 = self.cfg.train.dense_l2;
+        if dense_l2 > 0.0 {
+            if let Some(p) = dense_l2_penalty(self.model.params())? {
+                loss = (loss + (p * dense_l2)?)?;
+            }
         }
         let t2 = Instant::now();
         let grads = loss.backward()?;
@@ -282,6 +291,7 @@ impl Trainer {
             None => 1.0,
         };
         self.dense.step(&grads, scale)?;
+        self.sparse.begin_step(self.state.step + 1);
         for rg in row_grads {
             let table = self.model.tables_mut().table_mut(rg.table);
             self.sparse
@@ -312,6 +322,11 @@ impl Trainer {
                 self.cfg.data.dir.display()
             )));
         }
+        for imp in [&train, &valid] {
+            self.model.check_times(imp).map_err(|e| {
+                Error::InvalidArgument(format!("{}: {e}", self.cfg.data.dir.display()))
+            })?;
+        }
         let batcher = Batcher::new(
             hist.clone(),
             train,
@@ -322,6 +337,7 @@ impl Trainer {
                 seed: t.seed,
                 prefetch: t.prefetch,
                 full_ids: self.model.needs_full_ids(),
+                time: self.model.time_buckets().cloned(),
             },
         );
         let n_batches = batcher.num_batches();
@@ -516,6 +532,20 @@ impl Trainer {
         }
         checkpoint::save(path, &tensors, &meta.to_map())
     }
+}
+
+/// `Σ_W ‖W‖²` over the store's weight matrices ([`ParamStore::weight_matrices`]): what
+/// `train.dense_l2` multiplies and adds to the loss (`None` when there are none).
+pub fn dense_l2_penalty(params: &ParamStore) -> Result<Option<Tensor>> {
+    let mut sum: Option<Tensor> = None;
+    for (_, w) in params.weight_matrices() {
+        let sq = w.as_tensor().sqr()?.sum_all()?;
+        sum = Some(match sum {
+            Some(s) => (s + sq)?,
+            None => sq,
+        });
+    }
+    Ok(sum)
 }
 
 fn fmt_opt(x: Option<f64>) -> String {

@@ -58,6 +58,7 @@ fn batcher(shuffle: bool, seed: u64, bs: usize) -> Batcher {
             seed,
             prefetch: 2,
             full_ids: false,
+            time: None,
         },
     )
 }
@@ -110,6 +111,7 @@ fn a_failing_producer_is_an_error_not_the_end_of_the_epoch() {
             seed: 1,
             prefetch: 1,
             full_ids: false,
+            time: None,
         },
     );
     let got: Vec<_> = b.iter(0, 0).collect();

@@ -156,6 +156,7 @@ fn scorer_equals_eval_for_every_model() {
                 cate: cand_items.iter().map(|&i| item_cates[i as usize]).collect(),
                 seq_len: vec![hist.len_of(u) as u32; n],
                 history: Vec::new(),
+                ts: Vec::new(),
             });
             let want: Vec<f32> = lifelong::eval::predict(&mf.model, &hist, &imp, 64)
                 .unwrap()
@@ -168,6 +169,7 @@ fn scorer_equals_eval_for_every_model() {
             let (hi, hc) = hist.get(u);
             let cates = ds.vocab("cate").unwrap();
             let by_history = User::History {
+                ts: None,
                 id: Some(id),
                 items: hi.iter().map(|&i| items.raw(i).unwrap()).collect(),
                 cates: Some(hc.iter().map(|&c| cates.raw(c).unwrap()).collect()),
@@ -680,4 +682,162 @@ fn batch_encoder_and_part_writer_refuse_bad_input_by_name() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("vocab"), "{e}");
+}
+
+/// A model with the time field through the files: `encode` writes each behavior's time and the
+/// encodings equal the model's own of the full history; `--update` moves "now" and equals
+/// re-encoding the extended history; the Scorer (in memory and mapped) and a JSON request with
+/// `"time"` score what the model scores at that time.
+#[test]
+fn a_timed_model_encodes_updates_and_serves_through_the_files() {
+    let f = fixture();
+    let ds = Dataset::open(&f.data).unwrap();
+    let users = ds.vocab("user").unwrap();
+    let (items_v, item_cates) = (ds.vocab("item").unwrap(), ds.item_cates().unwrap());
+    let t_max = *ds.histories.ts.iter().max().unwrap();
+    // New events: users 2..12 get 1 to 7 behaviors, later than anything encoded.
+    let (mut eu, mut ei, mut ec, mut et) = (vec![], vec![], vec![], vec![]);
+    let mut new: HashMap<RawId, Vec<(u32, u32, i64)>> = HashMap::new();
+    for u in 2..12u32 {
+        let uid = users.raw(u).unwrap();
+        for k in 0..(1 + u as usize % 7) {
+            let i = 2 + ((u as usize * 11 + k * 3) % 300) as u32;
+            let (RawId::Int(ri), RawId::Int(ru)) = (items_v.raw(i).unwrap(), uid.clone()) else {
+                panic!("int ids")
+            };
+            let c = item_cates[i as usize];
+            let RawId::Int(rc) = ds.vocab("cate").unwrap().raw(c).unwrap() else {
+                panic!()
+            };
+            let t = t_max + 100 * (k as i64 + 1);
+            eu.push(ru);
+            ei.push(ri);
+            ec.push(rc);
+            et.push(t);
+            new.entry(uid.clone()).or_default().push((i, c, t));
+        }
+    }
+    let log = f.root.join("timed_new_events.parquet");
+    write_events(&log, (eu, ei, ec, et));
+    for (kind, emb) in [
+        ("sdim", "time = { dim = 4 }"),
+        (
+            "dare",
+            "pos_dim = 8\ntime = { dim = 4 }\nattention = { item_dim = 8, cate_dim = 8, pos_dim = 8, time_dim = 4 }",
+        ),
+    ] {
+        let search = if kind == "dare" { "[model.search]\nk = 5" } else { "" };
+        let cfg = f.root.join(format!("{kind}_time.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[data]\ndir = \"unused\"\nmax_len = 20\n[model]\nkind = \"{kind}\"\n\
+                 [model.embedding]\nitem_dim = 8\ncate_dim = 8\n{emb}\n{search}\n\
+                 [train]\nepochs = 1\nbatch_size = 128\nmax_steps = 15\nseed = 5\n"
+            ),
+        )
+        .unwrap();
+        let run = f.root.join(format!("run_{kind}_time"));
+        let (enc, upd) = (
+            f.root.join(format!("enc_{kind}_time")),
+            f.root.join(format!("enc_{kind}_time_updated")),
+        );
+        ok(&f.root, &["train", "--config", s(&cfg), "--data", s(&f.data), "--out", s(&run)]);
+        ok(&f.root, &["encode", "--checkpoint", s(&run), "--data", s(&f.data), "--out", s(&enc)]);
+        ok(
+            &f.root,
+            &["encode", "--checkpoint", s(&run), "--update", s(&enc), "--events", s(&log), "--out", s(&upd)],
+        );
+        let mf = ModelFile::open(&run, &candle_core::Device::Cpu).unwrap();
+        let m = &mf.model;
+        let history = |id: &RawId, with_new: bool| {
+            let u = users.lookup(id);
+            let (hi, hc) = ds.histories.get(u);
+            let (s0, e0) = (
+                ds.histories.offsets[u as usize] as usize,
+                ds.histories.offsets[u as usize + 1] as usize,
+            );
+            let (mut hi, mut hc, mut ht) = (hi.to_vec(), hc.to_vec(), ds.histories.ts[s0..e0].to_vec());
+            if with_new {
+                for &(i, c, t) in new.get(id).map(Vec::as_slice).unwrap_or(&[]) {
+                    hi.push(i);
+                    hc.push(c);
+                    ht.push(t);
+                }
+            }
+            (u, hi, hc, ht)
+        };
+        for (dir, with_new) in [(&enc, false), (&upd, true)] {
+            let rows = read_all(dir, &run);
+            assert_eq!(rows.len(), 120, "{kind}");
+            for (id, row) in &rows {
+                let (u, hi, hc, ht) = history(id, with_new);
+                let want = m.encode_user_at(u, &hi, &hc, Some(&ht)).unwrap();
+                let ctx = format!("{kind} user {id} (updated: {with_new})");
+                assert_same_encoding(&ctx, &row.enc, &want);
+                assert_eq!(row.enc.ts, want.ts, "{ctx}");
+                assert_eq!(row.last_ts, ht.last().copied(), "{ctx}");
+            }
+        }
+        // Scoring at a request's time, from the updated encodings.
+        let cands: Vec<RawId> = (2..8u32).map(|i| items_v.raw(i).unwrap()).collect();
+        let (ci, cc): (Vec<u32>, Vec<u32>) = (2..8u32).map(|i| (i, item_cates[i as usize])).unzip();
+        let mapped = f.root.join(format!("store_{kind}_time"));
+        let scorers = [
+            Scorer::open(&run, &upd).unwrap(),
+            Scorer::open_with(
+                &run,
+                &upd,
+                lifelong::serving::StoreOptions {
+                    mapped: Some(mapped),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        ];
+        for id in [users.raw(3).unwrap(), users.raw(9).unwrap()] {
+            let (u, hi, hc, ht) = history(&id, true);
+            let e = m.encode_user_at(u, &hi, &hc, Some(&ht)).unwrap();
+            let at = ht.last().unwrap() + 5_000;
+            let want: Vec<f32> = m
+                .score_encoded_at(&e, &ci, &cc, Some(at))
+                .unwrap()
+                .into_iter()
+                .map(lifelong::metrics::sigmoid)
+                .collect();
+            let cs: Vec<Candidate> = cands.iter().cloned().map(Candidate::item).collect();
+            for (k, sc) in scorers.iter().enumerate() {
+                let got = sc.score_at(&User::Id(id.clone()), &cs, Some(at)).unwrap();
+                assert!(close(&got, &want), "{kind} scorer {k} user {id}: {got:?} vs {want:?}");
+            }
+            let RawId::Int(x) = id else { panic!() };
+            let ids: Vec<String> = cands
+                .iter()
+                .map(|c| match c {
+                    RawId::Int(v) => v.to_string(),
+                    RawId::Str(s) => format!("{s:?}"),
+                })
+                .collect();
+            let body = format!(r#"{{"user": {x}, "candidates": [{}], "time": {at}}}"#, ids.join(","));
+            let (status, resp) = scorers[0].handle_json(body.as_bytes());
+            assert_eq!(status, 200, "{resp}");
+            let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+            let got: Vec<f32> = v["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            assert!(close(&got, &want), "{kind} JSON user {id}");
+            if kind == "dare" {
+                // DARE's parts are computed per request: the time matters.
+                let now = scorers[0].score(&User::Id(id.clone()), &cs).unwrap();
+                assert!(!close(&now, &want), "{kind}: the request's time changed nothing");
+            }
+        }
+    }
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
 }

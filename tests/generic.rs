@@ -4,7 +4,9 @@
 //! statistics; and its own finite-difference check. (Its planted-data AUC floor is in
 //! `train.rs`.)
 
-use crate::common::{gradient_check, tiny_batch, tiny_config, MEAN_MODEL};
+use crate::common::{
+    gradient_check, tiny_batch, tiny_config, tiny_timed_batch, with_time, MEAN_MODEL,
+};
 use candle_core::{Device, Tensor};
 use lifelong::config::{Config, Preset};
 use lifelong::data::Batch;
@@ -37,7 +39,19 @@ fn configs() -> Vec<(String, Config)> {
         .map(|&p| (p.name().to_string(), tiny_config(p, "")))
         .collect();
     v.push(("mean".into(), tiny_config(Preset::Custom, MEAN_MODEL)));
+    for p in [Preset::Din, Preset::Sdim, Preset::Eta, Preset::Dare] {
+        v.push((format!("{}+time", p.name()), with_time(tiny_config(p, ""))));
+    }
     v
+}
+
+/// The batch a config reads: with times for a model with the time field.
+fn batch_for(cfg: &Config) -> Batch {
+    if cfg.model.embedding.time.is_some() {
+        tiny_timed_batch(6)
+    } else {
+        tiny_batch(6)
+    }
 }
 
 /// A part's signatures as the host holds them, from either path's plan (the generic path keeps
@@ -124,8 +138,8 @@ fn run(model: &CtrModel, batch: &Batch) -> Run {
 
 #[test]
 fn generic_path_equals_the_fused_ops_for_every_model() {
-    let batch = tiny_batch(6);
     for (name, cfg) in configs() {
+        let batch = batch_for(&cfg);
         let (fused, generic) = (build(&cfg, Ops::Fused), build(&cfg, Ops::Generic));
         // The plan (search and signatures) is the same to the bit.
         let (pf, pg) = (fused.plan(&batch).unwrap(), generic.plan(&batch).unwrap());
@@ -166,8 +180,8 @@ fn generic_path_equals_the_fused_ops_for_every_model() {
 /// differences, every preset.
 #[test]
 fn generic_path_passes_a_gradient_check_for_every_model() {
-    let batch = tiny_batch(6);
     for (name, cfg) in configs() {
+        let batch = batch_for(&cfg);
         let model = build(&cfg, Ops::Generic);
         let (checked, biggest) = gradient_check(&model, &batch, 5e-5);
         assert!(checked > 100, "{name}: only {checked} entries");
@@ -262,8 +276,8 @@ fn the_kernel_op_plan_equals_the_fused_plan_on_training_batches() {
 #[test]
 fn bf16_tokens_logits_and_gradients_against_f32() {
     use candle_core::DType;
-    let batch = tiny_batch(6);
     for (name, cfg) in configs() {
+        let batch = batch_for(&cfg);
         let (f32m, bf16m) = (
             build(&cfg, Ops::Generic),
             build_as(&cfg, Ops::Generic, lifelong::device::Precision::Bf16),
@@ -329,11 +343,8 @@ fn bf16_tokens_logits_and_gradients_against_f32() {
 /// the fused one does.
 #[test]
 fn weights_of_the_fused_model_load_into_the_generic_one() {
-    use lifelong::data::batcher::collate;
-    let (hist, imp) = crate::common::tiny_data();
-    let rows: Vec<u32> = (0..imp.len() as u32).collect();
-    let batch = collate(&hist, &imp, &rows, 6, true);
     for (name, cfg) in configs() {
+        let batch = batch_for(&cfg);
         let mut fused = build(&cfg, Ops::Fused);
         // Move every weight away from its initial value (tables and dense parameters alike).
         let mut moved = std::collections::BTreeMap::new();

@@ -762,6 +762,7 @@ fn din_over_long_histories_passes_a_gradient_check() {
         cate: vec![4, 2, 4, 2, 2, 3],
         seq_len: lens.iter().map(|&l| l as u32).collect(),
         history: Vec::new(),
+        ts: Vec::new(),
     };
     let batch = collate(&hist, &imp, &[0, 1, 2, 3, 4, 5], 2000, true);
     assert_eq!(batch.n_packed(), lens.iter().sum::<usize>());

@@ -316,6 +316,7 @@ fn tables_with(seed: u64, attention: Option<lifelong::config::AttentionDims>) ->
         cate_dim: 2,
         pos_dim: 2,
         user_dim: 0,
+        time: None,
         attention,
         init: Init::Normal { std: 1.0 },
     };
@@ -551,6 +552,7 @@ fn score_pool_matches_reference() {
             item_dim: 2,
             cate_dim: 3,
             pos_dim: 1,
+            time_dim: 0,
         };
         let t = tables_with(5, decoupled.then_some(dims));
         let (att, rep) = (t.view(View::Attention), t.view(View::Representation));

@@ -88,6 +88,7 @@ fn every_model_scores_from_encodings_as_eval_does() {
                 cate: cates.clone(),
                 seq_len: vec![hi.len() as u32; items.len()],
                 history: Vec::new(),
+                ts: Vec::new(),
             };
             let rows: Vec<u32> = (0..items.len() as u32).collect();
             let want = model

@@ -198,6 +198,7 @@ pub(crate) fn eval_probs(
         cate: cates.to_vec(),
         seq_len: vec![seq_len as u32; n],
         history: Vec::new(),
+        ts: Vec::new(),
     });
     eval::predict(model, hist, &imp, 64)
         .unwrap()
@@ -1600,6 +1601,7 @@ fn a_history_without_categories_scores_with_the_items_own() {
             &cand_cates,
         );
         let no_cates = User::History {
+            ts: None,
             id: None,
             items: raw.clone(),
             cates: None,
@@ -1608,6 +1610,7 @@ fn a_history_without_categories_scores_with_the_items_own() {
         assert!(max_diff(&got, &want) < 1e-5, "{name}: {got:?} vs {want:?}");
         // Given explicitly, the same categories score the same.
         let given = User::History {
+            ts: None,
             id: None,
             items: raw.clone(),
             cates: Some(
@@ -1619,6 +1622,7 @@ fn a_history_without_categories_scores_with_the_items_own() {
         assert_eq!(scorer.score(&given, &cands).unwrap(), got, "{name}");
         // Only the last max_len count: the first 10 behaviors do not change a score.
         let tail = User::History {
+            ts: None,
             id: None,
             items: raw[10..].to_vec(),
             cates: None,
@@ -1634,6 +1638,7 @@ fn a_history_without_categories_scores_with_the_items_own() {
             &cand_cates,
         );
         let empty = User::History {
+            ts: None,
             id: None,
             items: vec![],
             cates: None,
@@ -1742,10 +1747,24 @@ fn json_history_requests_score_the_history() {
     assert_eq!(code, 200, "{out}");
     assert!(max_diff(&scores_of(&out), &want_own) < 1e-5, "{out}");
     // A history field the format does not have is a 400 naming it.
-    let body = r#"{"history": {"items": [1], "ts": [3]}, "candidates": [1]}"#;
+    let body = r#"{"history": {"items": [1], "times": [3]}, "candidates": [1]}"#;
     let (code, out) = scorer.handle_json(body.as_bytes());
     assert_eq!(code, 400, "{out}");
-    assert!(out.contains("unknown field") && out.contains("ts"), "{out}");
+    assert!(
+        out.contains("unknown field") && out.contains("times"),
+        "{out}"
+    );
+    // Times on a model without the time field are ignored, as the items' own order is kept.
+    let body = format!(
+        r#"{{"history": {{"items": [{items_json}], "ts": [{}]}}, "candidates": {cands_json}, "time": 99}}"#,
+        (0..items_json.split(',').count())
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let (code, out) = scorer.handle_json(body.as_bytes());
+    assert_eq!(code, 200, "{out}");
+    assert!(max_diff(&scores_of(&out), &want_own) < 1e-5, "{out}");
 }
 
 /// A dataset whose raw ids are strings of digits: number ids in requests (users, items,
@@ -1888,6 +1907,7 @@ fn request_limits_on_candidates_and_history() {
         &cand_c,
     );
     let mut h = User::History {
+        ts: None,
         id: None,
         items: long,
         cates: None,

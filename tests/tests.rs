@@ -31,6 +31,9 @@ mod kernels;
 mod optim;
 // Training end to end: planted-signal AUC floor, resume, NaN guard, corrupt checkpoints.
 mod train;
+// The recipes' MLP options: BatchNorm and dropout against hand-computed values, dense L2,
+// checkpoints, resumes and AUC floors with them.
+mod recipe;
 // The `lifelong` binary end to end: pipeline, --help, bad input → status 2 with a named error.
 mod cli;
 // `lifelong sweep`: grid parsing and expansion, sampling, the resume spec, the results table;
@@ -45,3 +48,6 @@ mod serve;
 // The serving side's untested paths: trimmed encodings, the reader's refusals, request options,
 // reload under load, score/extend errors.
 mod serving_paths;
+// The time-interval field: prepare's impression times, bucketed gaps against a loop, a signal
+// only the gaps carry, serving and extending timed encodings, data without timestamps refused.
+mod time;

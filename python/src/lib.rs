@@ -417,17 +417,21 @@ impl Scorer {
         Ok(Self { inner })
     }
 
-    /// Click probabilities of `candidates` (item ids) for `user` (a raw id), in order.
-    #[pyo3(signature = (user, candidates, cates=None))]
+    /// Click probabilities of `candidates` (item ids) for `user` (a raw id), in order; `time`
+    /// scores at that time (a model with a time field; default: the user's newest behavior's).
+    #[pyo3(signature = (user, candidates, cates=None, time=None))]
     fn score<'py>(
         &self,
         py: Python<'py>,
         user: &Bound<'py, PyAny>,
         candidates: &Bound<'py, PyAny>,
         cates: Option<&Bound<'py, PyAny>>,
+        time: Option<i64>,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
         let (user, cands) = Self::request(user, candidates, cates)?;
-        let p = py.detach(|| self.inner.score(&user, &cands)).py()?;
+        let p = py
+            .detach(|| self.inner.score_at(&user, &cands, time))
+            .py()?;
         Ok(PyArray1::from_vec(py, p))
     }
 

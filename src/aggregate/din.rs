@@ -18,18 +18,20 @@ use super::din_unit::{attention_unit, DiceNorm, History};
 use super::Packed;
 use crate::config::Activation;
 use crate::embedding::{gather, Leaves, TokenIndex};
-use crate::nn::{Act, Dice, Linear, ParamStore};
+use crate::nn::{Act, Block, Dice, Linear, MlpOptions, ParamStore};
 use crate::Result;
 use candle_core::{Tensor, Var};
 use std::sync::Arc;
 
 /// The activation unit: first layer (with the trick), further hidden layers, a scalar output.
+/// Each hidden layer's `Linear` is followed by a [`Block`] (`[BatchNorm] → activation →
+/// [Dropout]`); the fused paths take the plain paper's unit (no BatchNorm, no dropout).
 #[derive(Debug, Clone)]
 pub struct ActivationUnit {
     w0: Var,
     b0: Var,
-    act0: Act,
-    rest: Vec<(Linear, Act)>,
+    act0: Block,
+    rest: Vec<(Linear, Block)>,
     out: Linear,
     softmax: bool,
     dim: usize,
@@ -37,7 +39,7 @@ pub struct ActivationUnit {
 }
 
 impl ActivationUnit {
-    /// Creates the unit for behaviors of width `dim` under `prefix`.
+    /// Creates the unit for behaviors of width `dim` under `prefix` (no BatchNorm, no dropout).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ps: &mut ParamStore,
@@ -49,19 +51,42 @@ impl ActivationUnit {
         eps: f32,
         momentum: f32,
     ) -> Result<Self> {
+        let opts = MlpOptions {
+            dice_eps: eps,
+            dice_momentum: momentum,
+            ..MlpOptions::new(act, &Default::default())
+        };
+        Self::with_options(ps, prefix, dim, hidden, softmax, &opts)
+    }
+
+    /// [`ActivationUnit::new`] with the hidden layers' options (BatchNorm, dropout).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] for `opts.input_batch_norm`: the unit never builds its
+    /// input `[t, e, t − e, t ⊙ e]` (see the module docs), so it cannot normalise it.
+    pub fn with_options(
+        ps: &mut ParamStore,
+        prefix: &str,
+        dim: usize,
+        hidden: &[usize],
+        softmax: bool,
+        opts: &MlpOptions,
+    ) -> Result<Self> {
+        if opts.input_batch_norm {
+            return Err(crate::Error::InvalidArgument(format!(
+                "{prefix}: DIN's activation unit has no input BatchNorm"
+            )));
+        }
         let h0 = hidden[0];
         let bound = 1.0 / ((4 * dim) as f32).sqrt();
         let w0 = ps.uniform(&format!("{prefix}.0.weight"), &[h0, 4 * dim], bound)?;
         let b0 = ps.uniform(&format!("{prefix}.0.bias"), &[h0], bound)?;
-        let act0 = Act::new(ps, &format!("{prefix}.0.act"), act, h0, eps, momentum)?;
+        let act0 = Block::new(ps, &format!("{prefix}.0"), h0, opts)?;
         let mut rest = Vec::new();
         let mut d = h0;
         for (i, &h) in hidden.iter().enumerate().skip(1) {
             let lin = Linear::new(ps, &format!("{prefix}.{i}"), d, h)?;
-            rest.push((
-                lin,
-                Act::new(ps, &format!("{prefix}.{i}.act"), act, h, eps, momentum)?,
-            ));
+            rest.push((lin, Block::new(ps, &format!("{prefix}.{i}"), h, opts)?));
             d = h;
         }
         let out = Linear::new(ps, &format!("{prefix}.out"), d, 1)?;
@@ -188,10 +213,10 @@ impl ActivationUnit {
         }
     }
 
-    /// The unit's Dice when it is the paper's (one hidden Dice layer).
+    /// The unit's Dice when it is the paper's (one hidden Dice layer, no BatchNorm, no dropout).
     fn one_dice_layer(&self) -> Option<&Dice> {
-        match (self.rest.is_empty(), &self.act0) {
-            (true, Act::Dice(dice)) => Some(dice),
+        match (self.rest.is_empty(), self.act0.plain()) {
+            (true, Some(Act::Dice(dice))) => Some(dice),
             _ => None,
         }
     }

@@ -100,6 +100,10 @@ fn set_path(
     }
 }
 
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
+}
+
 /// Paths serialise as UTF-8, lossily (a checkpoint's paths are provenance only).
 fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&p.to_string_lossy())
@@ -145,8 +149,21 @@ pub struct TrainConfig {
     pub sparse_optimizer: SparseOptimizer,
     /// Learning rate of the embedding tables.
     pub sparse_lr: f64,
+    /// Row-wise Adam catches a row up on the steps it skipped (their moment decay and weight
+    /// moves), so the tables follow dense Adam's trajectory; `false` = lazy (untouched rows
+    /// stand still). See [`crate::optim`].
+    pub sparse_catch_up: bool,
     /// Mini-batch aware L2 on the embedding rows present in the batch (0 = off).
     pub embedding_l2: f64,
+    /// Coupled L2 on the dense weight matrices (0 = off): `dense_l2 · Σ_W ‖W‖²` is added to the
+    /// loss, over the trainable parameters of rank ≥ 2 (every `Linear` weight, DIN's first
+    /// layer, the attention and search projections; not biases, Dice's α, PReLU slopes,
+    /// BatchNorm's γ, β or the embedding tables). DARE's code adds `weight_decay · Σ p²` (1e-6)
+    /// over its non-bias, non-embedding parameters; FuxiCTR's `net_regularizer = λ` is
+    /// `(λ/2)·Σ p²`, i.e. `dense_l2 = λ/2`. Unlike `weight_decay` (decoupled, AdamW), its
+    /// gradient `2·dense_l2·W` goes through Adam's normalisation.
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub dense_l2: f64,
     /// Clip the global gradient norm (dense and touched rows) to this value; absent = no clipping.
     pub clip_grad_norm: Option<f64>,
     /// Seed of initialisation and shuffling.
@@ -179,7 +196,9 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             sparse_optimizer: SparseOptimizer::Adam,
             sparse_lr: 1e-3,
+            sparse_catch_up: false,
             embedding_l2: 0.0,
+            dense_l2: 0.0,
             clip_grad_norm: None,
             seed: 42,
             eval_every: 0,
@@ -290,6 +309,12 @@ impl Config {
         }
         if t.embedding_l2 < 0.0 || t.weight_decay < 0.0 {
             return bad("train.embedding_l2 and train.weight_decay must be non-negative");
+        }
+        if !(t.dense_l2 >= 0.0 && t.dense_l2.is_finite()) {
+            return bad("train.dense_l2 must be finite and non-negative (0 = off)");
+        }
+        if t.sparse_catch_up && t.sparse_optimizer != SparseOptimizer::Adam {
+            return bad("train.sparse_catch_up applies to sparse_optimizer = \"adam\" only");
         }
         if let Some(c) = t.clip_grad_norm {
             if c <= 0.0 {

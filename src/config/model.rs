@@ -121,6 +121,10 @@ pub struct EmbeddingConfig {
     /// User-id width (0 = no user field).
     #[serde(default)]
     pub user_dim: usize,
+    /// The time-interval field: each behavior's gap to the target's time, log-bucketed (absent
+    /// = none). Needs data with timestamps (an event log's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<TimeConfig>,
     /// Decoupled attention tables (DARE): their widths. Absent = one shared table per field.
     #[serde(default)]
     pub attention: Option<AttentionDims>,
@@ -140,6 +144,26 @@ pub struct AttentionDims {
     /// Position width (0 = no position in the attention view; ignored without a position field).
     #[serde(default)]
     pub pos_dim: usize,
+    /// Time-interval width (0 = no time in the attention view; ignored without a time field).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub time_dim: usize,
+}
+
+/// The time-interval field (SIM's time embedding): gap `now − ts` of each behavior, in the
+/// timestamps' unit, in bucket `1 + #{edges ≤ gap}`; the target reads row 0. See
+/// [`crate::data::time`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeConfig {
+    /// Width (the representation view's, or the shared one's).
+    pub dim: usize,
+    /// Ascending bucket edges (default: powers of two 1, 2, 4, …, 2^40).
+    #[serde(default = "crate::data::time::default_edges")]
+    pub edges: Vec<i64>,
+}
+
+fn is_zero(x: &usize) -> bool {
+    *x == 0
 }
 
 /// Which tables a part reads: without decoupling both views are the shared tables.
@@ -255,6 +279,19 @@ pub struct AuxConfig {
     pub hidden: Vec<usize>,
     /// Its activation.
     pub activation: Activation,
+    /// `Linear → BatchNorm → activation` in every hidden layer (FuxiCTR's `batch_norm`):
+    /// PyTorch's `BatchNorm1d` (ε 1e-5, momentum 0.1, unbiased running variance), batch
+    /// statistics in training, running ones (saved with checkpoints) in evaluation and serving.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub batch_norm: bool,
+    /// BatchNorm on the MLP's input, before its first `Linear` (DARE's MLPs; FuxiCTR's
+    /// `bn_only_once`); the same BatchNorm as `batch_norm`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub input_batch_norm: bool,
+    /// Dropout rate after every hidden activation, in training only, in [0, 1) (0 = none;
+    /// FuxiCTR's `net_dropout`): kept units are scaled by 1/(1 − rate).
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub dropout: f32,
 }
 
 /// SIM hard search.
@@ -310,6 +347,15 @@ pub struct DinAggregate {
     /// Also feed `t ⊙ u` to the head (the target-aware product DARE's code gives every model).
     #[serde(default)]
     pub product: bool,
+    /// `Linear → BatchNorm → activation` in every hidden layer of the unit (as
+    /// `model.head.batch_norm`), statistics over the real behaviors of the batch. Takes the
+    /// unit off its fused one-Dice-layer op.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub batch_norm: bool,
+    /// Dropout rate after every hidden activation of the unit, training only, in [0, 1)
+    /// (FuxiCTR's `attention_dropout` for DIN). Takes the unit off its fused one-Dice-layer op.
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub dropout: f32,
 }
 
 /// Target attention over a window: `softmax_j(⟨q, k_j⟩ / √d_h)` per head, values `v_j`.
@@ -384,6 +430,19 @@ pub struct HeadConfig {
     pub hidden: Vec<usize>,
     /// Activation.
     pub activation: Activation,
+    /// `Linear → BatchNorm → activation` in every hidden layer (FuxiCTR's `batch_norm`):
+    /// PyTorch's `BatchNorm1d` (ε 1e-5, momentum 0.1, unbiased running variance), batch
+    /// statistics in training, running ones (saved with checkpoints) in evaluation and serving.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub batch_norm: bool,
+    /// BatchNorm on the MLP's input, before its first `Linear` (DARE's MLPs; FuxiCTR's
+    /// `bn_only_once`); the same BatchNorm as `batch_norm`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub input_batch_norm: bool,
+    /// Dropout rate after every hidden activation, in training only, in [0, 1) (0 = none;
+    /// FuxiCTR's `net_dropout`): kept units are scaled by 1/(1 − rate).
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub dropout: f32,
 }
 
 /// Dice's settings.
@@ -428,11 +487,26 @@ fn one() -> f64 {
 fn softmax_pooling() -> AuxPooling {
     AuxPooling::Softmax
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_zero_f32(x: &f32) -> bool {
+    *x == 0.0
+}
 fn default_dice_eps() -> f32 {
     1e-8
 }
 fn default_dice_momentum() -> f32 {
     0.1
+}
+
+/// A dropout rate must be in [0, 1).
+fn dropout_ok(p: f32, key: &str) -> std::result::Result<(), String> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(format!("{key} = {p} must be in [0, 1) (0 = no dropout)"))
+    }
 }
 
 impl ModelConfig {
@@ -451,6 +525,12 @@ impl ModelConfig {
                     "model.embedding.attention.item_dim and cate_dim must be at least 1".into(),
                 );
             }
+        }
+        if let Some(t) = &e.time {
+            if t.dim == 0 {
+                return Err("model.embedding.time.dim must be at least 1 (remove the table to have no time field)".into());
+            }
+            crate::data::time::check_edges(&t.edges)?;
         }
         let width_ok = |x: f32| x >= 0.0 && x.is_finite();
         match e.init {
@@ -472,6 +552,7 @@ impl ModelConfig {
         if self.head.hidden.contains(&0) {
             return Err("model.head.hidden layers must be non-zero".into());
         }
+        dropout_ok(self.head.dropout, "model.head.dropout")?;
         if self.aggregate.is_empty() {
             return Err("model.aggregate needs at least one aggregation".into());
         }
@@ -532,6 +613,7 @@ impl ModelConfig {
                     if x.hidden.contains(&0) {
                         return Err("model.search.aux.hidden layers must be non-zero".into());
                     }
+                    dropout_ok(x.dropout, "model.search.aux.dropout")?;
                 }
             }
             SearchConfig::Category(c) => k_ok(c.k, "must be at least 1")?,
@@ -549,6 +631,7 @@ impl ModelConfig {
                             "model.aggregate[{i}].hidden needs at least one non-zero layer"
                         ));
                     }
+                    dropout_ok(d.dropout, &format!("model.aggregate[{i}].dropout"))?;
                 }
                 AggregateConfig::Attention(t) => {
                     if t.projection && (t.heads == 0 || t.dim == 0 || t.dim % t.heads != 0) {

@@ -21,12 +21,16 @@ pub fn preset(kind: Preset) -> ModelConfig {
         cate_dim: d,
         pos_dim: 0,
         user_dim: 0,
+        time: None,
         attention: None,
         init: Init::Normal { std: 0.01 },
     };
     let head = |activation| HeadConfig {
         hidden: vec![200, 80],
         activation,
+        batch_norm: false,
+        input_batch_norm: false,
+        dropout: 0.0,
     };
     let attention = |window| {
         AggregateConfig::Attention(AttentionAggregate {
@@ -52,6 +56,8 @@ pub fn preset(kind: Preset) -> ModelConfig {
                 activation: Activation::Dice,
                 softmax: false,
                 product: false,
+                batch_norm: false,
+                dropout: 0.0,
             })],
             head(Activation::Dice),
         ),
@@ -97,6 +103,9 @@ pub fn preset(kind: Preset) -> ModelConfig {
                     product: false,
                     hidden: vec![200, 80],
                     activation: Activation::Dice,
+                    batch_norm: false,
+                    input_batch_norm: false,
+                    dropout: 0.0,
                 }),
             }),
             vec![long, short],
@@ -123,10 +132,12 @@ pub fn preset(kind: Preset) -> ModelConfig {
                 cate_dim: 16,
                 pos_dim: 16,
                 user_dim: 0,
+                time: None,
                 attention: Some(AttentionDims {
                     item_dim: 16,
                     cate_dim: 16,
                     pos_dim: 16,
+                    time_dim: 0,
                 }),
                 init: Init::Normal { std: 0.01 },
             },
@@ -141,6 +152,9 @@ pub fn preset(kind: Preset) -> ModelConfig {
                     product: true,
                     hidden: vec![200],
                     activation: Activation::Prelu,
+                    batch_norm: false,
+                    input_batch_norm: false,
+                    dropout: 0.0,
                 }),
             }),
             vec![AggregateConfig::Attention(AttentionAggregate {

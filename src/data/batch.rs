@@ -23,17 +23,26 @@ pub enum Field {
     Pos,
     /// User id (head only).
     User,
+    /// Time-interval bucket of the gap to the target's time (target = 0; see
+    /// [`crate::data::time`]).
+    Time,
 }
 
 impl Field {
-    /// `item`, `cate`, `pos`, `user`.
+    /// `item`, `cate`, `pos`, `user`, `time`.
     pub fn name(self) -> &'static str {
         match self {
             Field::Item => "item",
             Field::Cate => "cate",
             Field::Pos => "pos",
             Field::User => "user",
+            Field::Time => "time",
         }
+    }
+    /// A field of the behavior's context in its sample (position, time interval), not of a
+    /// vocabulary: a small table read whole, the target on row 0, no padding row.
+    pub fn is_context(self) -> bool {
+        matches!(self, Field::Pos | Field::Time)
     }
 }
 
@@ -133,6 +142,9 @@ pub struct Batch {
     pub hist_cate: Vec<u32>,
     /// `[n]` relative position of each packed behavior (newest = 1).
     pub hist_pos: Vec<u32>,
+    /// `[n]` time-interval bucket of each packed behavior ([`Batch::set_times`]); empty when
+    /// the batch was built without times.
+    pub hist_time: Vec<u32>,
     /// `[n]` sample of each packed behavior.
     pub seg: Vec<u32>,
     /// Unique ids over targets and history (when the batcher was asked for them).
@@ -154,7 +166,7 @@ impl Batch {
             Field::Item => Cow::Borrowed(&self.target_item),
             Field::Cate => Cow::Borrowed(&self.target_cate),
             Field::User => Cow::Borrowed(&self.user),
-            Field::Pos => Cow::Owned(vec![0; self.size()]),
+            Field::Pos | Field::Time => Cow::Owned(vec![0; self.size()]),
         }
     }
     /// The packed history's ids of `field`.
@@ -166,6 +178,12 @@ impl Batch {
             Field::Item => Ok(&self.hist_item),
             Field::Cate => Ok(&self.hist_cate),
             Field::Pos => Ok(&self.hist_pos),
+            Field::Time if self.hist_time.len() != self.n_packed() => Err(Error::InvalidArgument(
+                "the model has a time field but this batch carries no times (its data has no \
+                     timestamps, or the caller gave none)"
+                    .into(),
+            )),
+            Field::Time => Ok(&self.hist_time),
             Field::User => Err(Error::InvalidArgument(
                 "behaviors have no user field".into(),
             )),
@@ -243,8 +261,43 @@ impl Batch {
             hist_item,
             hist_cate,
             hist_pos,
+            hist_time: Vec::new(),
             seg,
             full: None,
         }
+    }
+
+    /// Sets every behavior's time-interval bucket: sample `b`'s behaviors happened at `ts[b]`
+    /// (oldest first, as packed) and it is seen from `now[b]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the samples or a sample's times do not match the batch.
+    pub fn set_times(
+        &mut self,
+        ts: &[&[i64]],
+        now: &[i64],
+        buckets: &crate::data::time::TimeBuckets,
+    ) -> Result<()> {
+        if ts.len() != self.size() || now.len() != self.size() {
+            return Err(Error::InvalidArgument(format!(
+                "times of {} samples and {} request times for a batch of {}",
+                ts.len(),
+                now.len(),
+                self.size()
+            )));
+        }
+        let mut out = Vec::with_capacity(self.n_packed());
+        for (b, (t, &n)) in ts.iter().zip(now).enumerate() {
+            let len = self.offsets[b + 1] - self.offsets[b];
+            if t.len() != len {
+                return Err(Error::InvalidArgument(format!(
+                    "sample {b}: {} timestamps for {len} behaviors",
+                    t.len()
+                )));
+            }
+            out.extend(buckets.of(t, n));
+        }
+        self.hist_time = out;
+        Ok(())
     }
 }

@@ -16,7 +16,7 @@
 
 use crate::data::batch::unique_remap;
 pub use crate::data::batch::{Batch, FullIds};
-use crate::data::{Histories, Impressions};
+use crate::data::{Histories, Impressions, TimeBuckets};
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -40,6 +40,8 @@ pub struct BatcherConfig {
     pub prefetch: usize,
     /// Compute [`FullIds`] in the producer.
     pub full_ids: bool,
+    /// Bucket each behavior's gap to its impression's time (the model's time field).
+    pub time: Option<Arc<TimeBuckets>>,
 }
 
 /// Collates `rows` of `imp` (histories from `hist`) into a [`Batch`]; `full_ids` also computes
@@ -50,6 +52,20 @@ pub fn collate(
     rows: &[u32],
     max_len: usize,
     full_ids: bool,
+) -> Batch {
+    collate_with(hist, imp, rows, max_len, full_ids, None)
+}
+
+/// [`collate`], and with `time` each behavior's time-interval bucket: its gap to the
+/// impression's time (`imp.ts`). Impressions without times (data without timestamps) leave the
+/// buckets empty, which a model with a time field refuses by name.
+pub fn collate_with(
+    hist: &Histories,
+    imp: &Impressions,
+    rows: &[u32],
+    max_len: usize,
+    full_ids: bool,
+    time: Option<&TimeBuckets>,
 ) -> Batch {
     // Each row's history: the last min(seq_len, max_len) of its user's first seq_len behaviors.
     let histories: Vec<(&[u32], &[u32])> = rows
@@ -71,6 +87,17 @@ pub fn collate(
     );
     batch.rows = rows.to_vec();
     batch.label = rows.iter().map(|&r| imp.label[r as usize]).collect();
+    if let Some(tb) = time.filter(|_| imp.ts.len() == imp.len()) {
+        let mut out = Vec::with_capacity(batch.n_packed());
+        for &r in rows {
+            let r = r as usize;
+            let s = hist.offsets[imp.history_of(r) as usize] as usize;
+            let end = imp.seq_len[r] as usize;
+            let start = end - end.min(max_len);
+            out.extend(tb.of(&hist.ts[s + start..s + end], imp.ts[r]));
+        }
+        batch.hist_time = out;
+    }
     if full_ids {
         let cat = |t: &[u32], h: &[u32]| {
             let mut v = Vec::with_capacity(t.len() + h.len());
@@ -126,15 +153,16 @@ impl Batcher {
     pub fn iter(&self, epoch: usize, start: usize) -> BatchIter {
         let (tx, rx) = sync_channel(self.cfg.prefetch.max(1));
         let (hist, imp) = (self.hist.clone(), self.imp.clone());
-        let (bs, max_len, full) = (
+        let (bs, max_len, full, time) = (
             self.cfg.batch_size.max(1),
             self.cfg.max_len,
             self.cfg.full_ids,
+            self.cfg.time.clone(),
         );
         let order = self.order(epoch);
         let handle = std::thread::spawn(move || {
             for chunk in order.chunks(bs).skip(start) {
-                let batch = collate(&hist, &imp, chunk, max_len, full);
+                let batch = collate_with(&hist, &imp, chunk, max_len, full, time.as_deref());
                 if tx.send(batch).is_err() {
                     break; // consumer gone
                 }

@@ -59,6 +59,11 @@ pub struct Meta {
     /// another). 0 (absent) = `n_users`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub n_histories: usize,
+    /// Whether the behaviors' `ts` are real times and every split row carries its own time
+    /// (`ts`): an event log's dataset. Imported impressions have neither (their `ts` are
+    /// positions), so the time-interval field refuses them.
+    #[serde(default)]
+    pub timestamps: bool,
     /// The options `prepare` ran with (free-form, for provenance).
     #[serde(default)]
     pub prepare: serde_json::Value,
@@ -129,6 +134,9 @@ pub struct Impressions {
     /// `prepare` writes for an event log). Imported impressions whose histories are not
     /// prefixes of one another point at rows past the users ([`Meta::n_histories`]).
     pub history: Vec<u32>,
+    /// Each impression's time (the time-interval field's "now"); empty for data without
+    /// timestamps ([`Meta::timestamps`]).
+    pub ts: Vec<i64>,
 }
 
 impl Impressions {
@@ -226,6 +234,7 @@ impl Dataset {
             ColumnSpec::new("cate", Kind::index("cate", m.n_cates)),
             ColumnSpec::new("seq_len", Kind::Count),
             ColumnSpec::optional("history", Kind::index("history", m.history_rows())),
+            ColumnSpec::optional("ts", Kind::Timestamp),
         ];
         let mut t = io::read_table(&path, &specs)?;
         let label = t.take(0).and_then(Column::into_u8).unwrap_or_default();
@@ -234,6 +243,14 @@ impl Dataset {
         let cate = t.take(3).and_then(Column::into_u32).unwrap_or_default();
         let seq_len = t.take(4).and_then(Column::into_u32).unwrap_or_default();
         let history = t.take(5).and_then(Column::into_u32).unwrap_or_default();
+        let ts = t.take(6).and_then(Column::into_i64).unwrap_or_default();
+        if m.timestamps && ts.is_empty() && !label.is_empty() {
+            return Err(Error::corrupt(
+                &path,
+                "meta.json says the data has timestamps but this split has no `ts` column; \
+                 the files come from different `prepare` runs",
+            ));
+        }
         let imp = Impressions {
             label: label.into_iter().map(f32::from).collect(),
             user,
@@ -241,6 +258,7 @@ impl Dataset {
             cate,
             seq_len,
             history,
+            ts: if m.timestamps { ts } else { Vec::new() },
         };
         let bad = (0..imp.len())
             .into_par_iter()

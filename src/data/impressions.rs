@@ -385,6 +385,7 @@ pub fn prepare_impressions(
         n_test: splits[2].len(),
         max_history,
         n_histories: if extra { n_histories } else { 0 },
+        timestamps: false,
         prepare: serde_json::json!({
             "config": cfg,
             "impressions": cols,

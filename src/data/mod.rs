@@ -18,6 +18,7 @@ pub mod prepare;
 pub mod raw_id;
 pub mod spill;
 pub mod synth;
+pub mod time;
 pub mod vocab;
 
 pub use batch::{Batch, Field, NONE};
@@ -27,6 +28,7 @@ pub use impressions::{prepare_impressions, ImpressionColumns};
 pub use prepare::{prepare, ColumnNames, PrepareConfig, PrepareSummary};
 pub use raw_id::RawId;
 pub use synth::{write_synth, SynthConfig};
+pub use time::TimeBuckets;
 pub use vocab::{Vocab, PAD, UNKNOWN};
 
 /// Version of the prepared-dataset layout written by [`prepare()`]; bumped on any incompatible

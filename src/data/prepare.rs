@@ -203,6 +203,8 @@ struct Imp {
     item: u32,
     cate: u32,
     seq_len: u32,
+    /// The impression's time: its own row's (a sampled negative: its positive's).
+    ts: i64,
     /// 0 = a positive and its sampled negatives, 1 = a label-0 row (ordering only).
     group: u8,
 }
@@ -673,6 +675,7 @@ pub fn prepare(events: &Path, out: &Path, cfg: &PrepareConfig) -> Result<Prepare
         n_test: t.rows[2],
         max_history: t.max_history,
         n_histories: 0,
+        timestamps: true,
         prepare: serde_json::json!({
             "config": cfg,
             "inputs": inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
@@ -832,7 +835,8 @@ impl Sinks {
             .iter()
             .map(|s| {
                 let p = out.join(format!("{s}.parquet"));
-                ParquetSink::create(&p, split_schema(), &[], io::ROW_GROUP_ROWS).map(|w| (p, w))
+                ParquetSink::create(&p, timed_split_schema(), &[], io::ROW_GROUP_ROWS)
+                    .map(|w| (p, w))
             })
             .collect::<Result<_>>()?;
         Ok(Self {
@@ -902,6 +906,7 @@ fn process_user(u: u32, rows: &[u32], s: &Shared) -> UserOut {
                     item,
                     cate,
                     seq_len: p as u32,
+                    ts: s.ts[ri],
                     group: 1,
                 });
                 out.label0 += 1;
@@ -931,6 +936,7 @@ fn process_user(u: u32, rows: &[u32], s: &Shared) -> UserOut {
             item,
             cate,
             seq_len: pos as u32,
+            ts: s.ts[ri],
             group: 0,
         });
         for _ in 0..s.negatives {
@@ -941,6 +947,7 @@ fn process_user(u: u32, rows: &[u32], s: &Shared) -> UserOut {
                         item: j,
                         cate: s.item_cate[j as usize],
                         seq_len: pos as u32,
+                        ts: s.ts[ri],
                         group: 0,
                     });
                     out.sampled += 1;
@@ -991,15 +998,27 @@ pub fn users_schema() -> SchemaRef {
     ]))
 }
 
-/// The schema of `train|valid|test.parquet`.
+/// The schema of `train|valid|test.parquet`: the columns every prepared dataset has.
 pub fn split_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    Arc::new(Schema::new(split_fields()))
+}
+
+fn split_fields() -> Vec<Field> {
+    vec![
         Field::new("label", DataType::Int8, false),
         Field::new("user", DataType::Int32, false),
         Field::new("item", DataType::Int32, false),
         Field::new("cate", DataType::Int32, false),
         Field::new("seq_len", DataType::Int32, false),
-    ]))
+    ]
+}
+
+/// The schema of the splits of an event log's dataset: [`split_schema`] and each impression's
+/// time `ts` (the time-interval field's "now").
+pub fn timed_split_schema() -> SchemaRef {
+    let mut f = split_fields();
+    f.push(Field::new("ts", DataType::Int64, false));
+    Arc::new(Schema::new(f))
 }
 
 fn write_users(path: &Path, sink: &mut ParquetSink, first: usize, outs: &[UserOut]) -> Result<()> {
@@ -1054,7 +1073,7 @@ fn write_split(
     outs: &[UserOut],
     split: usize,
 ) -> Result<()> {
-    let schema = split_schema();
+    let schema = timed_split_schema();
     const USERS_PER_BATCH: usize = 4096;
     for (k, chunk) in outs.chunks(USERS_PER_BATCH).enumerate() {
         let rows: usize = chunk.iter().map(|o| o.splits[split].len()).sum();
@@ -1075,6 +1094,7 @@ fn write_split(
             Arc::new(Int32Array::from_iter_values(
                 imps().map(|i| i.seq_len as i32),
             )),
+            Arc::new(Int64Array::from_iter_values(imps().map(|i| i.ts))),
         ];
         let batch = RecordBatch::try_new(schema.clone(), cols)
             .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;

@@ -523,7 +523,7 @@ impl<'a> LeafBuilder<'a> {
             let mut ids_of_fields = Vec::with_capacity(r.fields.len());
             for &(t, field, _, _) in &r.fields {
                 let ids = self.ids(field, &r.tokens)?;
-                if field != Field::Pos && !full[t] {
+                if !field.is_context() && !full[t] {
                     let start = partial_ids[t].len();
                     partial_ids[t].extend(ids.iter().copied().filter(|&i| i != NONE));
                     partial_spans[t].push((ri, start, partial_ids[t].len() - start));
@@ -537,7 +537,7 @@ impl<'a> LeafBuilder<'a> {
                 continue;
             }
             let field = self.tables.key(t).field;
-            modes[t] = Some(if field == Field::Pos {
+            modes[t] = Some(if field.is_context() {
                 Mode::Whole
             } else if full[t] {
                 Mode::Full(self.batch.full_ids(field)?)

@@ -209,19 +209,20 @@ pub struct ViewSpec {
 }
 
 impl ViewSpec {
-    /// The dot-product scale of each column: `1/√d_sem` on the non-position fields and
-    /// `1/√d_pos` on the position field, as DARE's code scores ⟨t, e⟩ (semantic and position
-    /// parts scaled separately); `1/√d` without a position field.
+    /// The dot-product scale of each column: `1/√d_sem` on the item and category fields and
+    /// `1/√d_f` on each context field (position, time), as DARE's code scores ⟨t, e⟩ (semantic
+    /// and position parts scaled separately; the time field is scaled as a part of its own);
+    /// `1/√d` without context fields.
     pub fn dot_scale(&self) -> Vec<f32> {
         let sem: usize = self
             .fields
             .iter()
-            .filter(|f| f.field != Field::Pos)
+            .filter(|f| !f.field.is_context())
             .map(|f| f.dim)
             .sum();
         let mut s = vec![0f32; self.width];
         for f in &self.fields {
-            let d = if f.field == Field::Pos { f.dim } else { sem };
+            let d = if f.field.is_context() { f.dim } else { sem };
             let v = 1.0 / (d.max(1) as f32).sqrt();
             s[f.col..f.col + f.dim].iter_mut().for_each(|x| *x = v);
         }
@@ -250,7 +251,7 @@ impl Tables {
     ) -> Result<Self> {
         let mut keys = Vec::new();
         let mut dims = Vec::new();
-        let fields = |role: Role, item: usize, cate: usize, pos: usize| {
+        let fields = |role: Role, item: usize, cate: usize, pos: usize, time: usize| {
             let mut v = vec![
                 (
                     TableKey {
@@ -267,21 +268,18 @@ impl Tables {
                     cate,
                 ),
             ];
-            if pos > 0 {
-                v.push((
-                    TableKey {
-                        field: Field::Pos,
-                        role,
-                    },
-                    pos,
-                ));
+            for (field, d) in [(Field::Pos, pos), (Field::Time, time)] {
+                if d > 0 {
+                    v.push((TableKey { field, role }, d));
+                }
             }
             v
         };
         let pos = cfg.pos_dim;
+        let time = cfg.time.as_ref().map_or(0, |t| t.dim);
         let (att, rep) = match &cfg.attention {
             None => {
-                let f = fields(Role::Shared, cfg.item_dim, cfg.cate_dim, pos);
+                let f = fields(Role::Shared, cfg.item_dim, cfg.cate_dim, pos, time);
                 (f.clone(), f)
             }
             Some(a) => (
@@ -290,9 +288,14 @@ impl Tables {
                     a.item_dim,
                     a.cate_dim,
                     if pos > 0 { a.pos_dim } else { 0 },
+                    if time > 0 { a.time_dim } else { 0 },
                 ),
-                fields(Role::Representation, cfg.item_dim, cfg.cate_dim, pos),
+                fields(Role::Representation, cfg.item_dim, cfg.cate_dim, pos, time),
             ),
+        };
+        let time_rows = match &cfg.time {
+            Some(t) => crate::data::TimeBuckets::new(t.edges.clone())?.rows(),
+            None => 0,
         };
         for (k, d) in att.iter().chain(&rep) {
             if !keys.contains(k) {
@@ -314,6 +317,7 @@ impl Tables {
                 Field::Cate => vocab.cates,
                 Field::User => vocab.users,
                 Field::Pos => max_len + 1,
+                Field::Time => time_rows,
             };
             let name = k.name();
             let mut rng = ChaCha8Rng::seed_from_u64(named_seed(seed, &format!("table/{name}")));
@@ -321,7 +325,7 @@ impl Tables {
                 &name,
                 rows,
                 d,
-                k.field != Field::Pos,
+                !k.field.is_context(),
                 cfg.init,
                 &mut rng,
             )?);

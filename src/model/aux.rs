@@ -9,7 +9,7 @@ use crate::aggregate::Packed;
 use crate::config::{AuxConfig, AuxPooling, DiceConfig, View};
 use crate::data::Batch;
 use crate::embedding::{gather, LeafBuilder, Leaves, TokenIndex, Tokens};
-use crate::nn::{Mlp, ParamStore};
+use crate::nn::{Mlp, MlpOptions, ParamStore};
 use crate::Result;
 use candle_core::Tensor;
 use std::sync::Arc;
@@ -41,9 +41,12 @@ impl AuxHead {
                 n_in,
                 &cfg.hidden,
                 Some(1),
-                cfg.activation,
-                dice.eps,
-                dice.momentum,
+                &MlpOptions {
+                    batch_norm: cfg.batch_norm,
+                    input_batch_norm: cfg.input_batch_norm,
+                    dropout: cfg.dropout,
+                    ..MlpOptions::new(cfg.activation, dice)
+                },
             )?,
             weight: cfg.weight,
             softmax: cfg.pooling == AuxPooling::Softmax,

@@ -51,9 +51,9 @@ pub use encoding::{EncodingLayout, UserEncoding};
 pub use part::{PartLookup, PartPlan};
 
 use crate::config::{ModelConfig, View};
-use crate::data::Batch;
+use crate::data::{Batch, TimeBuckets};
 use crate::embedding::{gather, LeafBuilder, Leaves, Tables, TokenIndex, Tokens, VocabSizes};
-use crate::nn::{Mlp, ParamStore};
+use crate::nn::{Mlp, MlpOptions, ParamStore};
 use crate::search::SimHash;
 use crate::window::Window;
 use crate::{Error, Result};
@@ -115,6 +115,7 @@ pub struct CtrModel {
     search: Option<Box<dyn Search>>,
     parts: Vec<Box<dyn Aggregation>>,
     head: Mlp,
+    time: Option<Arc<TimeBuckets>>,
 }
 
 /// The SimHash a projection buffer holds (read each time: loading a checkpoint replaces it).
@@ -123,14 +124,15 @@ pub(crate) fn simhash_of(proj: &Var) -> Result<SimHash> {
     SimHash::from_values(d, bits, proj.as_tensor().flatten_all()?.to_vec1()?)
 }
 
-/// Whether a view's tokens depend on the behaviors' positions (so an encoding of them shifts
-/// as behaviors arrive and is recomputed rather than folded).
+/// Whether a view's tokens depend on the behaviors' context (position, time interval), so an
+/// encoding of them shifts as behaviors arrive (or time passes) and is recomputed rather than
+/// folded.
 pub(crate) fn positional(tables: &Tables, view: View) -> bool {
     tables
         .view(view)
         .fields
         .iter()
-        .any(|f| f.field == crate::embedding::Field::Pos)
+        .any(|f| f.field.is_context())
 }
 
 impl CtrModel {
@@ -170,16 +172,14 @@ impl CtrModel {
             parts.push(p);
         }
         let search = search::build(&cfg.search, &cfg.aggregate, &cx, &mut ps, &cfg.dice)?;
-        let head = Mlp::new(
-            &mut ps,
-            "head",
-            head_in,
-            &cfg.head.hidden,
-            Some(1),
-            cfg.head.activation,
-            cfg.dice.eps,
-            cfg.dice.momentum,
-        )?;
+        let h = &cfg.head;
+        let head_opts = MlpOptions {
+            batch_norm: h.batch_norm,
+            input_batch_norm: h.input_batch_norm,
+            dropout: h.dropout,
+            ..MlpOptions::new(h.activation, &cfg.dice)
+        };
+        let head = Mlp::new(&mut ps, "head", head_in, &h.hidden, Some(1), &head_opts)?;
         Ok(Self {
             cfg: cfg.clone(),
             max_len,
@@ -191,7 +191,32 @@ impl CtrModel {
             search,
             parts,
             head,
+            time: match &cfg.embedding.time {
+                Some(t) => Some(Arc::new(TimeBuckets::new(t.edges.clone())?)),
+                None => None,
+            },
         })
+    }
+
+    /// The time-interval field's buckets (`None`: the model has no time field). Batches for
+    /// it carry each behavior's bucket ([`crate::data::Batch::set_times`]).
+    pub fn time_buckets(&self) -> Option<&Arc<TimeBuckets>> {
+        self.time.as_ref()
+    }
+
+    /// Checks that impressions carry the times the model's time field needs.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the field when the model has one and `imp` no times.
+    pub fn check_times(&self, imp: &crate::data::Impressions) -> Result<()> {
+        if self.time.is_some() && imp.ts.len() != imp.len() {
+            return Err(Error::InvalidArgument(
+                "the model has a time field (model.embedding.time) but the data has no timestamps \
+                 (an impression dataset's histories carry none; prepare an event log instead)"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn cx(&self) -> Ctx<'_> {

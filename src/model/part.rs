@@ -11,7 +11,7 @@ use super::parts::{attention::AttentionPart, din::DinPart, mean::MeanPart, sdim:
 use super::request::{Request, ServingWindow};
 use crate::aggregate::sdim::{DeviceSignatures, Signatures};
 use crate::config::{AggregateConfig, DiceConfig, WindowConfig};
-use crate::data::Batch;
+use crate::data::{Batch, TimeBuckets};
 use crate::embedding::{LeafBuilder, Leaves, Tables, TokenIndex};
 use crate::nn::ParamStore;
 use crate::window::Window;
@@ -141,6 +141,25 @@ pub(crate) struct Extension<'a> {
     pub all: (&'a [u32], &'a [u32]),
     /// How many are new.
     pub added: usize,
+    /// The times of `all` and the model's time buckets (a model with a time field; its
+    /// encodings' parts are seen from the newest behavior's time).
+    pub time: Option<(&'a [i64], &'a TimeBuckets)>,
+}
+
+/// One sample's history as a batch (positions newest = 1, as in training); with `time`, the
+/// behaviors' times and the buckets, each behavior's gap seen from the newest one's time (an
+/// encoding's "now").
+pub(crate) fn one_history(
+    items: &[u32],
+    cates: &[u32],
+    time: Option<(&[i64], &TimeBuckets)>,
+) -> Result<Batch> {
+    let mut b = Batch::from_samples(&[0], &[0], &[0], &[(items, cates)]);
+    if let Some((ts, tb)) = time {
+        let now = ts.last().copied().unwrap_or(0);
+        b.set_times(&[ts], &[now], tb)?;
+    }
+    Ok(b)
 }
 
 /// How a window of the last `wl` behaviors moves when an encoding is extended.
@@ -157,6 +176,25 @@ pub(crate) struct WindowChange {
 }
 
 impl Extension<'_> {
+    /// Rows `r` of the extended history as a one-sample batch, seen from the newest behavior's
+    /// time.
+    pub fn history(&self, r: Range<usize>) -> Result<Batch> {
+        let (items, cates) = self.all;
+        let now = self.time.map(|(ts, _)| *ts.last().unwrap_or(&0));
+        let mut b =
+            Batch::from_samples(&[0], &[0], &[0], &[(&items[r.clone()], &cates[r.clone()])]);
+        if let (Some((ts, tb)), Some(now)) = (self.time, now) {
+            b.set_times(&[&ts[r]], &[now], tb)?;
+        }
+        Ok(b)
+    }
+    /// Rows `r` of the old history as a one-sample batch (for parts whose tokens hold no
+    /// context field: no times).
+    pub fn old_history(&self, r: Range<usize>) -> Batch {
+        let (items, cates) = self.old;
+        Batch::from_samples(&[0], &[0], &[0], &[(&items[r.clone()], &cates[r])])
+    }
+
     /// The change of a window of the last `wl` behaviors.
     pub fn window_change(&self, wl: usize) -> WindowChange {
         let (old, total) = (self.old.0.len(), self.all.0.len());

@@ -42,24 +42,29 @@ pub(crate) struct Request<'a> {
 
 impl<'a> Request<'a> {
     /// The request of candidates `items`/`cates` for a user with the encoded window
-    /// `window` (items, categories; oldest first).
+    /// `window` (items, categories; oldest first); with `time`, the window's times, the
+    /// buckets and the request's time (each behavior's gap is seen from it).
     pub fn new(
         cx: Ctx<'a>,
         user: u32,
         window: (&[u32], &[u32]),
         items: &[u32],
         cates: &[u32],
-    ) -> Self {
+        time: Option<(&[i64], &crate::data::TimeBuckets, i64)>,
+    ) -> Result<Self> {
         let c = items.len();
         let cand = Batch::from_samples(&vec![user; c], items, cates, &vec![(&[][..], &[][..]); c]);
-        let history = Batch::from_samples(&[user], &[0], &[0], &[window]);
-        Self {
+        let mut history = Batch::from_samples(&[user], &[0], &[0], &[window]);
+        if let Some((ts, tb, now)) = time {
+            history.set_times(&[ts], &[now], tb)?;
+        }
+        Ok(Self {
             cx,
             cand,
             history,
             targets: TokenCache::default(),
             window: TokenCache::default(),
-        }
+        })
     }
 
     /// Candidates C.

@@ -28,6 +28,22 @@ impl CtrModel {
         items: &[u32],
         cates: &[u32],
     ) -> Result<Vec<f32>> {
+        self.score_encoded_at(enc, items, cates, None)
+    }
+
+    /// [`CtrModel::score_encoded`] at the request's time `now` (a model with a time field: the
+    /// window's gaps are seen from it; `None` = the encoding's "now", its newest behavior's
+    /// time). Precomputed parts (codes, bucket sums) stay as of the encoding's "now".
+    ///
+    /// # Errors
+    /// As [`CtrModel::score_encoded`].
+    pub fn score_encoded_at(
+        &self,
+        enc: &UserEncoding,
+        items: &[u32],
+        cates: &[u32],
+        now: Option<i64>,
+    ) -> Result<Vec<f32>> {
         self.check_history(items, cates)?;
         self.check_encoding(enc, true)?;
         let c = items.len();
@@ -41,7 +57,11 @@ impl CtrModel {
         let cut = enc.items.len() - layout.serving_window.min(enc.items.len());
         let window = (&enc.items[cut..], &enc.cates[cut..]);
         let codes = &enc.codes[(cut * layout.code_words).min(enc.codes.len())..];
-        let req = Request::new(cx, enc.user, window, items, cates);
+        let time = self.time.as_deref().map(|tb| {
+            let ts = &enc.ts[cut..];
+            (ts, tb, now.or(enc.ts.last().copied()).unwrap_or(0))
+        });
+        let req = Request::new(cx, enc.user, window, items, cates, time)?;
         let l = req.len();
         let retrieved = match &self.search {
             Some(s) => Some(s.retrieve(

@@ -1,5 +1,6 @@
 //! Building blocks: a parameter store with seeded initialisation, `Linear`, activations (Dice,
-//! PReLU, ReLU, sigmoid), `Mlp`, and a numerically stable BCE-with-logits.
+//! PReLU, ReLU, sigmoid), `BatchNorm`, seeded `Dropout`, `Mlp`, and a numerically stable
+//! BCE-with-logits.
 //!
 //! **Dice** (Zhou et al., KDD'18): `Dice(s) = p·s + (1 − p)·α·s`, `p = sigmoid((s − E[s]) /
 //! sqrt(Var[s] + ε))`, statistics per unit over the rows of the batch in training and running
@@ -7,6 +8,14 @@
 //! The CPU path is one fused [`candle_core::CustomOp2`] with a hand-written backward (batch-norm
 //! style, since every row's output depends on the batch statistics); other devices use the
 //! op-by-op composite `dice_reference`, which is also the tests' reference.
+//!
+//! **MLP options** ([`MlpOptions`], FuxiCTR's `MLP_Block`): each hidden layer is
+//! `Linear → [BatchNorm] → activation → [Dropout]`, and the MLP may normalise its input first
+//! (`[BatchNorm] → Linear → …`, DARE's MLPs and FuxiCTR's `bn_only_once`). BatchNorm is
+//! PyTorch's `BatchNorm1d` (eps 1e-5, momentum 0.1, running variance unbiased) and keeps its
+//! running statistics as Dice does (`fold_running`, buffers saved with checkpoints); it is
+//! candle ops on both paths. Dropout draws its masks from a seed per layer, training step and
+//! call ([`ParamStore::set_step`]), so a run (resumed or not) is reproducible.
 
 pub(crate) mod dice_rows;
 
@@ -17,7 +26,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Named trainable parameters and non-trainable buffers (Dice running statistics, SimHash
 /// projections). Names mirror the module tree (`agg.0.din.0.weight`). Each parameter draws its
@@ -30,6 +40,8 @@ pub struct ParamStore {
     ops: crate::device::Ops,
     params: BTreeMap<String, Var>,
     buffers: BTreeMap<String, Var>,
+    /// The training step dropout masks are drawn for ([`ParamStore::set_step`]).
+    step: Arc<AtomicU64>,
 }
 
 impl ParamStore {
@@ -41,7 +53,20 @@ impl ParamStore {
             ops: Default::default(),
             params: BTreeMap::new(),
             buffers: BTreeMap::new(),
+            step: Arc::new(AtomicU64::new(0)),
         }
+    }
+    /// Sets the training step that the [`Dropout`] layers built from this store draw their
+    /// masks for (the trainer sets it before each step, so a resumed run draws the masks of an
+    /// uninterrupted one). Left at 0, each layer still draws a new mask per call.
+    pub fn set_step(&self, step: u64) {
+        self.step.store(step, Ordering::Relaxed);
+    }
+    /// Weight matrices: the trainable parameters of rank ≥ 2 (every `Linear` weight, DIN's
+    /// first layer, the attention and search projections), what `train.dense_l2` penalises.
+    /// Biases, Dice's α, PReLU slopes and BatchNorm's γ, β are vectors and are not in it.
+    pub fn weight_matrices(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.params.iter().filter(|(_, v)| v.rank() >= 2)
     }
     /// The store with modules built from it taking `ops` (see [`crate::device::Ops`]).
     pub fn with_ops(mut self, ops: crate::device::Ops) -> Self {
@@ -319,23 +344,45 @@ impl Dice {
         self.fold(&m, &v, n)
     }
 
-    /// running ← (1 − m)·running + m·batch, with the unbiased batch variance (as BatchNorm).
+    /// Folds batch statistics into the running ones ([`fold_running`]).
     pub(crate) fn fold(&self, mean: &Tensor, var: &Tensor, n: usize) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let m = self.momentum as f64;
-        let unbias = if n > 1 {
-            n as f64 / (n as f64 - 1.0)
-        } else {
-            1.0
-        };
-        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
-        let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (var.detach() * (m * unbias))?)?;
-        self.running_mean.set(&rm)?;
-        self.running_var.set(&rv)?;
-        Ok(())
+        fold_running(
+            &self.running_mean,
+            &self.running_var,
+            self.momentum,
+            mean,
+            var,
+            n,
+        )
     }
+}
+
+/// Folds a batch's statistics over `n` rows (mean, biased variance) into running ones, as
+/// PyTorch's batch norm does: running ← (1 − m)·running + m·batch, with the unbiased batch
+/// variance `var·n/(n − 1)` (`var` itself when n = 1; nothing when n = 0). Dice's and
+/// BatchNorm's running statistics both move by it.
+pub(crate) fn fold_running(
+    running_mean: &Var,
+    running_var: &Var,
+    momentum: f32,
+    mean: &Tensor,
+    var: &Tensor,
+    n: usize,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let m = momentum as f64;
+    let unbias = if n > 1 {
+        n as f64 / (n as f64 - 1.0)
+    } else {
+        1.0
+    };
+    let rm = ((running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
+    let rv = ((running_var.as_tensor() * (1.0 - m))? + (var.detach() * (m * unbias))?)?;
+    running_mean.set(&rm)?;
+    running_var.set(&rv)?;
+    Ok(())
 }
 
 /// Dice written with candle ops (differentiable through candle's autograd): the generic path
@@ -579,46 +626,331 @@ impl CustomOp3 for DiceBwdOp {
     }
 }
 
-/// An MLP: `Linear → Act` per hidden size, optionally followed by a final `Linear` to `out`.
+/// ε of [`BatchNorm`]: PyTorch's `BatchNorm1d` default.
+pub const BATCH_NORM_EPS: f32 = 1e-5;
+/// Momentum of [`BatchNorm`]'s running statistics: PyTorch's `BatchNorm1d` default
+/// (running ← 0.9·running + 0.1·batch).
+pub const BATCH_NORM_MOMENTUM: f32 = 0.1;
+
+/// Batch normalisation over the rows (PyTorch's `BatchNorm1d`):
+/// `y = (x − μ)/sqrt(σ² + ε)·γ + β` per unit, with the batch's mean and biased variance in
+/// training (folded into the running statistics with the unbiased variance, momentum
+/// [`BATCH_NORM_MOMENTUM`]) and the running ones in evaluation; ε = [`BATCH_NORM_EPS`].
+///
+/// One implementation for both paths: candle ops ([`batch_norm_reference`]), differentiable
+/// through candle's autograd, in f32 whatever the activations' dtype.
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    /// `[dim]` scale γ, initialised to 1.
+    pub gamma: Var,
+    /// `[dim]` shift β, initialised to 0.
+    pub beta: Var,
+    /// `[dim]` running mean (buffer, initialised to 0).
+    pub running_mean: Var,
+    /// `[dim]` running unbiased variance (buffer, initialised to 1).
+    pub running_var: Var,
+    eps: f32,
+    momentum: f32,
+}
+
+impl BatchNorm {
+    /// Creates `prefix.{gamma,beta}` (parameters) and `prefix.running_{mean,var}` (buffers).
+    pub fn new(ps: &mut ParamStore, prefix: &str, dim: usize) -> Result<Self> {
+        Ok(Self {
+            gamma: ps.constant(&format!("{prefix}.gamma"), &[dim], 1.0)?,
+            beta: ps.constant(&format!("{prefix}.beta"), &[dim], 0.0)?,
+            running_mean: ps.buffer(&format!("{prefix}.running_mean"), &[dim], 0.0)?,
+            running_var: ps.buffer(&format!("{prefix}.running_var"), &[dim], 1.0)?,
+            eps: BATCH_NORM_EPS,
+            momentum: BATCH_NORM_MOMENTUM,
+        })
+    }
+
+    /// Normalises with the batch's statistics over the rows of `xs` (and folds them into the
+    /// running ones) in training, with the running ones in evaluation. A batch of one row
+    /// normalises to β (its variance is 0; PyTorch refuses it).
+    ///
+    /// # Shapes
+    /// `[n, dim]` → `[n, dim]`
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let n = xs.dim(0)?;
+        if n == 0 {
+            return Ok(xs.clone());
+        }
+        let fixed = (!train).then(|| (self.running_mean.as_tensor(), self.running_var.as_tensor()));
+        let x32 = xs.to_dtype(DType::F32)?;
+        let (out, batch) = batch_norm_reference(
+            &x32,
+            self.gamma.as_tensor(),
+            self.beta.as_tensor(),
+            fixed,
+            self.eps,
+        )?;
+        if let Some((m, v)) = batch {
+            fold_running(
+                &self.running_mean,
+                &self.running_var,
+                self.momentum,
+                &m,
+                &v,
+                n,
+            )?;
+        }
+        Ok(out.to_dtype(xs.dtype())?)
+    }
+}
+
+/// Batch normalisation written with candle ops: `(x − μ)/sqrt(σ² + ε)·γ + β`. `fixed` =
+/// running statistics (evaluation); `None` = the batch's mean and biased variance over the
+/// rows, which are returned.
+///
+/// # Shapes
+/// xs `[n, dim]`, gamma, beta `[dim]` → `[n, dim]` (and batch mean, variance `[dim]`)
+#[allow(clippy::type_complexity)]
+pub fn batch_norm_reference(
+    xs: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    fixed: Option<(&Tensor, &Tensor)>,
+    eps: f32,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    let (mean, var, batch) = match fixed {
+        Some((m, v)) => (m.clone(), v.clone(), false),
+        None => {
+            let mean = xs.mean(0)?;
+            let var = xs.broadcast_sub(&mean)?.sqr()?.mean(0)?;
+            (mean, var, true)
+        }
+    };
+    let scale = (var.clone() + eps as f64)?.sqrt()?.recip()?.mul(gamma)?;
+    let out = xs
+        .broadcast_sub(&mean)?
+        .broadcast_mul(&scale)?
+        .broadcast_add(beta)?;
+    Ok((out, batch.then_some((mean, var))))
+}
+
+/// Inverted dropout: in training each entry is zeroed with probability `p` and the others are
+/// scaled by `1/(1 − p)`; the identity in evaluation. The masks are drawn on the host from
+/// ChaCha8 streams seeded by (the layer's seed, the training step of [`ParamStore::set_step`],
+/// the layer's call within that step, the row chunk), so they are the same on every machine and
+/// path, and a resumed run draws those of an uninterrupted one.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    p: f32,
+    seed: u64,
+    step: Arc<AtomicU64>,
+    /// (step, calls within it).
+    calls: Arc<Mutex<(u64, u64)>>,
+}
+
+impl Dropout {
+    /// Dropout with rate `p` in [0, 1), its masks seeded from the store's seed and `name`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for `p` outside [0, 1).
+    pub fn new(ps: &ParamStore, name: &str, p: f32) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::InvalidArgument(format!(
+                "dropout `{name}`: rate {p} is not in [0, 1)"
+            )));
+        }
+        Ok(Self {
+            p,
+            seed: ps.seed_of(&format!("dropout/{name}")),
+            step: ps.step.clone(),
+            calls: Arc::new(Mutex::new((0, 0))),
+        })
+    }
+
+    /// The rate.
+    pub fn p(&self) -> f32 {
+        self.p
+    }
+
+    /// # Shapes
+    /// `[n, dim]` → `[n, dim]`
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(xs.clone());
+        }
+        let (n, dim) = xs.dims2()?;
+        let step = self.step.load(Ordering::Relaxed);
+        let call = {
+            let mut c = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            if c.0 != step {
+                *c = (step, 0);
+            }
+            c.1 += 1;
+            c.1 - 1
+        };
+        let seed = crate::seed::named_seed(self.seed, &format!("{step}/{call}"));
+        let mask = Tensor::from_vec(dropout_mask(seed, n, dim, self.p), (n, dim), xs.device())?
+            .to_dtype(xs.dtype())?;
+        Ok((xs * mask)?)
+    }
+}
+
+/// A `[n, dim]` inverted-dropout mask (row-major): 0 with probability `p`, else `1/(1 − p)`.
+/// Rows are drawn in fixed chunks of 512, chunk `c` from ChaCha8 stream `c` of
+/// `seed`, so the mask does not depend on the thread count.
+pub fn dropout_mask(seed: u64, n: usize, dim: usize, p: f32) -> Vec<f32> {
+    let keep = 1.0 / (1.0 - p);
+    let mut out = vec![0f32; n * dim];
+    if dim == 0 {
+        return out;
+    }
+    out.par_chunks_mut(CHUNK_ROWS * dim)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(c as u64);
+            for v in chunk.iter_mut() {
+                *v = if rng.random::<f32>() < p { 0.0 } else { keep };
+            }
+        });
+    out
+}
+
+/// Options of an MLP's layers (FuxiCTR's `MLP_Block`): the activation, BatchNorm after each
+/// hidden `Linear` and/or on the input, and dropout after each hidden activation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MlpOptions {
+    /// Activation of the hidden layers.
+    pub activation: Activation,
+    /// `Linear → BatchNorm → activation` in every hidden layer (FuxiCTR's `batch_norm`).
+    pub batch_norm: bool,
+    /// BatchNorm on the MLP's input, before the first `Linear` (DARE's MLPs; FuxiCTR's
+    /// `bn_only_once`).
+    pub input_batch_norm: bool,
+    /// Dropout rate after every hidden activation, training only (0 = none).
+    pub dropout: f32,
+    /// Dice's ε (Dice activations only).
+    pub dice_eps: f32,
+    /// Dice's running-statistics momentum (Dice activations only).
+    pub dice_momentum: f32,
+}
+
+impl MlpOptions {
+    /// `activation` with Dice's settings `dice`, no BatchNorm, no dropout: the plain MLP.
+    pub fn new(activation: Activation, dice: &crate::config::DiceConfig) -> Self {
+        Self {
+            activation,
+            batch_norm: false,
+            input_batch_norm: false,
+            dropout: 0.0,
+            dice_eps: dice.eps,
+            dice_momentum: dice.momentum,
+        }
+    }
+}
+
+/// What follows a hidden layer's `Linear`: `[BatchNorm] → activation → [Dropout]`.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// BatchNorm before the activation (`prefix.bn`).
+    pub norm: Option<BatchNorm>,
+    /// The activation (`prefix.act`).
+    pub act: Act,
+    /// Dropout after the activation.
+    pub dropout: Option<Dropout>,
+}
+
+impl Block {
+    /// The block of hidden layer `prefix` (`head.0`) with `dim` units.
+    pub fn new(ps: &mut ParamStore, prefix: &str, dim: usize, opts: &MlpOptions) -> Result<Self> {
+        let norm = match opts.batch_norm {
+            true => Some(BatchNorm::new(ps, &format!("{prefix}.bn"), dim)?),
+            false => None,
+        };
+        let act = Act::new(
+            ps,
+            &format!("{prefix}.act"),
+            opts.activation,
+            dim,
+            opts.dice_eps,
+            opts.dice_momentum,
+        )?;
+        let dropout = match opts.dropout > 0.0 {
+            true => Some(Dropout::new(ps, prefix, opts.dropout)?),
+            false => None,
+        };
+        Ok(Self { norm, act, dropout })
+    }
+    /// The activation alone when there is neither BatchNorm nor dropout (the fused DIN unit).
+    pub fn plain(&self) -> Option<&Act> {
+        match (&self.norm, &self.dropout) {
+            (None, None) => Some(&self.act),
+            _ => None,
+        }
+    }
+    /// # Shapes
+    /// `[n, dim]` → `[n, dim]`
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = match &self.norm {
+            Some(bn) => bn.forward_t(xs, train)?,
+            None => xs.clone(),
+        };
+        h = self.act.forward_t(&h, train)?;
+        match &self.dropout {
+            Some(d) => d.forward_t(&h, train),
+            None => Ok(h),
+        }
+    }
+}
+
+/// An MLP: optionally BatchNorm on the input, then `Linear → Block` per hidden size ([`Block`]:
+/// `[BatchNorm] → activation → [Dropout]`), optionally followed by a final `Linear` to `out`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    layers: Vec<(Linear, Act)>,
+    input_norm: Option<BatchNorm>,
+    layers: Vec<(Linear, Block)>,
     out: Option<Linear>,
 }
 
 impl Mlp {
     /// Hidden layers `hidden`, then a linear output of `out` units (`None` = no output layer).
-    #[allow(clippy::too_many_arguments)]
+    /// Names: `prefix.in_bn.*` (input BatchNorm), `prefix.{i}.{weight,bias}`,
+    /// `prefix.{i}.bn.*`, `prefix.{i}.act.*`, `prefix.out.*`.
     pub fn new(
         ps: &mut ParamStore,
         prefix: &str,
         in_dim: usize,
         hidden: &[usize],
         out: Option<usize>,
-        act: Activation,
-        eps: f32,
-        momentum: f32,
+        opts: &MlpOptions,
     ) -> Result<Self> {
+        let input_norm = match opts.input_batch_norm {
+            true => Some(BatchNorm::new(ps, &format!("{prefix}.in_bn"), in_dim)?),
+            false => None,
+        };
         let mut layers = Vec::new();
         let mut d = in_dim;
         for (i, &h) in hidden.iter().enumerate() {
             let lin = Linear::new(ps, &format!("{prefix}.{i}"), d, h)?;
-            let a = Act::new(ps, &format!("{prefix}.{i}.act"), act, h, eps, momentum)?;
-            layers.push((lin, a));
+            let block = Block::new(ps, &format!("{prefix}.{i}"), h, opts)?;
+            layers.push((lin, block));
             d = h;
         }
         let out = match out {
             Some(o) => Some(Linear::new(ps, &format!("{prefix}.out"), d, o)?),
             None => None,
         };
-        Ok(Self { layers, out })
+        Ok(Self {
+            input_norm,
+            layers,
+            out,
+        })
     }
     /// # Shapes
     /// `[n, in]` → `[n, out]` (or `[n, last hidden]`)
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = xs.clone();
-        for (lin, act) in &self.layers {
-            h = act.forward_t(&lin.forward(&h)?, train)?;
+        let mut h = match &self.input_norm {
+            Some(bn) => bn.forward_t(xs, train)?,
+            None => xs.clone(),
+        };
+        for (lin, block) in &self.layers {
+            h = block.forward_t(&lin.forward(&h)?, train)?;
         }
         match &self.out {
             Some(o) => o.forward(&h),

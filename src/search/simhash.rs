@@ -22,7 +22,7 @@
 
 use crate::cpu::{sgemm, Mat};
 use crate::data::Batch;
-use crate::embedding::{Field, Tables, ViewSpec};
+use crate::embedding::{Tables, ViewSpec};
 use crate::{Error, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -275,9 +275,9 @@ pub fn token_codes(
         let table = tables.table(f.table);
         let r_f = &hash.projections()[f.col * bits..(f.col + f.dim) * bits];
         // The batch's own unique rows and row indices, borrowed (not copied per step).
-        let (rows, local): (Arc<Vec<u32>>, Arc<Vec<u32>>) = if f.field == Field::Pos {
+        let (rows, local): (Arc<Vec<u32>>, Arc<Vec<u32>>) = if f.field.is_context() {
             let mut local = vec![0u32; b];
-            local.extend_from_slice(batch.hist_ids(Field::Pos)?);
+            local.extend_from_slice(batch.hist_ids(f.field)?);
             (
                 Arc::new((0..table.rows() as u32).collect()),
                 Arc::new(local),

@@ -33,9 +33,9 @@ pub fn view_tokens(
     for f in &view.fields {
         let table = tables.table(f.table);
         let (rows, local): (Vec<u32>, Vec<u32>) = match f.field {
-            Field::Pos => {
+            Field::Pos | Field::Time => {
                 let mut local = vec![0u32; b];
-                local.extend_from_slice(batch.hist_ids(Field::Pos)?);
+                local.extend_from_slice(batch.hist_ids(f.field)?);
                 ((0..table.rows() as u32).collect(), local)
             }
             Field::User => {

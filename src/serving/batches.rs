@@ -175,8 +175,9 @@ impl BatchEncoder {
                 rows.sort_by_key(|&r| ev.ts[r]); // stable: ties keep the batch's order
                 let items = lookup(&self.items, &ev.items, &rows);
                 let cates = lookup(&self.cates, &ev.cates, &rows);
+                let ts: Vec<i64> = rows.iter().map(|&r| ev.ts[r]).collect();
                 let enc = model
-                    .encode_user(self.users.lookup(id), &items, &cates)
+                    .encode_user_at(self.users.lookup(id), &items, &cates, Some(&ts))
                     .map_err(|e| Error::InvalidArgument(format!("{SOURCE}: user {id}: {e}")))?;
                 Ok(EncodedUser {
                     id: id.clone(),

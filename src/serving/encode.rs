@@ -49,6 +49,13 @@ pub fn encode_dataset(
         data,
     )?;
     mf.check_vocab_dir(data)?;
+    if model.time_buckets().is_some() && !meta.timestamps {
+        return Err(Error::InvalidArgument(format!(
+            "{}: the model has a time field (model.embedding.time) but this dataset has no \
+             timestamps (an impression dataset's histories carry none)",
+            data.display()
+        )));
+    }
     let users_vocab = Vocab::read(&data.join("vocab").join("user.parquet"))?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     copy_vocab(data, out)?;
@@ -89,10 +96,12 @@ pub fn encode_dataset(
                     Ok(EncodedUser {
                         id: id.clone(),
                         last_ts: rows.ts.row(*r).last().copied(),
-                        enc: model.encode_user(rows.users[*r], it, ct).map_err(|e| {
-                            let (file, row0) = &rows.at;
-                            Error::value(file, row0 + r, "items", format!("user {id}: {e}"))
-                        })?,
+                        enc: model
+                            .encode_user_at(rows.users[*r], it, ct, Some(rows.ts.row(*r)))
+                            .map_err(|e| {
+                                let (file, row0) = &rows.at;
+                                Error::value(file, row0 + r, "items", format!("user {id}: {e}"))
+                            })?,
                     })
                 })
                 .collect::<Result<_>>()?;

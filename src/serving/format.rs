@@ -109,6 +109,9 @@ pub(crate) fn schema(layout: &EncodingLayout, str_ids: bool) -> SchemaRef {
         Field::new("items", list(DataType::Int32), false),
         Field::new("cates", list(DataType::Int32), false),
     ];
+    if layout.time {
+        fields.push(Field::new("ts", list(DataType::Int64), false));
+    }
     if layout.code_words > 0 {
         fields.push(Field::new("codes", list(DataType::UInt64), false));
     }
@@ -177,6 +180,11 @@ pub(crate) fn to_batch(
         list_array::<Int32Type>(items.iter().map(Vec::as_slice).collect())?,
         list_array::<Int32Type>(cates.iter().map(Vec::as_slice).collect())?,
     ];
+    if layout.time {
+        cols.push(list_array::<Int64Type>(
+            users.iter().map(|u| u.enc.ts.as_slice()).collect(),
+        )?);
+    }
     if layout.code_words > 0 {
         cols.push(list_array::<UInt64Type>(
             users.iter().map(|u| u.enc.codes.as_slice()).collect(),
@@ -271,6 +279,11 @@ pub(crate) fn from_batch(
         .ok_or_else(|| Error::schema(path, "last_ts", "expected int64"))?;
     let items = lists("items")?;
     let cates = lists("cates")?;
+    let times = if layout.time {
+        Some(lists("ts")?)
+    } else {
+        None
+    };
     let codes = if layout.code_words > 0 {
         Some(lists("codes")?)
     } else {
@@ -320,6 +333,32 @@ pub(crate) fn from_batch(
                 ),
             ));
         }
+        let ts = match times {
+            Some(l) => {
+                let v = l.value(r);
+                let v = v
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or_else(|| Error::schema(path, "ts", "expected int64 elements"))?;
+                if v.len() != it.len() {
+                    return Err(Error::value(
+                        path,
+                        row0 + r,
+                        "ts",
+                        format!("{} timestamps for {} behaviors", v.len(), it.len()),
+                    ));
+                }
+                if let Some(k) = v.values().windows(2).position(|w| w[1] < w[0]) {
+                    return Err(Error::value(
+                        path,
+                        row0 + r,
+                        "ts",
+                        format!("not chronological at position {}", k + 1),
+                    ));
+                }
+                v.values().to_vec()
+            }
+            None => Vec::new(),
+        };
         let cd = match codes {
             Some(l) => {
                 let v = l.value(r);
@@ -393,6 +432,7 @@ pub(crate) fn from_batch(
                 user: u as u32,
                 items: it,
                 cates: ct,
+                ts,
                 codes: cd,
                 buckets: bk,
             },

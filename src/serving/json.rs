@@ -2,7 +2,8 @@
 //!
 //! Request: `{"user": ID, "candidates": [ITEM | {"item": ITEM, "cate": CATE}, …]}`, or with
 //! `"history": {"items": [ITEM, …], "cates": [CATE, …]?}` instead of (or besides) `"user"`; ids
-//! are numbers or strings. Response: `{"scores": [p, …]}` (200), or `{"error": "…"}` with 400
+//! are numbers or strings; `"time": T` scores at that time (a model with a time field; default:
+//! the user's newest behavior's time) and `"history"` then takes `"ts": [T, …]`. Response: `{"scores": [p, …]}` (200), or `{"error": "…"}` with 400
 //! (a malformed or invalid request), 404 (unknown user), 421 (a user of another shard than the
 //! one this replica serves: the message names it) or 500 (an internal error).
 
@@ -32,6 +33,7 @@ impl Scorer {
                     id: id.map(RawId::from),
                     items: h.items.into_iter().map(RawId::from).collect(),
                     cates: h.cates.map(|c| c.into_iter().map(RawId::from).collect()),
+                    ts: h.ts,
                 },
                 (Some(id), None) => User::Id(id.into()),
                 (None, None) => return Err((400, "give \"user\" or \"history\"".into())),
@@ -46,7 +48,7 @@ impl Scorer {
             }
             let cands: Vec<Candidate> = req.candidates.into_iter().map(Candidate::from).collect();
             let scores = self
-                .score(&user, &cands)
+                .score_at(&user, &cands, req.time)
                 .map_err(|e| (status_of(&e), e.to_string()))?;
             let n = scores.len();
             let body =
@@ -111,6 +113,7 @@ impl From<JsonCandidate> for Candidate {
 struct JsonHistory {
     items: Vec<JsonId>,
     cates: Option<Vec<JsonId>>,
+    ts: Option<Vec<i64>>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -119,6 +122,7 @@ struct Request {
     user: Option<JsonId>,
     history: Option<JsonHistory>,
     candidates: Vec<JsonCandidate>,
+    time: Option<i64>,
 }
 
 #[derive(Debug, serde::Serialize)]

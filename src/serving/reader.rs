@@ -199,6 +199,9 @@ pub fn for_each_in_shard(
                 if cut > 0 {
                     r.enc.items.drain(..cut);
                     r.enc.cates.drain(..cut);
+                    if !r.enc.ts.is_empty() {
+                        r.enc.ts.drain(..cut);
+                    }
                 }
                 f(&file, r.id, r.enc)?;
             }

@@ -54,6 +54,9 @@ pub enum User {
         items: Vec<RawId>,
         /// Raw category ids, one per item.
         cates: Option<Vec<RawId>>,
+        /// The behaviors' times, one per item, chronological (a model with a time field needs
+        /// them; one without ignores them).
+        ts: Option<Vec<i64>>,
     },
 }
 
@@ -371,7 +374,12 @@ impl Scorer {
                         .unwrap_or_else(|| format!("unknown user {id}: no encoding for it")),
                 )
             }),
-            User::History { id, items, cates } => {
+            User::History {
+                id,
+                items,
+                cates,
+                ts,
+            } => {
                 if items.len() > MAX_HISTORY {
                     return Err(Error::InvalidArgument(format!(
                         "{} behaviors in the history (at most {MAX_HISTORY})",
@@ -398,7 +406,12 @@ impl Scorer {
                 let u = id
                     .as_ref()
                     .map_or(UNKNOWN, |x| i.users.lookup(&normalize(&i.users, x)));
-                Ok(Arc::new(i.model.encode_user(u, &ii, &cc)?))
+                Ok(Arc::new(i.model.encode_user_at(
+                    u,
+                    &ii,
+                    &cc,
+                    ts.as_deref(),
+                )?))
             }
         }
     }
@@ -408,6 +421,22 @@ impl Scorer {
     /// # Errors
     /// [`Error::InvalidArgument`] for an unknown user, no candidates or too many.
     pub fn score(&self, user: &User, candidates: &[Candidate]) -> Result<Vec<f32>> {
+        self.score_at(user, candidates, None)
+    }
+
+    /// [`Scorer::score`] at the request's time `time` (a model with a time field: the gaps of
+    /// the behaviors a request reads are seen from it; `None` = the encoding's newest
+    /// behavior's time). Precomputed parts stay as of that newest behavior (see
+    /// [`crate::model::encoding`]).
+    ///
+    /// # Errors
+    /// As [`Scorer::score`].
+    pub fn score_at(
+        &self,
+        user: &User,
+        candidates: &[Candidate],
+        time: Option<i64>,
+    ) -> Result<Vec<f32>> {
         if candidates.is_empty() {
             return Err(Error::InvalidArgument("no candidates to score".into()));
         }
@@ -420,7 +449,10 @@ impl Scorer {
         let enc = self.user_encoding(user)?;
         let (items, cates): (Vec<u32>, Vec<u32>) =
             candidates.iter().map(|c| self.item_index(c)).unzip();
-        let logits = self.inner.model.score_encoded(&enc, &items, &cates)?;
+        let logits = self
+            .inner
+            .model
+            .score_encoded_at(&enc, &items, &cates, time)?;
         Ok(logits.into_iter().map(crate::metrics::sigmoid).collect())
     }
 }

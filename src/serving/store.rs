@@ -19,7 +19,7 @@
 //! | 8 | magic `LLSTORE1` |
 //! | 8 | header length H (u64) |
 //! | H | the header (JSON) |
-//! | … | records, each at an 8-byte boundary: `user`, `n` (behaviors), `words` (code words in all), 0 (u32 each); `items`, `cates` (`n` u32 each); codes (`words` u64, from an 8-byte boundary); each bucket table of the layout (f32 or f16 values) |
+//! | … | records, each at an 8-byte boundary: `user`, `n` (behaviors), `words` (code words in all), `t` (timestamps: `n` with a time field, else 0) (u32 each); `items`, `cates` (`n` u32 each); from an 8-byte boundary the times (`t` i64), then codes (`words` u64); each bucket table of the layout (f32 or f16 values) |
 //! | … | the index: per user a kind byte (0: int64 id, 1: string id), the id (i64, or u32 length and UTF-8 bytes), the record's offset (u64) |
 //! | 16 | trailer: the index's offset and the number of users (u64 each) |
 //!
@@ -243,18 +243,22 @@ impl MappedStore {
         };
         let mut r = Cursor::at(&self.map[..], &self.path, at as usize);
         let (user, n, words) = (r.u32()?, r.u32()? as usize, r.u32()? as usize);
-        r.u32()?;
+        let times = r.u32()? as usize;
         if n > self.layout.serving_window.max(self.layout.max_len)
             || words != n * self.layout.code_words
+            || times != if self.layout.time { n } else { 0 }
         {
             return Err(Error::corrupt(
                 &self.path,
-                format!("record of user {id}: {n} behaviors, {words} code words"),
+                format!("record of user {id}: {n} behaviors, {words} code words, {times} times"),
             ));
         }
         let items = r.u32s(n)?;
         let cates = r.u32s(n)?;
         r.align8();
+        let ts = (0..times)
+            .map(|_| r.u64().map(|x| x as i64))
+            .collect::<Result<Vec<_>>>()?;
         let codes = (0..words).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
         let mut buckets = Vec::with_capacity(self.layout.buckets.len());
         for &len in &self.layout.buckets {
@@ -274,6 +278,7 @@ impl MappedStore {
             user,
             items,
             cates,
+            ts,
             codes,
             buckets,
         }))
@@ -340,13 +345,21 @@ fn build(
                 }
             }
             let words = enc.codes.len();
-            for x in [enc.user, enc.items.len() as u32, words as u32, 0] {
+            for x in [
+                enc.user,
+                enc.items.len() as u32,
+                words as u32,
+                enc.ts.len() as u32,
+            ] {
                 out.put(&x.to_le_bytes())?;
             }
             for &x in enc.items.iter().chain(&enc.cates) {
                 out.put(&x.to_le_bytes())?;
             }
             out.align8()?;
+            for &t in &enc.ts {
+                out.put(&t.to_le_bytes())?;
+            }
             for &c in &enc.codes {
                 out.put(&c.to_le_bytes())?;
             }

@@ -114,7 +114,7 @@ pub(crate) fn fold_into(
             .map(|id| {
                 let d = delta.remove(&id);
                 let user = users_vocab.lookup(&id);
-                let enc = model.encode_user(user, &[], &[]);
+                let enc = model.encode_user_at(user, &[], &[], Some(&[]));
                 enc.map(|enc| {
                     (
                         EncodedUser {
@@ -171,8 +171,9 @@ fn fold_all(
             }
             let items: Vec<u32> = d.iter().map(|e| e.1).collect();
             let cates: Vec<u32> = d.iter().map(|e| e.2).collect();
+            let ts: Vec<i64> = d.iter().map(|e| e.0).collect();
             r.enc = model
-                .extend_encoding(&r.enc, &items, &cates)
+                .extend_encoding_at(&r.enc, &items, &cates, Some(&ts))
                 .map_err(|e| Error::InvalidArgument(format!("{}: user {}: {e}", file.display(), r.id)))?;
             r.last_ts = d.last().map(|e| e.0).or(r.last_ts);
             Ok(r)

@@ -39,8 +39,44 @@ pub fn tiny_data() -> (Histories, Impressions) {
         cate: vec![4, 2, 4, 2, 2, 3, 3],
         seq_len: vec![5, 3, 0, 3, 6, 2, 7],
         history: Vec::new(),
+        ts: Vec::new(),
     };
     (hist, imp)
+}
+
+/// The tiny batch with times: behavior `j` of the flat history at time `10·j`, each impression
+/// 3 time units after its last behavior (or at 0), gaps bucketed by edges 2, 5, 20 (the time
+/// field of [`with_time`]).
+pub fn tiny_timed_batch(max_len: usize) -> Batch {
+    let (mut hist, mut imp) = tiny_data();
+    hist.ts = (0..hist.items.len() as i64).map(|j| 10 * j).collect();
+    imp.ts = (0..imp.len())
+        .map(|r| {
+            let s = hist.offsets[imp.user[r] as usize] as i64;
+            let n = imp.seq_len[r] as i64;
+            if n == 0 {
+                0
+            } else {
+                10 * (s + n - 1) + 3
+            }
+        })
+        .collect();
+    let rows: Vec<u32> = (0..imp.len() as u32).collect();
+    let tb = lifelong::data::TimeBuckets::new(vec![2, 5, 20]).unwrap();
+    lifelong::data::batcher::collate_with(&hist, &imp, &rows, max_len, true, Some(&tb))
+}
+
+/// `cfg` with a time field of width 2 over the edges 2, 5, 20 (in the attention view too when
+/// decoupled).
+pub fn with_time(mut cfg: Config) -> Config {
+    cfg.model.embedding.time = Some(lifelong::config::TimeConfig {
+        dim: 2,
+        edges: vec![2, 5, 20],
+    });
+    if let Some(a) = cfg.model.embedding.attention.as_mut() {
+        a.time_dim = 2;
+    }
+    cfg
 }
 
 /// The tiny batch (every row of [`tiny_data`]) cut to `max_len`.

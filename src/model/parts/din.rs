@@ -7,7 +7,7 @@ use crate::config::{DiceConfig, DinAggregate, View, WindowConfig};
 use crate::embedding::{gather, LeafBuilder, Tokens};
 use crate::model::part::{Aggregation, Ctx, PartInput, PartLookup};
 use crate::model::request::{Request, ServingWindow};
-use crate::nn::ParamStore;
+use crate::nn::{MlpOptions, ParamStore};
 use crate::window::Window;
 use crate::Result;
 use candle_core::{DType, Tensor};
@@ -39,15 +39,17 @@ impl DinPart {
     ) -> Result<Self> {
         let width = cx.tables.view(cfg.view).width;
         Ok(Self {
-            unit: ActivationUnit::new(
+            unit: ActivationUnit::with_options(
                 ps,
                 &format!("{name}.din"),
                 width,
                 &cfg.hidden,
-                cfg.activation,
                 cfg.softmax,
-                dice.eps,
-                dice.momentum,
+                &MlpOptions {
+                    batch_norm: cfg.batch_norm,
+                    dropout: cfg.dropout,
+                    ..MlpOptions::new(cfg.activation, dice)
+                },
             )?,
             view: cfg.view,
             product: cfg.product,

@@ -58,10 +58,6 @@ impl MeanPart {
     }
 }
 
-fn one_history(items: &[u32], cates: &[u32]) -> Batch {
-    Batch::from_samples(&[0], &[0], &[0], &[(items, cates)])
-}
-
 impl Aggregation for MeanPart {
     fn out_dim(&self) -> usize {
         self.width
@@ -112,13 +108,12 @@ impl Aggregation for MeanPart {
         if !self.encoded() {
             return Ok(Vec::new());
         }
-        let ((oi, oc), (ai, ac)) = (x.old, x.all);
         let w = x.window_change(cx.window_len(self.window));
         if positional(cx.tables, self.view) || !w.keeps_old {
-            return self.sum_of(cx, &one_history(&ai[w.window.clone()], &ac[w.window]));
+            return self.sum_of(cx, &x.history(w.window)?);
         }
-        let leave = self.sum_of(cx, &one_history(&oi[w.leaving.clone()], &oc[w.leaving]))?;
-        let enter = self.sum_of(cx, &one_history(&ai[w.entering.clone()], &ac[w.entering]))?;
+        let leave = self.sum_of(cx, &x.old_history(w.leaving))?;
+        let enter = self.sum_of(cx, &x.history(w.entering)?)?;
         Ok(old
             .iter()
             .zip(leave.iter().zip(&enter))

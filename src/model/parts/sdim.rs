@@ -78,18 +78,10 @@ impl SdimPart {
     }
 
     /// Adds (`sign = 1`) or takes out (`-1`) a history's behaviors in a bucket table.
-    fn fold(
-        &self,
-        cx: &Ctx,
-        table: &mut [f32],
-        items: &[u32],
-        cates: &[u32],
-        sign: f32,
-    ) -> Result<()> {
-        if items.is_empty() {
+    fn fold(&self, cx: &Ctx, table: &mut [f32], h: &Batch, sign: f32) -> Result<()> {
+        if h.n_packed() == 0 {
             return Ok(());
         }
-        let h = Batch::from_samples(&[0], &[0], &[0], &[(items, cates)]);
         let hash = simhash_of(&self.proj)?;
         let codes = token_codes(cx.tables, cx.tables.view(self.keys), &hash, &h)?.1;
         let (g, tau) = (self.unit.groups, self.unit.tau);
@@ -100,9 +92,9 @@ impl SdimPart {
         Ok(())
     }
 
-    fn table_of(&self, cx: &Ctx, items: &[u32], cates: &[u32]) -> Result<Vec<f32>> {
+    fn table_of(&self, cx: &Ctx, h: &Batch) -> Result<Vec<f32>> {
         let mut table = vec![0f32; self.encoding_floats(cx)];
-        self.fold(cx, &mut table, items, cates, 1.0)?;
+        self.fold(cx, &mut table, h, 1.0)?;
         Ok(table)
     }
 }
@@ -188,26 +180,20 @@ impl Aggregation for SdimPart {
     }
 
     fn encode(&self, cx: &Ctx, history: &Batch) -> Result<Vec<f32>> {
-        self.table_of(cx, &history.hist_item, &history.hist_cate)
+        self.table_of(cx, history)
     }
 
     fn extend(&self, cx: &Ctx, old_table: &[f32], x: &Extension) -> Result<Vec<f32>> {
-        let ((oi, oc), (ai, ac)) = (x.old, x.all);
         let w = x.window_change(cx.window_len(self.window));
         let shifts = positional(cx.tables, self.keys) || positional(cx.tables, self.values);
         if shifts || !w.keeps_old {
-            // Positions move with every behavior (or nothing of the old window stays): recompute.
-            return self.table_of(cx, &ai[w.window.clone()], &ac[w.window]);
+            // Positions and time gaps move with every behavior (or nothing of the old window
+            // stays): recompute.
+            return self.table_of(cx, &x.history(w.window)?);
         }
         let mut table = old_table.to_vec();
-        self.fold(cx, &mut table, &oi[w.leaving.clone()], &oc[w.leaving], -1.0)?;
-        self.fold(
-            cx,
-            &mut table,
-            &ai[w.entering.clone()],
-            &ac[w.entering],
-            1.0,
-        )?;
+        self.fold(cx, &mut table, &x.old_history(w.leaving), -1.0)?;
+        self.fold(cx, &mut table, &x.history(w.entering)?, 1.0)?;
         Ok(table)
     }
 
