@@ -2,14 +2,12 @@
 //! batch of the same candidates with the user's history, and an encoding extended behavior by
 //! behavior equals the encoding of the whole history.
 
-use crate::common::{assert_same_encoding, tiny_config, tiny_data, TINY_VOCAB};
+use crate::common::{assert_same_encoding, random_histories, tiny_config, tiny_data, TINY_VOCAB};
 use candle_core::Device;
 use lifelong::config::{Config, Preset};
 use lifelong::data::batcher::collate;
-use lifelong::data::{Histories, Impressions};
+use lifelong::data::Impressions;
 use lifelong::model::CtrModel;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 fn model_of(cfg: &Config) -> CtrModel {
     CtrModel::new(
@@ -50,27 +48,9 @@ fn models() -> Vec<(String, CtrModel)> {
     out
 }
 
-/// Random histories for users 2..5 (lengths 0 to 11, longer than max_len = 6 included).
-fn histories(seed: u64) -> Histories {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut h = Histories {
-        offsets: vec![0, 0, 0],
-        ..Default::default()
-    };
-    for len in [0usize, 3, 6, 11] {
-        for _ in 0..len {
-            h.items.push(rng.random_range(2..TINY_VOCAB.items as u32));
-            h.cates.push(rng.random_range(2..TINY_VOCAB.cates as u32));
-            h.ts.push(0);
-        }
-        h.offsets.push(h.items.len() as u64);
-    }
-    h
-}
-
 #[test]
 fn every_model_scores_from_encodings_as_eval_does() {
-    let hist = histories(3);
+    let hist = random_histories(3);
     let (items, cates): (Vec<u32>, Vec<u32>) = (0..TINY_VOCAB.items as u32)
         .map(|i| (i, 2 + i % 3))
         .chain([(1, 1), (7, 2)])
@@ -113,7 +93,7 @@ fn every_model_scores_from_encodings_as_eval_does() {
 
 #[test]
 fn extending_an_encoding_equals_encoding_the_whole_history() {
-    let hist = histories(5);
+    let hist = random_histories(5);
     for (name, model) in models() {
         for u in 2..hist.n_users() as u32 {
             let (hi, hc) = hist.get(u);
@@ -143,7 +123,7 @@ fn extending_an_encoding_equals_encoding_the_whole_history() {
 #[test]
 fn the_mean_parts_encoding_is_the_windows_sum_and_count() {
     let model = model_of(&tiny_config(Preset::Custom, crate::common::MEAN_MODEL));
-    let hist = histories(5);
+    let hist = random_histories(5);
     let (hi, hc) = hist.get(5); // 11 behaviors: max_len 6 keeps the last 6, the window the last 4
     let enc = model.encode_user(5, hi, hc).unwrap();
     let t = model.tables();

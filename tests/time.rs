@@ -4,9 +4,11 @@
 //! equals re-encoding, and data without timestamps is refused by name.
 
 use crate::cli::write_log;
-use crate::common::{assert_same_encoding, gradient_check, tiny_config, TINY_VOCAB};
+use crate::common::{
+    assert_same_encoding, gradient_check, random_histories, tiny_config, with_time, TINY_VOCAB,
+};
 use candle_core::Device;
-use lifelong::config::{Config, Preset, TimeConfig};
+use lifelong::config::{Config, Preset};
 use lifelong::data::batcher::collate_with;
 use lifelong::data::{prepare, Dataset, Histories, Impressions, PrepareConfig, Split, TimeBuckets};
 use lifelong::eval;
@@ -17,19 +19,8 @@ use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 use std::sync::Arc;
 
+/// The edges of [`with_time`]'s field.
 const EDGES: [i64; 3] = [2, 5, 20];
-
-/// `cfg` with a time field of width 2 over [`EDGES`] (in the attention view too when decoupled).
-fn timed(mut cfg: Config) -> Config {
-    cfg.model.embedding.time = Some(TimeConfig {
-        dim: 2,
-        edges: EDGES.to_vec(),
-    });
-    if let Some(a) = cfg.model.embedding.attention.as_mut() {
-        a.time_dim = 2;
-    }
-    cfg
-}
 
 fn model_of(cfg: &Config) -> CtrModel {
     CtrModel::new(
@@ -46,32 +37,12 @@ fn model_of(cfg: &Config) -> CtrModel {
 fn timed_models() -> Vec<(String, CtrModel)> {
     let mut out = Vec::new();
     for p in Preset::ALL {
-        out.push((format!("{p:?}"), model_of(&timed(tiny_config(p, "")))));
-        let mut cfg = timed(tiny_config(p, ""));
+        out.push((format!("{p:?}"), model_of(&with_time(tiny_config(p, "")))));
+        let mut cfg = with_time(tiny_config(p, ""));
         cfg.model.ops = lifelong::device::Ops::Generic;
         out.push((format!("{p:?} generic"), model_of(&cfg)));
     }
     out
-}
-
-/// Random histories with times for users 2..5 (lengths 0 to 11; max_len is 6), gaps 0 to 30.
-fn histories(seed: u64) -> Histories {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut h = Histories {
-        offsets: vec![0, 0, 0],
-        ..Default::default()
-    };
-    for len in [0usize, 3, 6, 11] {
-        let mut t = 1000i64;
-        for _ in 0..len {
-            h.items.push(rng.random_range(2..TINY_VOCAB.items as u32));
-            h.cates.push(rng.random_range(2..TINY_VOCAB.cates as u32));
-            t += rng.random_range(0..30);
-            h.ts.push(t);
-        }
-        h.offsets.push(h.items.len() as u64);
-    }
-    h
 }
 
 fn user_slices(h: &Histories, u: u32) -> (&[u32], &[u32], &[i64]) {
@@ -150,7 +121,7 @@ fn prepare_writes_each_impressions_time_and_collation_buckets_the_gaps() {
 
 #[test]
 fn collated_buckets_equal_a_loop_over_random_histories() {
-    let hist = histories(9);
+    let hist = random_histories(9);
     let tb = TimeBuckets::new(EDGES.to_vec()).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let mut imp = Impressions::default();
@@ -186,7 +157,7 @@ fn collated_buckets_equal_a_loop_over_random_histories() {
     bare.ts.clear();
     let b = collate_with(&hist, &bare, &rows, max_len, false, Some(&tb));
     assert!(b.hist_time.is_empty());
-    let model = model_of(&timed(tiny_config(Preset::Din, "")));
+    let model = model_of(&with_time(tiny_config(Preset::Din, "")));
     let e = model.predict(&b).unwrap_err().to_string();
     assert!(e.contains("time field"), "{e}");
     let e = eval::predict(&model, &Arc::new(hist), &Arc::new(bare), 64)
@@ -202,7 +173,7 @@ fn collated_buckets_equal_a_loop_over_random_histories() {
 /// (the time rows included) on a batch with times.
 #[test]
 fn every_timed_preset_passes_the_gradient_check() {
-    let hist = histories(4);
+    let hist = random_histories(4);
     let mut imp = Impressions::default();
     for u in 2..6u32 {
         let n = hist.len_of(u);
@@ -219,7 +190,7 @@ fn every_timed_preset_passes_the_gradient_check() {
     let tb = TimeBuckets::new(EDGES.to_vec()).unwrap();
     let rows: Vec<u32> = (0..imp.len() as u32).collect();
     for p in Preset::ALL {
-        let model = model_of(&timed(tiny_config(p, "")));
+        let model = model_of(&with_time(tiny_config(p, "")));
         let batch = collate_with(&hist, &imp, &rows, 6, true, Some(&tb));
         let (checked, worst) = gradient_check(&model, &batch, 2e-3);
         assert!(checked > 0, "{p:?}: nothing checked");
@@ -242,7 +213,7 @@ fn every_timed_preset_passes_the_gradient_check() {
 
 #[test]
 fn serving_a_timed_model_equals_eval_at_now_and_at_the_requests_time() {
-    let hist = histories(3);
+    let hist = random_histories(3);
     let (items, cates): (Vec<u32>, Vec<u32>) =
         (0..TINY_VOCAB.items as u32).map(|i| (i, 2 + i % 3)).unzip();
     let tb = TimeBuckets::new(EDGES.to_vec()).unwrap();
@@ -290,7 +261,7 @@ fn serving_a_timed_model_equals_eval_at_now_and_at_the_requests_time() {
 
 #[test]
 fn extending_a_timed_encoding_equals_encoding_the_whole_history() {
-    let hist = histories(5);
+    let hist = random_histories(5);
     for (name, model) in timed_models() {
         for u in 2..hist.n_users() as u32 {
             let (hi, hc, ht) = user_slices(&hist, u);

@@ -398,14 +398,7 @@ pub fn dice_reference(
     fixed: Option<(&Tensor, &Tensor)>,
     eps: f32,
 ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
-    let (mean, var, batch) = match fixed {
-        Some((m, v)) => (m.clone(), v.clone(), false),
-        None => {
-            let mean = xs.mean(0)?;
-            let var = xs.broadcast_sub(&mean)?.sqr()?.mean(0)?;
-            (mean, var, true)
-        }
-    };
+    let (mean, var, batch) = normalising_stats(xs, fixed)?;
     let xhat = xs
         .broadcast_sub(&mean)?
         .broadcast_div(&(var.clone() + eps as f64)?.sqrt()?)?;
@@ -700,6 +693,22 @@ impl BatchNorm {
     }
 }
 
+/// The statistics a normalisation uses: the `fixed` running ones (evaluation), or the batch's
+/// mean and biased variance over the rows; and whether they are the batch's.
+fn normalising_stats(
+    xs: &Tensor,
+    fixed: Option<(&Tensor, &Tensor)>,
+) -> Result<(Tensor, Tensor, bool)> {
+    Ok(match fixed {
+        Some((m, v)) => (m.clone(), v.clone(), false),
+        None => {
+            let mean = xs.mean(0)?;
+            let var = xs.broadcast_sub(&mean)?.sqr()?.mean(0)?;
+            (mean, var, true)
+        }
+    })
+}
+
 /// Batch normalisation written with candle ops: `(x − μ)/sqrt(σ² + ε)·γ + β`. `fixed` =
 /// running statistics (evaluation); `None` = the batch's mean and biased variance over the
 /// rows, which are returned.
@@ -714,14 +723,7 @@ pub fn batch_norm_reference(
     fixed: Option<(&Tensor, &Tensor)>,
     eps: f32,
 ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
-    let (mean, var, batch) = match fixed {
-        Some((m, v)) => (m.clone(), v.clone(), false),
-        None => {
-            let mean = xs.mean(0)?;
-            let var = xs.broadcast_sub(&mean)?.sqr()?.mean(0)?;
-            (mean, var, true)
-        }
-    };
+    let (mean, var, batch) = normalising_stats(xs, fixed)?;
     let scale = (var.clone() + eps as f64)?.sqrt()?.recip()?.mul(gamma)?;
     let out = xs
         .broadcast_sub(&mean)?

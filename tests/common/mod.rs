@@ -44,6 +44,27 @@ pub fn tiny_data() -> (Histories, Impressions) {
     (hist, imp)
 }
 
+/// Random histories with times for users 2..5 (lengths 0, 3, 6 and 11: longer than the tiny
+/// configs' max_len = 6 included), behaviors 0 to 29 time units apart.
+pub fn random_histories(seed: u64) -> Histories {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut h = Histories {
+        offsets: vec![0, 0, 0],
+        ..Default::default()
+    };
+    for len in [0usize, 3, 6, 11] {
+        let mut t = 1000i64;
+        for _ in 0..len {
+            h.items.push(rng.random_range(2..TINY_VOCAB.items as u32));
+            h.cates.push(rng.random_range(2..TINY_VOCAB.cates as u32));
+            t += rng.random_range(0..30);
+            h.ts.push(t);
+        }
+        h.offsets.push(h.items.len() as u64);
+    }
+    h
+}
+
 /// The tiny batch with times: behavior `j` of the flat history at time `10·j`, each impression
 /// 3 time units after its last behavior (or at 0), gaps bucketed by edges 2, 5, 20 (the time
 /// field of [`with_time`]).
