@@ -431,6 +431,19 @@ fn data_without_timestamps_is_refused_by_name() {
         e.contains("model.embedding.time") && e.contains(&data.display().to_string()),
         "{e}"
     );
+    // Width 0 is no time field: the same data trains.
+    let mut off = gap_config(&data, &run, true);
+    off.model.embedding.time.as_mut().unwrap().dim = 0;
+    let mut t = Trainer::new(off, &ds, &run, &Device::Cpu).unwrap();
+    assert!(t.model().time_buckets().is_none());
+    t.progress = false;
+    t.set_max_steps(2);
+    t.fit(
+        ds.histories.clone(),
+        Arc::new(ds.load_split(Split::Train).unwrap()),
+        Arc::new(ds.load_split(Split::Valid).unwrap()),
+    )
+    .unwrap();
     // Bad edges are named.
     let mut cfg = gap_config(&data, &run, true);
     cfg.model.embedding.time.as_mut().unwrap().edges = vec![10, 5];

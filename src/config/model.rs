@@ -155,7 +155,9 @@ pub struct AttentionDims {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TimeConfig {
-    /// Width (the representation view's, or the shared one's).
+    /// Width (the representation view's, or the shared one's); 0 = no time field (as
+    /// `pos_dim = 0`: a config turns a preset's or a file's field off with
+    /// `--set model.embedding.time.dim=0`).
     pub dim: usize,
     /// Ascending bucket edges (default: powers of two 1, 2, 4, …, 2^40).
     #[serde(default = "crate::data::time::default_edges")]
@@ -527,9 +529,6 @@ impl ModelConfig {
             }
         }
         if let Some(t) = &e.time {
-            if t.dim == 0 {
-                return Err("model.embedding.time.dim must be at least 1 (remove the table to have no time field)".into());
-            }
             crate::data::time::check_edges(&t.edges)?;
         }
         let width_ok = |x: f32| x >= 0.0 && x.is_finite();

@@ -42,7 +42,7 @@ pub fn gather_generic(flat: &Tensor, index: &TokenIndex) -> crate::Result<Tensor
             )));
         }
         col += f.dim;
-        let padded = f.local.iter().any(|&l| l == NONE);
+        let padded = f.local.contains(&NONE);
         if f.seg_rows == 0 {
             // Nothing to read: every row is padding.
             parts.push(Tensor::zeros((index.rows, f.dim), flat.dtype(), dev)?);

@@ -192,8 +192,8 @@ impl CtrModel {
             parts,
             head,
             time: match &cfg.embedding.time {
-                Some(t) => Some(Arc::new(TimeBuckets::new(t.edges.clone())?)),
-                None => None,
+                Some(t) if t.dim > 0 => Some(Arc::new(TimeBuckets::new(t.edges.clone())?)),
+                _ => None,
             },
         })
     }

@@ -83,11 +83,11 @@ impl SdimPart {
             return Ok(());
         }
         let hash = simhash_of(&self.proj)?;
-        let codes = token_codes(cx.tables, cx.tables.view(self.keys), &hash, &h)?.1;
+        let codes = token_codes(cx.tables, cx.tables.view(self.keys), &hash, h)?.1;
         let (g, tau) = (self.unit.groups, self.unit.tau);
         let sigs = signatures(&codes, hash.words(), None, g, tau);
         let v = cx.tables.view(self.values);
-        let vals = history_tokens(cx.tables, v, &h)?;
+        let vals = history_tokens(cx.tables, v, h)?;
         add_to_buckets(table, &vals, v.width, &sigs, g, tau, sign);
         Ok(())
     }
