@@ -147,7 +147,8 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Optimiser of the embedding tables.
     pub sparse_optimizer: SparseOptimizer,
-    /// Learning rate of the embedding tables.
+    /// Learning rate of the embedding tables (default 0.03: row-wise Adam moves only the rows a
+    /// batch touches, so rarely seen rows need a larger rate than the dense parameters' 1e-3).
     pub sparse_lr: f64,
     /// Row-wise Adam catches a row up on the steps it skipped (their moment decay and weight
     /// moves), so the tables follow dense Adam's trajectory; `false` = lazy (untouched rows
@@ -195,7 +196,10 @@ impl Default for TrainConfig {
             lr: 1e-3,
             weight_decay: 0.0,
             sparse_optimizer: SparseOptimizer::Adam,
-            sparse_lr: 1e-3,
+            // Chosen on validation AUC (issue 24): MovieLens DARE 0.9125 at 0.03 against 0.9086 at
+            // 0.01 and 0.8927 at 0.1; the peer's synthetic set, DIN, 0.736 at 0.03 against 0.578
+            // at 1e-3 (the old default) and 0.756 at 0.1.
+            sparse_lr: 0.03,
             sparse_catch_up: false,
             embedding_l2: 0.0,
             dense_l2: 0.0,
