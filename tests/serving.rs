@@ -2,23 +2,13 @@
 //! batch of the same candidates with the user's history, and an encoding extended behavior by
 //! behavior equals the encoding of the whole history.
 
-use crate::common::{assert_same_encoding, random_histories, tiny_config, tiny_data, TINY_VOCAB};
-use candle_core::Device;
-use lifelong::config::{Config, Preset};
+use crate::common::{
+    assert_same_encoding, model_of, random_histories, tiny_config, tiny_data, TINY_VOCAB,
+};
+use lifelong::config::Preset;
 use lifelong::data::batcher::collate;
 use lifelong::data::Impressions;
 use lifelong::model::CtrModel;
-
-fn model_of(cfg: &Config) -> CtrModel {
-    CtrModel::new(
-        &cfg.model,
-        cfg.data.max_len,
-        TINY_VOCAB,
-        cfg.train.seed,
-        &Device::Cpu,
-    )
-    .unwrap()
-}
 
 /// Every preset, plus SDIM and ETA with the position field in their hashed tokens (the
 /// encodings that shift with every new behavior), the model of parts, and every preset on the

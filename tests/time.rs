@@ -5,7 +5,8 @@
 
 use crate::cli::write_log;
 use crate::common::{
-    assert_same_encoding, gradient_check, random_histories, tiny_config, with_time, TINY_VOCAB,
+    assert_same_encoding, gradient_check, model_of, random_histories, tiny_config, with_time,
+    TINY_VOCAB,
 };
 use candle_core::Device;
 use lifelong::config::{Config, Preset};
@@ -21,17 +22,6 @@ use std::sync::Arc;
 
 /// The edges of [`with_time`]'s field.
 const EDGES: [i64; 3] = [2, 5, 20];
-
-fn model_of(cfg: &Config) -> CtrModel {
-    CtrModel::new(
-        &cfg.model,
-        cfg.data.max_len,
-        TINY_VOCAB,
-        cfg.train.seed,
-        &Device::Cpu,
-    )
-    .unwrap()
-}
 
 /// Every preset with the time field, fused and generic.
 fn timed_models() -> Vec<(String, CtrModel)> {

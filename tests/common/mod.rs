@@ -240,6 +240,18 @@ pub fn tiny_model(preset: Preset, extra_model: &str) -> (Config, CtrModel) {
     (cfg, model)
 }
 
+/// The model `cfg` describes, for the tiny vocabularies, on the CPU.
+pub fn model_of(cfg: &Config) -> CtrModel {
+    CtrModel::new(
+        &cfg.model,
+        cfg.data.max_len,
+        TINY_VOCAB,
+        cfg.train.seed,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
 /// `Σ_b c_b·logit_b + Σ_aux w·Σ_b c'_b·aux_b` in f64, with fixed random coefficients.
 fn probe(out: &lifelong::model::Forward, coef: &[f64]) -> f64 {
     let mut l: f64 = out
